@@ -1,0 +1,138 @@
+//! Engine throughput: identity and json-map through wasmtime at batch sizes
+//! 1 / 100 / 1000, against the same json-map logic compiled natively.
+//!
+//! `cargo bench -p sluice-host --bench engine` runs criterion, then prints a
+//! summary table (records/s and the wasm/native ratio per batch size),
+//! measured in this same process.
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use sluice::engine::{Engine, InstanceSpec, Limits, RefTables, Runner};
+use sluice::record::{Partition, Position, Record};
+use sluice_guest::Transform;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SIZES: [usize; 3] = [1, 100, 1000];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+const MAPPING: &str = r#"{"mapping": {"transaction": "$.txn_id", "customer": "$.customer_id", "booth": "$.booth_id", "amount": "$.amount", "event_time": ["$.ts", "$.timestamp"]}}"#;
+
+fn sample(n: usize) -> Vec<Vec<u8>> {
+    let text = std::fs::read_to_string(root().join("examples/toll-road/data/transactions.jsonl")).expect("sample data");
+    let lines: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok() && l.len() > 2).collect();
+    (0..n).map(|i| lines[i % lines.len()].as_bytes().to_vec()).collect()
+}
+
+fn runner(engine: &Engine, project: &str, config: &str) -> Runner {
+    let path = sluice::engine::build::resolve_module(&root().join(project), true).expect("build guest");
+    let module = engine.load_file(&path).expect("load guest");
+    let spec = InstanceSpec { name: Arc::from(project), config: config.into(), tables: RefTables::empty(), limits: Limits::default() };
+    Runner::new(module, spec).expect("init")
+}
+
+struct Input {
+    records: Vec<Record>,
+    positions: Vec<Position>,
+}
+
+impl Input {
+    fn new(values: &[Vec<u8>]) -> Self {
+        let part = Partition { stream: Arc::from("bench"), partition: 0 };
+        Input {
+            records: values.iter().map(|v| Record::from_value(v.clone())).collect(),
+            positions: (0..values.len()).map(|i| Position { partition: part.clone(), offset: i as i64 }).collect(),
+        }
+    }
+    fn pairs(&self) -> Vec<(&Record, &Position)> {
+        self.records.iter().zip(&self.positions).collect()
+    }
+}
+
+fn bench(c: &mut Criterion, engine: &Engine) {
+    let mut identity = runner(engine, "transforms/identity", "{}");
+    let mut json_map = runner(engine, "transforms/json-map", MAPPING);
+    let mut native = sluice_json_map::JsonMap::init(sluice_guest::Config::from_json(MAPPING).expect("cfg")).expect("native init");
+    let mut group = c.benchmark_group("engine");
+    for size in SIZES {
+        let values = sample(size);
+        let input = Input::new(&values);
+        let pairs = input.pairs();
+        let wire = sluice_guest::__rt::batch_of_values(&values);
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_with_input(BenchmarkId::new("identity-wasm", size), &size, |b, _| {
+            b.iter(|| black_box(identity.process(&pairs).expect("identity")))
+        });
+        group.bench_with_input(BenchmarkId::new("json-map-wasm", size), &size, |b, _| {
+            b.iter(|| black_box(json_map.process(&pairs).expect("json-map")))
+        });
+        group.bench_with_input(BenchmarkId::new("json-map-native", size), &size, |b, _| {
+            b.iter(|| black_box(sluice_guest::__rt::process(&mut native, &wire).expect("native")))
+        });
+    }
+    group.finish();
+}
+
+/// Median of `rounds` timings of `f` over `iters` calls, per call.
+fn time_per_call(rounds: usize, iters: usize, mut f: impl FnMut()) -> Duration {
+    let mut samples: Vec<Duration> = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            t.elapsed() / iters as u32
+        })
+        .collect();
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn summary(engine: &Engine) {
+    let mut identity = runner(engine, "transforms/identity", "{}");
+    let mut json_map = runner(engine, "transforms/json-map", MAPPING);
+    let mut native = sluice_json_map::JsonMap::init(sluice_guest::Config::from_json(MAPPING).expect("cfg")).expect("native init");
+    println!();
+    println!("summary (median of 15 rounds, same process)");
+    println!("{:>6}  {:>16}  {:>14}  {:>16}  {:>18}  {:>10}", "batch", "identity µs/rec", "json-map rec/s", "native rec/s", "json-map µs/rec", "wasm/native");
+    for size in SIZES {
+        let values = sample(size);
+        let input = Input::new(&values);
+        let pairs = input.pairs();
+        let wire = sluice_guest::__rt::batch_of_values(&values);
+        let iters = (20_000 / size).max(20);
+        let id = time_per_call(15, iters, || {
+            black_box(identity.process(&pairs).expect("identity"));
+        });
+        let wasm = time_per_call(15, iters, || {
+            black_box(json_map.process(&pairs).expect("json-map"));
+        });
+        let nat = time_per_call(15, iters, || {
+            black_box(sluice_guest::__rt::process(&mut native, &wire).expect("native"));
+        });
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / size as f64;
+        let rate = |d: Duration| size as f64 / d.as_secs_f64();
+        println!(
+            "{size:>6}  {:>16.3}  {:>14.0}  {:>16.0}  {:>18.3}  {:>9.2}x",
+            per(id),
+            rate(wasm),
+            rate(nat),
+            per(wasm),
+            wasm.as_secs_f64() / nat.as_secs_f64()
+        );
+    }
+}
+
+fn main() {
+    let engine = Engine::new().expect("engine");
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c, &engine);
+    c.final_summary();
+    if !std::env::args().any(|a| a == "--test" || a == "--list") {
+        summary(&engine);
+    }
+}

@@ -1,0 +1,187 @@
+//! The dead-letter queue: every record that cannot reach its sink goes here,
+//! unchanged, with the context needed to fix and replay it.
+//!
+//! On object storage and stdout an entry is one JSON line:
+//! ```json
+//! {"pipeline":"toll","tenant":"demo","stage":"transform","transform":"enrich",
+//!  "module":"sha256:…","error":{"kind":"lookup-failed","message":"…"},
+//!  "source":{"stream":"data/a.jsonl","partition":0,"offset":12},
+//!  "attempts":1,"first_failure_at":"…","last_failure_at":"…",
+//!  "record":{"key":null,"value":"…","headers":[],"timestamp":null}}
+//! ```
+//! The same context travels as `sluice.dlq.*` headers on the entry record, so a
+//! Kafka dead-letter topic can carry it as Kafka Connect does.
+
+use crate::record::{Header, Position, Record};
+use crate::sink::{Sink, SinkError, envelope};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+/// Where in the data path a record failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// The host could not turn the input into a record (e.g. not JSON).
+    Decode,
+    /// A transform failed the record, or its batch trapped.
+    Transform,
+    /// A transform sent the record to an output the pipeline does not map.
+    Route,
+    /// The sink refused the record.
+    Sink,
+}
+
+impl Stage {
+    /// The stage name as written in entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Transform => "transform",
+            Stage::Route => "route",
+            Stage::Sink => "sink",
+        }
+    }
+}
+
+/// One dead-letter entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DlqEntry {
+    /// The original source record, unchanged.
+    pub record: Record,
+    /// Where it was read.
+    pub position: Position,
+    /// Where it failed.
+    pub stage: Stage,
+    /// The transform at fault, if any.
+    pub transform: Option<String>,
+    /// Digest of that transform's module.
+    pub module: Option<String>,
+    /// Error class.
+    pub kind: String,
+    /// Error message.
+    pub message: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// First failure time.
+    pub first_failure_at: DateTime<Utc>,
+    /// Last failure time.
+    pub last_failure_at: DateTime<Utc>,
+}
+
+impl DlqEntry {
+    /// A first-attempt entry failed now.
+    pub fn new(record: Record, position: Position, stage: Stage, kind: impl Into<String>, message: impl Into<String>) -> Self {
+        let now = Utc::now();
+        DlqEntry {
+            record,
+            position,
+            stage,
+            transform: None,
+            module: None,
+            kind: kind.into(),
+            message: message.into(),
+            attempts: 1,
+            first_failure_at: now,
+            last_failure_at: now,
+        }
+    }
+
+    /// Names the transform (and its module digest) at fault.
+    pub fn in_transform(mut self, name: &str, module: &str) -> Self {
+        self.transform = Some(name.to_string());
+        self.module = Some(module.to_string());
+        self
+    }
+
+    /// The entry as a JSON envelope.
+    pub fn to_json(&self, pipeline: &str, tenant: &str) -> serde_json::Value {
+        serde_json::json!({
+            "pipeline": pipeline,
+            "tenant": tenant,
+            "stage": self.stage.as_str(),
+            "transform": self.transform,
+            "module": self.module,
+            "error": { "kind": self.kind, "message": self.message },
+            "source": {
+                "stream": &*self.position.partition.stream,
+                "partition": self.position.partition.partition,
+                "offset": self.position.offset,
+            },
+            "attempts": self.attempts,
+            "first_failure_at": self.first_failure_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "last_failure_at": self.last_failure_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "record": envelope(&self.record),
+        })
+    }
+
+    /// The entry as a record: value = JSON envelope; key and timestamp of
+    /// the original; context also in `sluice.dlq.*` headers.
+    pub fn to_record(&self, pipeline: &str, tenant: &str) -> Record {
+        let value = self.to_json(pipeline, tenant).to_string();
+        let mut headers = self.record.headers.clone();
+        let mut h = |name: &str, value: &str| headers.push(Header::new(name, value.as_bytes().to_vec()));
+        h("sluice.dlq.pipeline", pipeline);
+        h("sluice.dlq.stage", self.stage.as_str());
+        h("sluice.dlq.error.kind", &self.kind);
+        h("sluice.dlq.error.message", &self.message);
+        h("sluice.dlq.source.stream", &self.position.partition.stream);
+        h("sluice.dlq.source.partition", &self.position.partition.partition.to_string());
+        h("sluice.dlq.source.offset", &self.position.offset.to_string());
+        if let Some(t) = &self.transform {
+            h("sluice.dlq.transform", t);
+        }
+        Record { key: self.record.key.clone(), value: Some(value.into()), headers, timestamp: self.record.timestamp }
+    }
+}
+
+/// Why the dead-letter queue could not be written. The pipeline stops: it
+/// never skips a record it cannot park.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to the dead-letter queue ({sink}): {message}")]
+pub struct DlqError {
+    /// The sink.
+    pub sink: String,
+    /// Why.
+    pub message: String,
+}
+
+/// Writes entries to the dead-letter sink.
+pub struct DeadLetter {
+    sink: Box<dyn Sink>,
+    pipeline: String,
+    tenant: String,
+}
+
+impl std::fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetter").field("sink", &self.sink.describe()).finish()
+    }
+}
+
+impl DeadLetter {
+    /// A dead-letter queue over a sink.
+    pub fn new(sink: Box<dyn Sink>, pipeline: &str, tenant: &str) -> Self {
+        DeadLetter { sink, pipeline: pipeline.into(), tenant: tenant.into() }
+    }
+
+    /// Writes entries; returns once they are durable.
+    pub async fn write(&mut self, entries: &[DlqEntry]) -> Result<(), DlqError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Record> = entries.iter().map(|e| e.to_record(&self.pipeline, &self.tenant)).collect();
+        let rejects = self.sink.write(&records).await.map_err(|e: SinkError| DlqError { sink: self.sink.describe(), message: e.to_string() })?;
+        if let Some(r) = rejects.first() {
+            return Err(DlqError {
+                sink: self.sink.describe(),
+                message: format!("{} entries refused, the first (source {}) because {}", rejects.len(), entries[r.index].position, r.reason),
+            });
+        }
+        Ok(())
+    }
+
+    /// The sink's description.
+    pub fn describe(&self) -> String {
+        self.sink.describe()
+    }
+}

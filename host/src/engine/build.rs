@@ -1,0 +1,142 @@
+//! Building transform projects: a pipeline's `module` may name a Rust
+//! transform project directory instead of a `.wasm` file. Sluice builds it for
+//! `wasm32-wasip2` in release mode (cargo's own caching makes a rebuild of an
+//! unchanged project cost well under a second) and returns the component.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The guest target.
+pub const GUEST_TARGET: &str = "wasm32-wasip2";
+
+/// Why a transform project could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The path is neither a `.wasm` file nor a project directory.
+    #[error("module `{0}` is neither a .wasm file nor a directory with a Cargo.toml")]
+    NotAModule(PathBuf),
+    /// cargo could not be run.
+    #[error("cannot run cargo to build `{path}`: {message}")]
+    Cargo {
+        /// Project directory.
+        path: PathBuf,
+        /// Explanation.
+        message: String,
+    },
+    /// The build failed.
+    #[error("building transform project `{path}` failed:\n{output}{hint}")]
+    Failed {
+        /// Project directory.
+        path: PathBuf,
+        /// cargo's diagnostics (tail).
+        output: String,
+        /// A hint, e.g. to install the target.
+        hint: String,
+    },
+    /// The build produced no component.
+    #[error("building `{0}` produced no .wasm component (is its crate-type `cdylib`?)")]
+    NoArtifact(PathBuf),
+}
+
+/// Returns the component file for `module`: the file itself, or the built
+/// artifact of a transform project directory.
+pub fn resolve_module(module: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
+    if module.is_file() {
+        return Ok(module.to_path_buf());
+    }
+    let manifest = module.join("Cargo.toml");
+    if !manifest.is_file() {
+        return Err(BuildError::NotAModule(module.to_path_buf()));
+    }
+    build_project(module, &manifest, quiet)
+}
+
+fn cargo() -> Command {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(program);
+    for var in ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_MAKEFLAGS"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn target_dir(dir: &Path, manifest: &Path) -> Result<PathBuf, BuildError> {
+    let out = cargo()
+        .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"])
+        .arg(manifest)
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| BuildError::Cargo { path: dir.to_path_buf(), message: e.to_string() })?;
+    if !out.status.success() {
+        return Err(BuildError::Failed {
+            path: dir.to_path_buf(),
+            output: String::from_utf8_lossy(&out.stderr).into_owned(),
+            hint: String::new(),
+        });
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| BuildError::Cargo { path: dir.to_path_buf(), message: format!("bad cargo metadata: {e}") })?;
+    let target = meta
+        .get("target_directory")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| BuildError::Cargo { path: dir.to_path_buf(), message: "cargo metadata has no target_directory".into() })?;
+    // A directory of our own, so that building guests never waits on (or
+    // invalidates) the lock of a host build running in the same workspace.
+    Ok(Path::new(target).join("sluice-guests"))
+}
+
+fn build_project(dir: &Path, manifest: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
+    let target = target_dir(dir, manifest)?;
+    let manifest_abs = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+    tracing::debug!(project = %dir.display(), "building transform project");
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", GUEST_TARGET, "--message-format=json-render-diagnostics", "--manifest-path"])
+        .arg(&manifest_abs)
+        .arg("--target-dir")
+        .arg(&target)
+        .stdout(Stdio::piped())
+        .stderr(if quiet { Stdio::piped() } else { Stdio::inherit() });
+    let out = cmd.output().map_err(|e| BuildError::Cargo { path: dir.to_path_buf(), message: e.to_string() })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut output: String = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|m| m.get("message")?.get("rendered")?.as_str().map(str::to_string))
+            .collect();
+        output.push_str(&stderr);
+        let tail: String = {
+            let lines: Vec<&str> = output.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        let hint = if output.contains(GUEST_TARGET) && (output.contains("target may not be installed") || output.contains("can't find crate for `core`") || output.contains("can't find crate for `std`")) {
+            format!("\nhint: run `rustup target add {GUEST_TARGET}`")
+        } else {
+            String::new()
+        };
+        return Err(BuildError::Failed { path: dir.to_path_buf(), output: tail, hint });
+    }
+    let mut found = None;
+    for line in stdout.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg.get("reason").and_then(|r| r.as_str()) != Some("compiler-artifact") {
+            continue;
+        }
+        let same = msg
+            .get("manifest_path")
+            .and_then(|m| m.as_str())
+            .map(|m| std::fs::canonicalize(m).map(|p| p == manifest_abs).unwrap_or(false))
+            .unwrap_or(false);
+        if !same {
+            continue;
+        }
+        let files = msg.get("filenames").and_then(|f| f.as_array()).cloned().unwrap_or_default();
+        for f in files {
+            if let Some(f) = f.as_str().filter(|f| f.ends_with(".wasm")) {
+                found = Some(PathBuf::from(f));
+            }
+        }
+    }
+    found.ok_or_else(|| BuildError::NoArtifact(dir.to_path_buf()))
+}

@@ -1,0 +1,304 @@
+//! What the host gives each instance: the `host` interface (log, lookup),
+//! an empty WASI context, and per-batch counters that enforce the limits.
+
+use super::Limits;
+use super::sluice::transform::host::{Host, Level};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+/// Longest log message kept; longer ones are cut.
+const MAX_LOG_MESSAGE: usize = 4096;
+
+/// Reference tables for `lookup`: table name → key → row (JSON object text).
+#[derive(Debug, Default)]
+pub struct RefTables {
+    tables: HashMap<String, HashMap<String, String>>,
+}
+
+/// Why a reference table could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// I/O error.
+    #[error("cannot read table `{table}` from `{path}`: {message}")]
+    Read {
+        /// Table name.
+        table: String,
+        /// File.
+        path: String,
+        /// Explanation.
+        message: String,
+    },
+    /// Bad content.
+    #[error("table `{table}` in `{path}`: {message}")]
+    Invalid {
+        /// Table name.
+        table: String,
+        /// File.
+        path: String,
+        /// Explanation naming the row or column at fault.
+        message: String,
+    },
+}
+
+impl RefTables {
+    /// No tables.
+    pub fn empty() -> Arc<Self> {
+        Arc::new(RefTables::default())
+    }
+
+    /// Adds a table from a CSV file (header row; `key` names the key column)
+    /// or a JSON file (an array of objects with a `key` field, or an object
+    /// mapping keys to rows). CSV cells that are numbers or booleans in their
+    /// canonical spelling become JSON numbers and booleans.
+    pub fn load(&mut self, table: &str, path: &Path, key: &str) -> Result<(), TableError> {
+        let p = path.display().to_string();
+        let invalid = |message: String| TableError::Invalid { table: table.into(), path: p.clone(), message };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TableError::Read { table: table.into(), path: p.clone(), message: e.to_string() })?;
+        let mut rows = HashMap::new();
+        let is_json = path.extension().is_some_and(|e| e == "json");
+        if is_json {
+            let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+            match doc {
+                serde_json::Value::Array(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        let k = match item.get(key) {
+                            Some(serde_json::Value::String(s)) => s.clone(),
+                            Some(serde_json::Value::Number(n)) => n.to_string(),
+                            _ => return Err(invalid(format!("row {i} has no string or number field `{key}`"))),
+                        };
+                        rows.insert(k, item.to_string());
+                    }
+                }
+                serde_json::Value::Object(map) => {
+                    for (k, row) in map {
+                        rows.insert(k, row.to_string());
+                    }
+                }
+                _ => return Err(invalid("must be an array of objects or an object of rows".into())),
+            }
+        } else {
+            let mut reader = csv::Reader::from_reader(text.as_bytes());
+            let headers = reader.headers().map_err(|e| invalid(format!("bad header row: {e}")))?.clone();
+            let key_at = headers
+                .iter()
+                .position(|h| h == key)
+                .ok_or_else(|| invalid(format!("no key column `{key}` (columns: {})", headers.iter().collect::<Vec<_>>().join(", "))))?;
+            for (i, row) in reader.records().enumerate() {
+                let row = row.map_err(|e| invalid(format!("row {}: {e}", i + 2)))?;
+                let mut obj = serde_json::Map::new();
+                for (h, cell) in headers.iter().zip(row.iter()) {
+                    obj.insert(h.to_string(), csv_cell(cell));
+                }
+                let k = row.get(key_at).unwrap_or_default().to_string();
+                rows.insert(k, serde_json::Value::Object(obj).to_string());
+            }
+        }
+        self.tables.insert(table.to_string(), rows);
+        Ok(())
+    }
+
+    /// Looks a key up.
+    pub fn get(&self, table: &str, key: &str) -> Option<&str> {
+        self.tables.get(table)?.get(key).map(String::as_str)
+    }
+
+    /// Whether a table of this name is loaded.
+    pub fn has(&self, table: &str) -> bool {
+        self.tables.contains_key(table)
+    }
+}
+
+fn csv_cell(cell: &str) -> serde_json::Value {
+    if let Ok(i) = cell.parse::<i64>() {
+        if i.to_string() == cell {
+            return serde_json::Value::from(i);
+        }
+    }
+    if let Ok(f) = cell.parse::<f64>() {
+        if f.is_finite() && f.to_string() == cell {
+            return serde_json::Value::from(f);
+        }
+    }
+    match cell {
+        "true" => serde_json::Value::Bool(true),
+        "false" => serde_json::Value::Bool(false),
+        _ => serde_json::Value::String(cell.to_string()),
+    }
+}
+
+/// A log line written by a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Severity (`trace` ... `error`).
+    pub level: &'static str,
+    /// The message (cut at 4 KiB).
+    pub message: String,
+}
+
+/// Per-store state.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    name: Arc<str>,
+    tables: Arc<RefTables>,
+    max_logs: u32,
+    max_lookups: u64,
+    logs_this_batch: u32,
+    pub(crate) logs_dropped: u64,
+    lookups_this_batch: u64,
+    /// Last error-level line the guest logged (SDKs log panics this way).
+    pub(crate) last_error: Option<String>,
+    /// Lines logged since the last `take_logs`, for the fixture runner (bounded).
+    pub(crate) logs: Vec<LogLine>,
+}
+
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl HostState {
+    pub(crate) fn new(name: Arc<str>, tables: Arc<RefTables>, limits: StoreLimits, l: &Limits) -> Self {
+        // No env, no args, no preopens, no sockets, stdin empty, stdout and
+        // stderr discarded, clocks frozen at the epoch.
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            name,
+            tables,
+            max_logs: l.max_log_lines_per_batch,
+            max_lookups: l.max_lookups_per_batch,
+            logs_this_batch: 0,
+            logs_dropped: 0,
+            lookups_this_batch: 0,
+            last_error: None,
+            logs: Vec::new(),
+        }
+    }
+
+    pub(crate) fn begin_batch(&mut self) {
+        self.logs_this_batch = 0;
+        self.lookups_this_batch = 0;
+        self.last_error = None;
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl super::sluice::transform::types::Host for HostState {}
+
+impl Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        let mut message = message;
+        if message.len() > MAX_LOG_MESSAGE {
+            let mut cut = MAX_LOG_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        if matches!(level, Level::Error) {
+            self.last_error = Some(message.clone());
+        }
+        if self.logs_this_batch >= self.max_logs {
+            self.logs_dropped += 1;
+            return;
+        }
+        self.logs_this_batch += 1;
+        let name = &*self.name;
+        let level_name = match level {
+            Level::Trace => {
+                tracing::trace!(transform = name, "{message}");
+                "trace"
+            }
+            Level::Debug => {
+                tracing::debug!(transform = name, "{message}");
+                "debug"
+            }
+            Level::Info => {
+                tracing::info!(transform = name, "{message}");
+                "info"
+            }
+            Level::Warn => {
+                tracing::warn!(transform = name, "{message}");
+                "warn"
+            }
+            Level::Error => {
+                tracing::error!(transform = name, "{message}");
+                "error"
+            }
+        };
+        if self.logs.len() < 1000 {
+            self.logs.push(LogLine { level: level_name, message });
+        }
+    }
+
+    fn lookup(&mut self, table: String, key: String) -> Option<String> {
+        self.lookups_this_batch += 1;
+        if self.lookups_this_batch > self.max_lookups {
+            if self.lookups_this_batch == self.max_lookups + 1 {
+                tracing::warn!(transform = &*self.name, limit = self.max_lookups, "lookup limit reached for this batch");
+            }
+            return None;
+        }
+        if !self.tables.has(&table) {
+            tracing::debug!(transform = &*self.name, table = %table, "lookup in a table that is not configured");
+            return None;
+        }
+        self.tables.get(&table, &key).map(str::to_string)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_tables_type_their_cells() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("booths.csv");
+        std::fs::write(&path, "booth_id,region,expected,zip\nB1,north,360,01234\nB2,south,1.5,9\n").expect("write");
+        let mut t = RefTables::default();
+        t.load("booths", &path, "booth_id").expect("load");
+        let row: serde_json::Value = serde_json::from_str(t.get("booths", "B1").expect("row")).expect("json");
+        assert_eq!(row, serde_json::json!({"booth_id": "B1", "region": "north", "expected": 360, "zip": "01234"}));
+        assert_eq!(t.get("booths", "B3"), None);
+        let err = t.load("x", &path, "nope").expect_err("bad key column");
+        assert!(err.to_string().contains("no key column `nope`"), "{err}");
+    }
+}

@@ -1,0 +1,512 @@
+//! The transform engine: wasmtime with the component model.
+//!
+//! Lifecycle: a [`Engine`] is created once per host. Each module is compiled
+//! once and linked once into a [`Module`] (`Component` + `InstancePre`). Each
+//! tenant transform gets its own [`Runner`]: one `Store` and instance, with its
+//! own limits, re-created after any trap. Guests get no ambient authority:
+//! the WASI imports language runtimes touch at start-up are served from an
+//! empty context (no env, args, files, sockets; stdio discarded; clocks frozen).
+
+mod abi;
+pub mod build;
+mod host_api;
+
+pub use abi::{Failure, Outcome, Output, Processed};
+pub use host_api::{LogLine, RefTables, TableError};
+
+use crate::record::{Position, Record};
+use host_api::HostState;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "transform",
+});
+
+
+/// The WIT package version this host implements.
+pub const WIT_PACKAGE: &str = "sluice:transform@0.1.0";
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Limits for one transform instance. Every field has a safe default.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest linear memory of the instance, in MiB (default 64).
+    pub memory_mb: u32,
+    /// Wall-clock budget of one `init` or `process` call, in ms (default 5000).
+    pub timeout_ms: u64,
+    /// Most output records one input may produce (default 1000).
+    pub max_outputs_per_record: u32,
+    /// Most output bytes one batch may produce, in MiB (default 64).
+    pub max_output_mb: u32,
+    /// Log lines a transform may write per batch; the rest are counted and
+    /// dropped (default 100).
+    pub max_log_lines_per_batch: u32,
+    /// Lookups a transform may make per batch before they return nothing
+    /// (default 1,000,000).
+    pub max_lookups_per_batch: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 64,
+            timeout_ms: 5_000,
+            max_outputs_per_record: 1_000,
+            max_output_mb: 64,
+            max_log_lines_per_batch: 100,
+            max_lookups_per_batch: 1_000_000,
+        }
+    }
+}
+
+/// Why a module could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read module `{path}`: {source}")]
+    Read {
+        /// The module file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not WebAssembly at all.
+    #[error("module `{path}` is not a WebAssembly file (it does not start with the `\\0asm` magic bytes)")]
+    NotWasm {
+        /// The module file.
+        path: PathBuf,
+    },
+    /// The file is a core module, not a component.
+    #[error(
+        "module `{path}` is a core WebAssembly module, not a component: build it for `wasm32-wasip2` \
+         (or wrap it with `wasm-tools component new`) so that it implements {WIT_PACKAGE}"
+    )]
+    NotComponent {
+        /// The module file.
+        path: PathBuf,
+    },
+    /// Compilation failed.
+    #[error("module `{path}` is not a valid component: {message}")]
+    Invalid {
+        /// The module file.
+        path: PathBuf,
+        /// wasmtime's explanation.
+        message: String,
+    },
+    /// The component does not implement the transform world.
+    #[error("module `{path}` does not implement the world `{WIT_PACKAGE}/transform`: {message}")]
+    WrongWorld {
+        /// The module file.
+        path: PathBuf,
+        /// What is missing or mismatched.
+        message: String,
+    },
+    /// The module is larger than allowed.
+    #[error("module `{path}` is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// The module file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The engine could not be created.
+    #[error("cannot configure the wasm engine: {0}")]
+    Engine(String),
+}
+
+/// Why a call into a transform failed. The batch is then failed as a whole
+/// and the instance is discarded.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TransformError {
+    /// `init` returned an error: the transform is not deployed.
+    #[error("transform `{transform}` refused its configuration: {message}")]
+    Init {
+        /// Transform name.
+        transform: String,
+        /// The guest's message.
+        message: String,
+    },
+    /// The guest trapped (panic, out-of-bounds access, ...).
+    #[error("transform `{transform}` trapped: {message}")]
+    Trap {
+        /// Transform name.
+        transform: String,
+        /// The trap and, when the guest logged one, its panic message.
+        message: String,
+    },
+    /// The call ran past its time budget.
+    #[error("transform `{transform}` exceeded its deadline of {timeout_ms} ms")]
+    Deadline {
+        /// Transform name.
+        transform: String,
+        /// The budget.
+        timeout_ms: u64,
+    },
+    /// The guest tried to grow its memory past its limit.
+    #[error("transform `{transform}` ran out of memory (limit {limit_mb} MiB): {message}")]
+    OutOfMemory {
+        /// Transform name.
+        transform: String,
+        /// The limit.
+        limit_mb: u32,
+        /// wasmtime's message.
+        message: String,
+    },
+    /// `process` returned an error for the whole batch.
+    #[error("transform `{transform}` failed the batch: {message}")]
+    Batch {
+        /// Transform name.
+        transform: String,
+        /// The guest's message.
+        message: String,
+    },
+    /// The guest broke the contract (wrong outcome count, bad spans, limits).
+    #[error("transform `{transform}` broke the contract: {message}")]
+    Contract {
+        /// Transform name.
+        transform: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The host could not create an instance.
+    #[error("cannot instantiate transform `{transform}`: {message}")]
+    Instantiate {
+        /// Transform name.
+        transform: String,
+        /// wasmtime's message.
+        message: String,
+    },
+}
+
+impl TransformError {
+    /// Short machine-readable kind, used in the dead-letter queue.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransformError::Init { .. } => "init",
+            TransformError::Trap { .. } => "trap",
+            TransformError::Deadline { .. } => "deadline",
+            TransformError::OutOfMemory { .. } => "out-of-memory",
+            TransformError::Batch { .. } => "batch-failed",
+            TransformError::Contract { .. } => "contract",
+            TransformError::Instantiate { .. } => "instantiate",
+        }
+    }
+}
+
+/// The host's wasm engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: wasmtime::Engine,
+    linker: Arc<Linker<HostState>>,
+    max_module_bytes: u64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Creates the engine and starts its epoch ticker thread.
+    pub fn new() -> Result<Self, LoadError> {
+        let mut cfg = wasmtime::Config::new();
+        cfg.epoch_interruption(true)
+            .concurrency_support(false)
+            .max_wasm_stack(512 << 10)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let inner = wasmtime::Engine::new(&cfg).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker = Linker::<HostState>::new(&inner);
+        Transform::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| LoadError::Engine(e.to_string()))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let weak = inner.weak();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| LoadError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Engine { inner, linker: Arc::new(linker), max_module_bytes: 256 << 20 })
+    }
+
+    /// Loads, compiles and links a component file.
+    pub fn load_file(&self, path: &Path) -> Result<Arc<Module>, LoadError> {
+        let size = std::fs::metadata(path)
+            .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?
+            .len();
+        if size > self.max_module_bytes {
+            return Err(LoadError::TooLarge { path: path.to_path_buf(), size, limit: self.max_module_bytes });
+        }
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+        self.load_bytes(path, &bytes)
+    }
+
+    /// Loads, compiles and links a component from bytes; `path` names it in errors.
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Module>, LoadError> {
+        let path_buf = path.to_path_buf();
+        if bytes.len() as u64 > self.max_module_bytes {
+            return Err(LoadError::TooLarge { path: path_buf, size: bytes.len() as u64, limit: self.max_module_bytes });
+        }
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(LoadError::NotWasm { path: path_buf });
+        }
+        // Layer byte: 0 for core modules, 1 for components.
+        if bytes[6..8] == [0, 0] {
+            return Err(LoadError::NotComponent { path: path_buf });
+        }
+        let component = Component::new(&self.inner, bytes)
+            .map_err(|e| LoadError::Invalid { path: path_buf.clone(), message: format!("{e:#}") })?;
+        check_world(&self.inner, &component).map_err(|message| LoadError::WrongWorld { path: path_buf.clone(), message })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld { path: path_buf.clone(), message: format!("{e:#}") })?;
+        let pre = TransformPre::new(pre)
+            .map_err(|e| LoadError::WrongWorld { path: path_buf.clone(), message: format!("{e:#}") })?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        Ok(Arc::new(Module { path: path_buf, digest, pre, engine: self.inner.clone() }))
+    }
+}
+
+/// Checks exports and imports against the transform world, with messages
+/// that name what is missing.
+fn check_world(engine: &wasmtime::Engine, component: &Component) -> Result<(), String> {
+    let ty = component.component_type();
+    let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    let missing: Vec<&str> = ["init", "process"].into_iter().filter(|n| !exports.contains(n)).collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "missing export{} {} (it exports: {})",
+            if missing.len() > 1 { "s" } else { "" },
+            missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+            if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+        ));
+    }
+    for (name, _) in ty.imports(engine) {
+        if let Some(rest) = name.strip_prefix("sluice:transform/") {
+            let version = rest.split('@').nth(1).unwrap_or("");
+            if !version.starts_with("0.1.") {
+                return Err(format!(
+                    "it imports `{name}`, built against another version of the contract; this host provides {WIT_PACKAGE}"
+                ));
+            }
+        } else if !name.starts_with("wasi:") {
+            return Err(format!("it imports `{name}`, which Sluice does not provide"));
+        }
+    }
+    Ok(())
+}
+
+/// A compiled and linked transform module, shared by all its instances.
+pub struct Module {
+    path: PathBuf,
+    digest: String,
+    pre: TransformPre<HostState>,
+    engine: wasmtime::Engine,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module").field("path", &self.path).field("digest", &self.digest).finish()
+    }
+}
+
+impl Module {
+    /// The file the module was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `sha256:<hex>` of the module bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// What one instance of a transform needs: its name, configuration, tables
+/// and limits.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// Transform name (from the pipeline), used in every error and log line.
+    pub name: Arc<str>,
+    /// Configuration passed to `init` (JSON text).
+    pub config: String,
+    /// Reference tables for `lookup`.
+    pub tables: Arc<RefTables>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+struct Instance {
+    store: Store<HostState>,
+    bindings: Transform,
+    wire: sluice::transform::types::Batch,
+}
+
+/// One tenant transform: a module, its configuration and a live instance,
+/// re-created after any failure.
+pub struct Runner {
+    module: Arc<Module>,
+    spec: InstanceSpec,
+    instance: Option<Instance>,
+    instantiations: u64,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").field("name", &self.spec.name).field("module", &self.module).finish()
+    }
+}
+
+impl Runner {
+    /// Creates the runner and its first instance, calling `init`: a bad
+    /// configuration is reported here, before any record flows.
+    pub fn new(module: Arc<Module>, spec: InstanceSpec) -> Result<Self, TransformError> {
+        let mut runner = Runner { module, spec, instance: None, instantiations: 0 };
+        runner.ensure_instance()?;
+        Ok(runner)
+    }
+
+    /// The transform's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The module it runs.
+    pub fn module(&self) -> &Arc<Module> {
+        &self.module
+    }
+
+    /// How many instances were created so far (1 + re-creations after failures).
+    pub fn instantiations(&self) -> u64 {
+        self.instantiations
+    }
+
+    /// Log lines the guest wrote during the last call (for the fixture runner).
+    pub fn take_logs(&mut self) -> Vec<LogLine> {
+        self.instance.as_mut().map(|i| std::mem::take(&mut i.store.data_mut().logs)).unwrap_or_default()
+    }
+
+    fn ensure_instance(&mut self) -> Result<&mut Instance, TransformError> {
+        if self.instance.is_none() {
+            let instance = self.instantiate()?;
+            self.instantiations += 1;
+            self.instance = Some(instance);
+        }
+        self.instance.as_mut().ok_or_else(|| TransformError::Instantiate {
+            transform: self.spec.name.to_string(),
+            message: "instance vanished".into(),
+        })
+    }
+
+    fn instantiate(&self) -> Result<Instance, TransformError> {
+        let name = self.spec.name.to_string();
+        let limits = &self.spec.limits;
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size((limits.memory_mb as usize) << 20)
+            .instances(64)
+            .tables(64)
+            .memories(16)
+            .table_elements(1 << 20)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState::new(self.spec.name.clone(), self.spec.tables.clone(), store_limits, limits);
+        let mut store = Store::new(&self.module.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(ticks(limits.timeout_ms));
+        store.epoch_deadline_trap();
+        let bindings = self.module.pre.instantiate(&mut store).map_err(|e| classify(&self.spec, &mut store, e))?;
+        match bindings.call_init(&mut store, &self.spec.config) {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(TransformError::Init { transform: name, message }),
+            Err(e) => {
+                let err = classify(&self.spec, &mut store, e);
+                return Err(TransformError::Init { transform: name, message: err.to_string() });
+            }
+        }
+        let wire = sluice::transform::types::Batch {
+            arena: Vec::new(),
+            spans: Vec::new(),
+            timestamps: Vec::new(),
+            header_ends: Vec::new(),
+            header_spans: Vec::new(),
+            sources: Vec::new(),
+            source_index: Vec::new(),
+            offsets: Vec::new(),
+        };
+        Ok(Instance { store, bindings, wire })
+    }
+
+    /// Processes one batch. On any error the instance is discarded and the
+    /// next call starts a fresh one.
+    pub fn process(&mut self, records: &[(&Record, &Position)]) -> Result<Processed, TransformError> {
+        let result = self.process_inner(records);
+        if result.is_err() {
+            self.instance = None;
+        }
+        result
+    }
+
+    fn process_inner(&mut self, records: &[(&Record, &Position)]) -> Result<Processed, TransformError> {
+        self.ensure_instance()?;
+        let Runner { spec, instance, .. } = self;
+        let limits = &spec.limits;
+        let name = spec.name.to_string();
+        let Some(instance) = instance.as_mut() else {
+            return Err(TransformError::Instantiate { transform: name, message: "instance vanished".into() });
+        };
+        abi::encode(records, &mut instance.wire);
+        instance.store.data_mut().begin_batch();
+        instance.store.set_epoch_deadline(ticks(limits.timeout_ms));
+        let started = Instant::now();
+        let result = instance.bindings.call_process(&mut instance.store, &instance.wire);
+        tracing::trace!(transform = %name, records = records.len(), elapsed_us = started.elapsed().as_micros() as u64, "process call");
+        let wire_out = match result {
+            Ok(Ok(out)) => out,
+            Ok(Err(message)) => return Err(TransformError::Batch { transform: name, message }),
+            Err(e) => return Err(classify(spec, &mut instance.store, e)),
+        };
+        abi::decode(wire_out, records, limits)
+            .map_err(|message| TransformError::Contract { transform: name, message })
+    }
+}
+
+/// Turns a wasmtime error from a guest call into a [`TransformError`].
+fn classify(spec: &InstanceSpec, store: &mut Store<HostState>, e: wasmtime::Error) -> TransformError {
+    let transform = spec.name.to_string();
+    let panic = store.data_mut().last_error.take();
+    let text = format!("{e}");
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return TransformError::Deadline { transform, timeout_ms: spec.limits.timeout_ms };
+    }
+    if text.contains("forcing trap when growing memory") {
+        return TransformError::OutOfMemory { transform, limit_mb: spec.limits.memory_mb, message: text };
+    }
+    let message = match panic {
+        Some(p) => format!("{text} (guest said: {p})"),
+        None => text,
+    };
+    TransformError::Trap { transform, message }
+}
+
+fn ticks(timeout_ms: u64) -> u64 {
+    (timeout_ms / EPOCH_TICK.as_millis() as u64).max(1) + 1
+}

@@ -1,0 +1,439 @@
+//! The fixture runner behind `sluice test`.
+//!
+//! A fixture file (YAML or JSON) lives next to a transform, usually in its
+//! `fixtures/` folder. It gives the transform's configuration, optional
+//! reference tables, and records with the outcome expected for each:
+//!
+//! ```yaml
+//! description: maps toll transactions
+//! config: { mapping: { customer: "$.customer_id" } }
+//! tables: { booths: { path: ../../../examples/toll-road/booths.csv, key: booth_id } }
+//! records:
+//!   - input: { customer_id: C-1 }          # a JSON value (the record value)
+//!     expect:
+//!       emit:
+//!         - value: { customer: C-1 }       # default output
+//!         - { output: alerts, value: { customer: C-1 } }
+//!   - input_text: "not json"               # a raw text value
+//!     expect: { fail: { kind: invalid-input, message: "not valid JSON" } }
+//!   - input: {}
+//!     expect: drop
+//! ```
+//!
+//! All records of a file go to the transform as one batch. A failure's
+//! `message` matches when it is a substring of the actual message, or, with
+//! `message_regex`, when the regex matches. `sluice test --bless` rewrites the
+//! expectations from what the transform actually did.
+
+use crate::engine::build::{BuildError, resolve_module};
+use crate::engine::{Engine, InstanceSpec, Limits, LoadError, Outcome, RefTables, Runner, TableError, TransformError};
+use crate::record::{Header, Partition, Position, Record};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why fixtures could not be run (as opposed to failing).
+#[derive(Debug, thiserror::Error)]
+pub enum FixtureError {
+    /// Reading or writing a fixture file failed.
+    #[error("fixture `{path}`: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// No fixtures found.
+    #[error("no fixture files (*.yaml, *.yml, *.json) in `{0}`")]
+    NoFixtures(PathBuf),
+    /// Build failure.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// Load failure.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Table failure.
+    #[error(transparent)]
+    Table(#[from] TableError),
+}
+
+/// A fixture file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureFile {
+    /// What the fixture checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Module to test, relative to the fixture file (default: the transform
+    /// project holding the `fixtures/` folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<PathBuf>,
+    /// Configuration passed to `init`.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// Reference tables, paths relative to the fixture file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, crate::config::TableConfig>,
+    /// Limits for the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<serde_json::Value>,
+    /// Expected `init` failure (substring); when set, `records` are not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_init_error: Option<String>,
+    /// The records, each with its expected outcome.
+    #[serde(default)]
+    pub records: Vec<Case>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// One input record and its expected outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// A name shown in failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The record value as a JSON value (serialized compactly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// The record value as raw text (use for invalid JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_text: Option<String>,
+    /// The record key (text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Record headers (text values).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Event time, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<i64>,
+    /// What should happen.
+    pub expect: Expect,
+}
+
+/// An expected (or actual) outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Expect {
+    /// `drop`.
+    Drop(DropWord),
+    /// `{ emit: [...] }`.
+    Emit {
+        /// Output records, in order.
+        emit: Vec<ExpectedOutput>,
+    },
+    /// `{ fail: { kind, message } }`.
+    Fail {
+        /// The failure.
+        fail: ExpectedFailure,
+    },
+}
+
+/// The word `drop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DropWord {
+    /// Dropped.
+    Drop,
+}
+
+/// One expected output record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedOutput {
+    /// Named output; absent for the default output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Key (text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Value when it is JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    /// Value when it is not JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_text: Option<String>,
+    /// Headers (text values).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// An expected failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedFailure {
+    /// Error kind, exactly.
+    pub kind: String,
+    /// A substring of the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// A regex the message must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_regex: Option<String>,
+}
+
+/// The result of one fixture file.
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    /// The fixture file.
+    pub path: PathBuf,
+    /// Records checked.
+    pub records: usize,
+    /// Human-readable mismatches (empty when the file passed).
+    pub mismatches: Vec<String>,
+    /// Whether the file was rewritten by `--bless`.
+    pub blessed: bool,
+}
+
+impl FileReport {
+    /// Whether every expectation held.
+    pub fn passed(&self) -> bool {
+        self.mismatches.is_empty()
+    }
+}
+
+/// Finds the fixture files for a path: a fixture file itself, a `fixtures/`
+/// folder, or a transform folder holding one.
+pub fn discover(path: &Path) -> Result<Vec<PathBuf>, FixtureError> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let dir = if path.join("fixtures").is_dir() { path.join("fixtures") } else { path.to_path_buf() };
+    let entries = std::fs::read_dir(&dir).map_err(|e| FixtureError::File { path: dir.clone(), message: e.to_string() })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(FixtureError::NoFixtures(dir));
+    }
+    Ok(files)
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "json")
+}
+
+/// Reads a fixture file.
+pub fn read(path: &Path) -> Result<FixtureFile, FixtureError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FixtureError::File { path: path.into(), message: e.to_string() })?;
+    let parsed = if is_json(path) {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        serde_yaml::from_str(&text).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|message| FixtureError::File { path: path.into(), message })
+}
+
+fn write(path: &Path, fixture: &FixtureFile) -> Result<(), FixtureError> {
+    let text = if is_json(path) {
+        serde_json::to_string_pretty(fixture).map(|t| t + "\n").map_err(|e| e.to_string())
+    } else {
+        serde_yaml::to_string(fixture).map_err(|e| e.to_string())
+    };
+    let text = text.map_err(|message| FixtureError::File { path: path.into(), message })?;
+    std::fs::write(path, text).map_err(|e| FixtureError::File { path: path.into(), message: e.to_string() })
+}
+
+/// The module a fixture file tests.
+fn module_for(path: &Path, fixture: &FixtureFile) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    match &fixture.module {
+        Some(m) => dir.join(m),
+        None if dir.file_name().is_some_and(|n| n == "fixtures") => dir.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        None => dir.to_path_buf(),
+    }
+}
+
+fn case_record(case: &Case) -> Record {
+    let value = match (&case.input, &case.input_text) {
+        (_, Some(text)) => Some(bytes::Bytes::from(text.clone())),
+        (Some(v), None) => Some(bytes::Bytes::from(v.to_string())),
+        (None, None) => None,
+    };
+    Record {
+        key: case.key.clone().map(bytes::Bytes::from),
+        value,
+        headers: case.headers.iter().map(|(k, v)| Header::new(k, v.clone().into_bytes())).collect(),
+        timestamp: case.timestamp,
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn actual_output(output_names: &[String], out: &crate::engine::Output) -> ExpectedOutput {
+    let value_bytes = out.record.value.as_deref();
+    let value_json = value_bytes.and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok());
+    ExpectedOutput {
+        output: (out.slot != 0).then(|| output_names.get(out.slot as usize).cloned().unwrap_or_default()),
+        key: out.record.key.as_deref().map(text),
+        value_text: if value_json.is_none() { value_bytes.map(text) } else { None },
+        value: value_json,
+        headers: out.record.headers.iter().map(|h| (h.name_str().into_owned(), text(&h.value))).collect(),
+    }
+}
+
+fn matches(expected: &Expect, actual: &Expect) -> bool {
+    match (expected, actual) {
+        (Expect::Fail { fail: e }, Expect::Fail { fail: a }) => {
+            let msg = a.message.as_deref().unwrap_or_default();
+            e.kind == a.kind
+                && e.message.as_deref().is_none_or(|m| msg.contains(m))
+                && e.message_regex.as_deref().is_none_or(|r| regex::Regex::new(r).is_ok_and(|re| re.is_match(msg)))
+        }
+        (e, a) => e == a,
+    }
+}
+
+fn render(case: &Expect) -> String {
+    serde_yaml::to_string(case).unwrap_or_else(|e| format!("<cannot render: {e}>"))
+}
+
+fn diff(expected: &str, actual: &str) -> String {
+    let d = similar::TextDiff::from_lines(expected, actual);
+    let mut out = String::new();
+    for change in d.iter_all_changes() {
+        let sign = match change.tag() {
+            similar::ChangeTag::Delete => "-",
+            similar::ChangeTag::Insert => "+",
+            similar::ChangeTag::Equal => " ",
+        };
+        out.push_str(&format!("      {sign} {}", change));
+        if !change.to_string().ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Runs one fixture file; with `bless`, rewrites its expectations.
+pub fn run_file(engine: &Engine, path: &Path, bless: bool, quiet_build: bool) -> Result<FileReport, FixtureError> {
+    let mut fixture = read(path)?;
+    let module_path = resolve_module(&module_for(path, &fixture), quiet_build)?;
+    let module = engine.load_file(&module_path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tables = RefTables::default();
+    for (name, t) in &fixture.tables {
+        tables.load(name, &dir.join(&t.path), &t.key)?;
+    }
+    let limits: Limits = match &fixture.limits {
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| FixtureError::File { path: path.into(), message: format!("limits: {e}") })?,
+        None => Limits::default(),
+    };
+    let spec = InstanceSpec {
+        name: Arc::from(path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
+        config: fixture.config.to_string(),
+        tables: Arc::new(tables),
+        limits,
+    };
+    let mut report = FileReport { path: path.into(), records: fixture.records.len(), mismatches: Vec::new(), blessed: false };
+    let mut runner = match (Runner::new(module, spec), &fixture.expect_init_error) {
+        (Ok(r), None) => r,
+        (Err(e), Some(want)) => {
+            if !e.to_string().contains(want.as_str()) {
+                report.mismatches.push(format!("  init error: expected a message containing {want:?}, got {:?}", e.to_string()));
+            }
+            return Ok(report);
+        }
+        (Ok(_), Some(want)) => {
+            report.mismatches.push(format!("  init: expected an error containing {want:?}, but init succeeded"));
+            return Ok(report);
+        }
+        (Err(e), None) => {
+            report.mismatches.push(format!("  init failed: {e}"));
+            return Ok(report);
+        }
+    };
+
+    let records: Vec<Record> = fixture.records.iter().map(case_record).collect();
+    let stream = Arc::from(path.display().to_string().as_str());
+    let positions: Vec<Position> = (0..records.len())
+        .map(|i| Position { partition: Partition { stream: Arc::clone(&stream), partition: 0 }, offset: i as i64 })
+        .collect();
+    let inputs: Vec<(&Record, &Position)> = records.iter().zip(&positions).collect();
+    let actual: Vec<Expect> = match runner.process(&inputs) {
+        Ok(processed) => processed
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Drop => Expect::Drop(DropWord::Drop),
+                Outcome::Fail(f) => Expect::Fail {
+                    fail: ExpectedFailure { kind: f.kind.clone(), message: Some(f.message.clone()), message_regex: None },
+                },
+                Outcome::Emit { start, end } => Expect::Emit {
+                    emit: processed.outputs[*start..*end].iter().map(|out| actual_output(&processed.output_names, out)).collect(),
+                },
+            })
+            .collect(),
+        Err(e) => records.iter().map(|_| batch_failure(&e)).collect(),
+    };
+
+    for (i, (case, got)) in fixture.records.iter_mut().zip(actual).enumerate() {
+        if matches(&case.expect, &got) {
+            continue;
+        }
+        if bless {
+            case.expect = got;
+            report.blessed = true;
+        } else {
+            let label = case.name.as_deref().map(|n| format!(" `{n}`")).unwrap_or_default();
+            report.mismatches.push(format!(
+                "  record {i}{label}: expected (-) vs actual (+):\n{}",
+                diff(&render(&case.expect), &render(&got))
+            ));
+        }
+    }
+    if report.blessed {
+        write(path, &fixture)?;
+    }
+    Ok(report)
+}
+
+fn batch_failure(e: &TransformError) -> Expect {
+    Expect::Fail { fail: ExpectedFailure { kind: e.kind().to_string(), message: Some(e.to_string()), message_regex: None } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_outcome_shapes() {
+        let f: FixtureFile = serde_yaml::from_str(
+            "records:\n  - input: {a: 1}\n    expect: drop\n  - input_text: x\n    expect: {fail: {kind: k, message: m}}\n  - input: 1\n    expect: {emit: [{value: 2}, {output: alerts, value_text: t}]}\n",
+        )
+        .expect("valid fixture");
+        assert_eq!(f.records[0].expect, Expect::Drop(DropWord::Drop));
+        assert!(matches!(f.records[1].expect, Expect::Fail { .. }));
+        let Expect::Emit { emit } = &f.records[2].expect else { panic!("emit") };
+        assert_eq!(emit[1].output.as_deref(), Some("alerts"));
+    }
+
+    #[test]
+    fn failure_messages_match_by_substring_or_regex() {
+        let actual = Expect::Fail { fail: ExpectedFailure { kind: "k".into(), message: Some("value at line 3 is bad".into()), message_regex: None } };
+        let sub = Expect::Fail { fail: ExpectedFailure { kind: "k".into(), message: Some("line 3".into()), message_regex: None } };
+        let re = Expect::Fail { fail: ExpectedFailure { kind: "k".into(), message: None, message_regex: Some(r"line \d+".into()) } };
+        let wrong = Expect::Fail { fail: ExpectedFailure { kind: "k".into(), message: Some("line 4".into()), message_regex: None } };
+        let kind = Expect::Fail { fail: ExpectedFailure { kind: "other".into(), message: None, message_regex: None } };
+        assert!(matches(&sub, &actual));
+        assert!(matches(&re, &actual));
+        assert!(!matches(&wrong, &actual));
+        assert!(!matches(&kind, &actual));
+    }
+
+    #[test]
+    fn diff_marks_changed_lines() {
+        let d = diff("emit:\n- value: 1\n", "emit:\n- value: 2\n");
+        assert!(d.contains("- - value: 1") && d.contains("+ - value: 2"), "{d}");
+    }
+}

@@ -1,0 +1,18 @@
+//! # Sluice host
+//!
+//! The runtime behind the `sluice` command. A record travels:
+//! [`source`] → [`batch`] (micro-batches) → [`engine`] (wasmtime: load, link,
+//! instantiate, call, limits) → outcomes → [`sink`] and [`dlq`] → [`ledger`]
+//! → commit. [`pipeline`] wires them together from a [`config`] file;
+//! [`fixture`] runs transforms against fixture files (`sluice test`).
+
+pub mod batch;
+pub mod config;
+pub mod dlq;
+pub mod engine;
+pub mod fixture;
+pub mod ledger;
+pub mod pipeline;
+pub mod record;
+pub mod sink;
+pub mod source;

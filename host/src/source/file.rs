@@ -1,0 +1,162 @@
+//! The file source: JSON Lines or raw lines from a file, a directory, a glob
+//! or standard input. Each non-blank line is a record; its position is the
+//! file path (stream) and the 0-based line number (offset).
+
+use super::{SourceError, SourceItem};
+use crate::config::LineFormat;
+use crate::record::{Partition, Position, Record, SourceRecord};
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+type Lines = tokio::io::Split<BufReader<Box<dyn AsyncRead + Send + Unpin>>>;
+
+/// Reads lines from files in order.
+pub struct FileSource {
+    pending: std::vec::IntoIter<PathBuf>,
+    stdin: bool,
+    current: Option<(Partition, Lines, i64)>,
+    format: LineFormat,
+    pattern: String,
+}
+
+impl std::fmt::Debug for FileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSource").field("pattern", &self.pattern).finish()
+    }
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+impl FileSource {
+    /// Resolves `path` (file, directory, glob or `-`) against `base`.
+    pub fn open(path: &str, base: &Path, format: LineFormat) -> Result<Self, SourceError> {
+        let mut files = Vec::new();
+        let stdin = path == "-";
+        if !stdin {
+            let full = base.join(path);
+            let full_str = full.to_string_lossy().to_string();
+            if has_glob(path) {
+                let matches = glob::glob(&full_str)
+                    .map_err(|e| SourceError::Pattern { pattern: path.to_string(), message: e.to_string() })?;
+                for m in matches {
+                    let m = m.map_err(|e| SourceError::Io { path: e.path().display().to_string(), source: e.into() })?;
+                    if m.is_file() {
+                        files.push(m);
+                    }
+                }
+            } else if full.is_dir() {
+                let entries = std::fs::read_dir(&full).map_err(|source| SourceError::Io { path: full_str.clone(), source })?;
+                for e in entries {
+                    let e = e.map_err(|source| SourceError::Io { path: full_str.clone(), source })?;
+                    let p = e.path();
+                    let hidden = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                    if p.is_file() && !hidden {
+                        files.push(p);
+                    }
+                }
+            } else if full.is_file() {
+                files.push(full);
+            }
+            files.sort();
+            if files.is_empty() {
+                return Err(SourceError::NoFiles(full_str));
+            }
+        }
+        Ok(FileSource { pending: files.into_iter(), stdin, current: None, format, pattern: path.to_string() })
+    }
+
+    async fn open_next(&mut self) -> Result<bool, SourceError> {
+        let (name, reader): (String, Box<dyn AsyncRead + Send + Unpin>) = if self.stdin {
+            self.stdin = false;
+            ("-".to_string(), Box::new(tokio::io::stdin()))
+        } else {
+            let Some(path) = self.pending.next() else { return Ok(false) };
+            let name = path.display().to_string();
+            let file = tokio::fs::File::open(&path).await.map_err(|source| SourceError::Io { path: name.clone(), source })?;
+            (name, Box::new(file))
+        };
+        let partition = Partition { stream: Arc::from(name.as_str()), partition: 0 };
+        self.current = Some((partition, BufReader::with_capacity(256 << 10, reader).split(b'\n'), 0));
+        Ok(true)
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Source for FileSource {
+    async fn next(&mut self) -> Result<Option<SourceItem>, SourceError> {
+        loop {
+            if self.current.is_none() && !self.open_next().await? {
+                return Ok(None);
+            }
+            let Some((partition, lines, line_no)) = self.current.as_mut() else { continue };
+            let line = lines
+                .next_segment()
+                .await
+                .map_err(|source| SourceError::Io { path: partition.stream.to_string(), source })?;
+            let Some(mut line) = line else {
+                self.current = None;
+                continue;
+            };
+            let offset = *line_no;
+            *line_no += 1;
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let position = Position { partition: partition.clone(), offset };
+            let record = Record::from_value(Bytes::from(line));
+            if self.format == LineFormat::Jsonl {
+                let value = record.value.as_deref().unwrap_or_default();
+                if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(value) {
+                    let reason = format!("line {} of `{}` is not valid JSON: {e}", offset + 1, partition.stream);
+                    return Ok(Some(SourceItem::Invalid { record, position, reason }));
+                }
+            }
+            return Ok(Some(SourceItem::Record(SourceRecord { record, position })));
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("file `{}`", self.pattern)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Source;
+
+    #[tokio::test]
+    async fn reads_glob_in_order_and_flags_bad_json() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("b.jsonl"), "{\"n\":3}\n").expect("write");
+        std::fs::write(dir.path().join("a.jsonl"), "{\"n\":1}\r\n\n  \nnot json\n{\"n\":2}").expect("write");
+        std::fs::write(dir.path().join("c.txt"), "ignored").expect("write");
+        let mut src = FileSource::open("*.jsonl", dir.path(), LineFormat::Jsonl).expect("open");
+        let mut got = Vec::new();
+        while let Some(item) = src.next().await.expect("read") {
+            got.push(item);
+        }
+        assert_eq!(got.len(), 4);
+        let SourceItem::Record(first) = &got[0] else { panic!("first is a record") };
+        assert_eq!(first.record.value.as_deref(), Some(&b"{\"n\":1}"[..]));
+        assert_eq!(first.position.offset, 0);
+        let SourceItem::Invalid { position, reason, .. } = &got[1] else { panic!("second is invalid") };
+        assert_eq!(position.offset, 3);
+        assert!(reason.contains("line 4") && reason.contains("a.jsonl") && reason.contains("not valid JSON"), "{reason}");
+        assert!(got[3].position().partition.stream.ends_with("b.jsonl"));
+    }
+
+    #[test]
+    fn nothing_matching_is_an_error_naming_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = FileSource::open("*.jsonl", dir.path(), LineFormat::Lines).expect_err("no files");
+        assert!(err.to_string().contains("*.jsonl"), "{err}");
+    }
+}
