@@ -7,7 +7,10 @@ use std::sync::{Mutex, OnceLock};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The component of a transform project (relative to the workspace root),
@@ -35,7 +38,9 @@ pub fn read_lake(dir: &Path) -> Vec<serde_json::Value> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -48,9 +53,13 @@ pub fn read_lake(dir: &Path) -> Vec<serde_json::Value> {
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
+        let text =
+            std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
         for line in text.lines() {
-            out.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: bad JSON line {line:?}: {e}", f.display())));
+            out.push(
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: bad JSON line {line:?}: {e}", f.display())),
+            );
         }
     }
     out

@@ -16,8 +16,7 @@ fn example_pipeline(dir: &Path, batch: usize) -> std::path::PathBuf {
         r#"
 name = "toll-road"
 tenant = "test"
-[source]
-type = "file"
+[source.file]
 path = {data}
 [batch]
 max_records = {batch}
@@ -34,14 +33,11 @@ name = "enrich"
 module = {enrich}
 config = {{ table = "booths", key = "$.booth", fields = ["region", "road"], alert = {{ field = "$.amount", above = 20 }} }}
 tables = {{ booths = {{ path = {booths}, key = "booth_id" }} }}
-[outputs.default]
-type = "local"
+[outputs.default.local]
 path = "lake/transactions"
-[outputs.alerts]
-type = "local"
+[outputs.alerts.local]
 path = "lake/alerts"
-[dead_letter]
-type = "local"
+[dead_letter.local]
 path = "lake/errors"
 "#,
         data = toml_path(&ex.join("data/transactions.jsonl")),
@@ -57,15 +53,20 @@ path = "lake/errors"
 
 /// The sample data, read independently of Sluice: the model the lake is checked against.
 fn sample() -> Vec<Result<Value, String>> {
-    let text = std::fs::read_to_string(root().join("examples/toll-road/data/transactions.jsonl")).expect("sample");
-    text.lines().map(|l| serde_json::from_str(l).map_err(|_| l.to_string())).collect()
+    let text = std::fs::read_to_string(root().join("examples/toll-road/data/transactions.jsonl"))
+        .expect("sample");
+    text.lines()
+        .map(|l| serde_json::from_str(l).map_err(|_| l.to_string()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn toll_road_lands_in_the_lake_and_bad_records_in_the_dlq() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pipeline = example_pipeline(dir.path(), 128);
-    let summary = run_file(&pipeline, &RunOptions { quiet_build: true }).await.expect("pipeline runs");
+    let summary = run_file(&pipeline, &RunOptions { quiet_build: true })
+        .await
+        .expect("pipeline runs");
 
     // Model from the raw sample.
     let booths: BTreeSet<String> = (1..=12).map(|i| format!("B-{i:02}")).collect();
@@ -74,14 +75,24 @@ async fn toll_road_lands_in_the_lake_and_bad_records_in_the_dlq() {
     let mut want_dlq = BTreeMap::new(); // offset -> (stage, transform, kind)
     for (offset, rec) in sample().into_iter().enumerate() {
         let Ok(rec) = rec else {
-            want_dlq.insert(offset as i64, ("decode".to_string(), None, "invalid-input".to_string()));
+            want_dlq.insert(
+                offset as i64,
+                ("decode".to_string(), None, "invalid-input".to_string()),
+            );
             continue;
         };
         if rec.as_object().is_some_and(|m| m.is_empty()) {
             continue; // skipped by json-map
         }
         let Some(amount) = rec["amount"].as_f64() else {
-            want_dlq.insert(offset as i64, ("transform".into(), Some("paid-only".to_string()), "invalid-input".into()));
+            want_dlq.insert(
+                offset as i64,
+                (
+                    "transform".into(),
+                    Some("paid-only".to_string()),
+                    "invalid-input".into(),
+                ),
+            );
             continue;
         };
         if amount <= 0.0 {
@@ -89,7 +100,14 @@ async fn toll_road_lands_in_the_lake_and_bad_records_in_the_dlq() {
         }
         let txn = rec["txn_id"].as_str().expect("txn").to_string();
         if !booths.contains(rec["booth_id"].as_str().expect("booth")) {
-            want_dlq.insert(offset as i64, ("transform".into(), Some("enrich".to_string()), "lookup-failed".into()));
+            want_dlq.insert(
+                offset as i64,
+                (
+                    "transform".into(),
+                    Some("enrich".to_string()),
+                    "lookup-failed".into(),
+                ),
+            );
             continue;
         }
         if amount > 20.0 {
@@ -101,17 +119,33 @@ async fn toll_road_lands_in_the_lake_and_bad_records_in_the_dlq() {
     assert!(!want_alerts.is_empty());
 
     let lake = read_lake(&dir.path().join("lake/transactions"));
-    let got_lake: BTreeSet<String> = lake.iter().map(|r| r["transaction"].as_str().expect("transaction").to_string()).collect();
+    let got_lake: BTreeSet<String> = lake
+        .iter()
+        .map(|r| r["transaction"].as_str().expect("transaction").to_string())
+        .collect();
     assert_eq!(lake.len(), got_lake.len(), "no duplicates in the lake");
     assert_eq!(got_lake, want_lake);
     for r in &lake {
-        assert!(r.get("plate").is_none(), "the plate (PII) must be mapped away: {r}");
-        assert!(r["region"].is_string() && r["road"].is_string(), "enriched: {r}");
+        assert!(
+            r.get("plate").is_none(),
+            "the plate (PII) must be mapped away: {r}"
+        );
+        assert!(
+            r["region"].is_string() && r["road"].is_string(),
+            "enriched: {r}"
+        );
     }
     let alerts = read_lake(&dir.path().join("lake/alerts"));
-    let got_alerts: BTreeSet<String> = alerts.iter().map(|r| r["transaction"].as_str().expect("t").to_string()).collect();
+    let got_alerts: BTreeSet<String> = alerts
+        .iter()
+        .map(|r| r["transaction"].as_str().expect("t").to_string())
+        .collect();
     assert_eq!(got_alerts, want_alerts);
-    assert!(alerts.iter().all(|a| a["alert"].as_str().is_some_and(|s| s.contains("is above 20"))));
+    assert!(alerts.iter().all(|a| {
+        a["alert"]
+            .as_str()
+            .is_some_and(|s| s.contains("is above 20"))
+    }));
 
     let dlq = read_lake(&dir.path().join("lake/errors"));
     let got_dlq: BTreeMap<i64, (String, Option<String>, String)> = dlq
@@ -137,21 +171,38 @@ async fn toll_road_lands_in_the_lake_and_bad_records_in_the_dlq() {
         };
         let stored = e["record"]["value"].as_str().expect("original value kept");
         assert_eq!(
-            serde_json::from_str::<Value>(stored).ok().map(|v| v.to_string()).unwrap_or(stored.to_string()),
+            serde_json::from_str::<Value>(stored)
+                .ok()
+                .map(|v| v.to_string())
+                .unwrap_or(stored.to_string()),
             original,
             "DLQ keeps the original record unchanged"
         );
         assert_eq!(e["pipeline"], "toll-road");
         assert_eq!(e["tenant"], "test");
-        assert!(e["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
         if e["stage"] == "transform" {
-            assert!(e["module"].as_str().is_some_and(|m| m.starts_with("sha256:")));
+            assert!(
+                e["module"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("sha256:"))
+            );
         }
     }
 
     assert_eq!(summary.records_in, 1000);
-    assert_eq!(summary.outputs.get("default").copied(), Some(want_lake.len() as u64));
-    assert_eq!(summary.outputs.get("alerts").copied(), Some(want_alerts.len() as u64));
+    assert_eq!(
+        summary.outputs.get("default").copied(),
+        Some(want_lake.len() as u64)
+    );
+    assert_eq!(
+        summary.outputs.get("alerts").copied(),
+        Some(want_alerts.len() as u64)
+    );
     assert_eq!(summary.dead_letter_total(), 3);
     assert_eq!(summary.dropped_total(), 2);
     assert_eq!(summary.batches, 8, "1000 records in batches of 128");
@@ -163,13 +214,27 @@ async fn toll_road_lands_in_the_lake_and_bad_records_in_the_dlq() {
 }
 
 fn spec(name: &str, config: &str, limits: Limits) -> InstanceSpec {
-    InstanceSpec { name: Arc::from(name), config: config.to_string(), tables: RefTables::empty(), limits }
+    InstanceSpec {
+        name: Arc::from(name),
+        config: config.to_string(),
+        tables: RefTables::empty(),
+        limits,
+    }
 }
 
 fn records(values: &[&str]) -> (Vec<Record>, Vec<Position>) {
-    let recs = values.iter().map(|v| Record::from_value(v.as_bytes().to_vec())).collect();
+    let recs = values
+        .iter()
+        .map(|v| Record::from_value(v.as_bytes().to_vec()))
+        .collect();
     let pos = (0..values.len())
-        .map(|i| Position { partition: Partition { stream: Arc::from("t"), partition: 0 }, offset: i as i64 })
+        .map(|i| Position {
+            partition: Partition {
+                stream: Arc::from("t"),
+                partition: 0,
+            },
+            offset: i as i64,
+        })
         .collect();
     (recs, pos)
 }
@@ -183,15 +248,22 @@ fn run(runner: &mut Runner, values: &[&str]) -> Result<sluice::engine::Processed
 #[test]
 fn a_trap_fails_the_batch_and_a_fresh_instance_takes_the_next() {
     let engine = Engine::new().expect("engine");
-    let m = engine.load_file(&module("tests/guests/poison")).expect("load");
+    let m = engine
+        .load_file(&module("tests/guests/poison"))
+        .expect("load");
     let mut runner = Runner::new(m, spec("poison", "{}", Limits::default())).expect("init");
     let ok = run(&mut runner, &["a", "b"]).expect("clean batch");
     assert_eq!(ok.outputs.len(), 2);
 
     let err = run(&mut runner, &["a", "boom"]).expect_err("panics");
-    let TransformError::Trap { transform, message } = &err else { panic!("want a trap, got {err:?}") };
+    let TransformError::Trap { transform, message } = &err else {
+        panic!("want a trap, got {err:?}")
+    };
     assert_eq!(transform, "poison");
-    assert!(message.contains("poison record at offset Some(1)"), "panic message reaches the host: {message}");
+    assert!(
+        message.contains("poison record at offset Some(1)"),
+        "panic message reaches the host: {message}"
+    );
 
     let after = run(&mut runner, &["c"]).expect("a fresh instance serves the next batch");
     assert_eq!(after.outputs[0].record.value.as_deref(), Some(&b"c"[..]));
@@ -204,28 +276,71 @@ fn a_trap_fails_the_batch_and_a_fresh_instance_takes_the_next() {
 #[test]
 fn an_endless_loop_hits_the_deadline_and_a_memory_bomb_hits_the_limit() {
     let engine = Engine::new().expect("engine");
-    let m = engine.load_file(&module("tests/guests/poison")).expect("load");
-    let limits = Limits { timeout_ms: 200, memory_mb: 16, ..Limits::default() };
+    let m = engine
+        .load_file(&module("tests/guests/poison"))
+        .expect("load");
+    let limits = Limits {
+        timeout_ms: 200,
+        memory_mb: 16,
+        ..Limits::default()
+    };
     let mut runner = Runner::new(m, spec("hostile", "{}", limits)).expect("init");
 
     let started = std::time::Instant::now();
     let err = run(&mut runner, &["spin"]).expect_err("loops");
-    assert_eq!(err, TransformError::Deadline { transform: "hostile".into(), timeout_ms: 200 });
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the deadline interrupts the guest");
+    assert_eq!(
+        err,
+        TransformError::Deadline {
+            transform: "hostile".into(),
+            timeout_ms: 200
+        }
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the deadline interrupts the guest"
+    );
 
     let err = run(&mut runner, &["hog"]).expect_err("eats memory");
-    assert!(matches!(&err, TransformError::OutOfMemory { limit_mb: 16, .. }), "want out-of-memory, got {err:?}");
-    assert!(err.to_string().contains("hostile") && err.to_string().contains("16 MiB"), "{err}");
+    assert!(
+        matches!(&err, TransformError::OutOfMemory { limit_mb: 16, .. }),
+        "want out-of-memory, got {err:?}"
+    );
+    assert!(
+        err.to_string().contains("hostile") && err.to_string().contains("16 MiB"),
+        "{err}"
+    );
 
-    assert_eq!(run(&mut runner, &["fine"]).expect("still serving").outputs.len(), 1);
+    assert_eq!(
+        run(&mut runner, &["fine"])
+            .expect("still serving")
+            .outputs
+            .len(),
+        1
+    );
 }
 
 #[test]
 fn init_errors_keep_the_transform_from_deploying() {
     let engine = Engine::new().expect("engine");
-    let m = engine.load_file(&module("tests/guests/poison")).expect("load");
-    let err = Runner::new(m, spec("p", r#"{"init_error": "no table named `x`"}"#, Limits::default())).expect_err("refused");
-    assert_eq!(err, TransformError::Init { transform: "p".into(), message: "no table named `x`".into() });
+    let m = engine
+        .load_file(&module("tests/guests/poison"))
+        .expect("load");
+    let err = Runner::new(
+        m,
+        spec(
+            "p",
+            r#"{"init_error": "no table named `x`"}"#,
+            Limits::default(),
+        ),
+    )
+    .expect_err("refused");
+    assert_eq!(
+        err,
+        TransformError::Init {
+            transform: "p".into(),
+            message: "no table named `x`".into()
+        }
+    );
 }
 
 #[test]
@@ -234,9 +349,17 @@ fn modules_that_are_not_transforms_are_refused_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cases: [(&str, &[u8], &str); 3] = [
         ("text.wasm", b"hello, world", "is not a WebAssembly file"),
-        ("core.wasm", b"\0asm\x01\0\0\0", "is a core WebAssembly module, not a component"),
+        (
+            "core.wasm",
+            b"\0asm\x01\0\0\0",
+            "is a core WebAssembly module, not a component",
+        ),
         // An empty component: valid, but exports nothing.
-        ("empty.wasm", b"\0asm\x0d\0\x01\0", "missing exports `init`, `process`"),
+        (
+            "empty.wasm",
+            b"\0asm\x0d\0\x01\0",
+            "missing exports `init`, `process`",
+        ),
     ];
     for (name, bytes, want) in cases {
         let path = dir.path().join(name);
@@ -245,7 +368,9 @@ fn modules_that_are_not_transforms_are_refused_by_name() {
         let text = err.to_string();
         assert!(text.contains(name) && text.contains(want), "{name}: {text}");
     }
-    let missing = engine.load_file(&dir.path().join("nope.wasm")).expect_err("missing file");
+    let missing = engine
+        .load_file(&dir.path().join("nope.wasm"))
+        .expect_err("missing file");
     assert!(matches!(missing, LoadError::Read { .. }));
 }
 
@@ -253,25 +378,45 @@ fn modules_that_are_not_transforms_are_refused_by_name() {
 async fn a_trapping_batch_goes_to_the_dlq_and_the_run_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.jsonl");
-    let lines: Vec<String> = (0..40).map(|i| if i == 13 { "\"boom\"".to_string() } else { format!("{{\"n\":{i}}}") }).collect();
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            if i == 13 {
+                "\"boom\"".to_string()
+            } else {
+                format!("{{\"n\":{i}}}")
+            }
+        })
+        .collect();
     std::fs::write(&input, lines.join("\n")).expect("write");
     let pipeline = dir.path().join("p.toml");
     std::fs::write(
         &pipeline,
         format!(
-            "name = \"poison\"\n[source]\ntype = \"file\"\npath = {}\n[batch]\nmax_records = 10\n[[transforms]]\nname = \"poison\"\nmodule = {}\n[outputs.default]\ntype = \"local\"\npath = \"out\"\n[dead_letter]\ntype = \"local\"\npath = \"dlq\"\n",
+            "name = \"poison\"\n[source.file]\npath = {}\n[batch]\nmax_records = 10\n[[transforms]]\nname = \"poison\"\nmodule = {}\n[outputs.default.local]\npath = \"out\"\n[dead_letter.local]\npath = \"dlq\"\n",
             toml_path(&input),
             toml_path(&module("tests/guests/poison"))
         ),
     )
     .expect("write");
-    let summary = run_file(&pipeline, &RunOptions { quiet_build: true }).await.expect("the run finishes");
+    let summary = run_file(&pipeline, &RunOptions { quiet_build: true })
+        .await
+        .expect("the run finishes");
     let out = read_lake(&dir.path().join("out"));
     let dlq = read_lake(&dir.path().join("dlq"));
     assert_eq!(out.len(), 30, "three clean batches of ten pass");
-    let offsets: Vec<i64> = dlq.iter().map(|e| e["source"]["offset"].as_i64().expect("offset")).collect();
-    assert_eq!(offsets, (10..20).collect::<Vec<_>>(), "the whole trapped batch is parked, in order");
-    assert!(dlq.iter().all(|e| e["error"]["kind"] == "trap" && e["transform"] == "poison"));
+    let offsets: Vec<i64> = dlq
+        .iter()
+        .map(|e| e["source"]["offset"].as_i64().expect("offset"))
+        .collect();
+    assert_eq!(
+        offsets,
+        (10..20).collect::<Vec<_>>(),
+        "the whole trapped batch is parked, in order"
+    );
+    assert!(
+        dlq.iter()
+            .all(|e| e["error"]["kind"] == "trap" && e["transform"] == "poison")
+    );
     assert_eq!(summary.steps[0].batch_failures, 1);
     assert_eq!(summary.dead_lettered.get("transform").copied(), Some(10));
 }

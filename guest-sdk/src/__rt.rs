@@ -1,11 +1,15 @@
 //! Glue called by [`export_transform!`](crate::export_transform) and by
 //! native tests and benches. Not part of the public API.
 
-use crate::__bindings::sluice::transform::types::{Batch as WireBatch, Outcomes as WireOutcomes, Source};
+use crate::__bindings::sluice::transform::types::{
+    Batch as WireBatch, Outcomes as WireOutcomes, Source,
+};
 use crate::batch::{ABSENT, NO_TIMESTAMP};
 use crate::{Batch, Config, Outcomes, Transform};
 
-pub use crate::__bindings::sluice::transform::types::{Batch as Wire, OutcomeKind, Outcomes as WireOut};
+pub use crate::__bindings::sluice::transform::types::{
+    Batch as Wire, OutcomeKind, Outcomes as WireOut,
+};
 
 /// Runs `init` for a transform type. In a component, also installs a panic
 /// hook that logs the panic message at error level, so that the host can say
@@ -46,13 +50,17 @@ pub fn batch_of_values<V: AsRef<[u8]>>(values: &[V]) -> WireBatch {
         timestamps: vec![NO_TIMESTAMP; values.len()],
         header_ends: vec![0; values.len()],
         header_spans: Vec::new(),
-        sources: vec![Source { stream: "test".to_string(), partition: 0 }],
+        sources: vec![Source {
+            stream: "test".to_string(),
+            partition: 0,
+        }],
         source_index: vec![0; values.len()],
         offsets: (0..values.len() as i64).collect(),
     };
     for v in values {
         let v = v.as_ref();
-        b.spans.extend_from_slice(&[0, ABSENT, b.arena.len() as u32, v.len() as u32]);
+        b.spans
+            .extend_from_slice(&[0, ABSENT, b.arena.len() as u32, v.len() as u32]);
         b.arena.extend_from_slice(v);
     }
     b
@@ -69,7 +77,10 @@ pub fn output_values(out: &WireOutcomes) -> Vec<(String, Option<Vec<u8>>)> {
                 .and_then(|&slot| out.output_names.get(slot as usize))
                 .cloned()
                 .unwrap_or_default();
-            (name, crate::batch::span(&out.arena, &out.spans, i, 1).map(<[u8]>::to_vec))
+            (
+                name,
+                crate::batch::span(&out.arena, &out.spans, i, 1).map(<[u8]>::to_vec),
+            )
         })
         .collect()
 }

@@ -1,7 +1,7 @@
 //! Read side: the host's columnar batch seen as records.
 
-use crate::Error;
 use crate::__bindings::sluice::transform::types::{Batch as WireBatch, Source};
+use crate::Error;
 
 /// Span length meaning "absent" (see the WIT contract).
 pub(crate) const ABSENT: u32 = u32::MAX;
@@ -10,7 +10,12 @@ pub(crate) const NO_TIMESTAMP: i64 = i64::MIN;
 
 /// Reads the `(start, len)` pair at `pair` (0 for key, 1 for value) of entry
 /// `index` of a four-per-entry span list. Malformed spans read as absent.
-pub(crate) fn span<'a>(arena: &'a [u8], spans: &[u32], index: usize, pair: usize) -> Option<&'a [u8]> {
+pub(crate) fn span<'a>(
+    arena: &'a [u8],
+    spans: &[u32],
+    index: usize,
+    pair: usize,
+) -> Option<&'a [u8]> {
     let at = index.checked_mul(4)?.checked_add(pair * 2)?;
     let start = *spans.get(at)? as usize;
     let len = *spans.get(at + 1)?;
@@ -43,7 +48,10 @@ impl<'a> Batch<'a> {
 
     /// Record `index`, if there is one.
     pub fn get(&self, index: usize) -> Option<Record<'a>> {
-        (index < self.len()).then_some(Record { wire: self.wire, index })
+        (index < self.len()).then_some(Record {
+            wire: self.wire,
+            index,
+        })
     }
 
     /// The records, in order.
@@ -87,7 +95,9 @@ impl<'a> Record<'a> {
 
     /// The value as UTF-8 text; fails with `invalid-input` otherwise.
     pub fn value_str(&self) -> Result<&'a str, Error> {
-        let value = self.value().ok_or_else(|| Error::invalid_input("record has no value"))?;
+        let value = self
+            .value()
+            .ok_or_else(|| Error::invalid_input("record has no value"))?;
         std::str::from_utf8(value)
             .map_err(|e| Error::invalid_input(format!("record value is not UTF-8: {e}")))
     }
@@ -95,7 +105,9 @@ impl<'a> Record<'a> {
     /// The value parsed as JSON into any deserializable type; fails with
     /// `invalid-input` and serde's message (line, column) otherwise.
     pub fn json<T: serde::de::Deserialize<'a>>(&self) -> Result<T, Error> {
-        let value = self.value().ok_or_else(|| Error::invalid_input("record has no value"))?;
+        let value = self
+            .value()
+            .ok_or_else(|| Error::invalid_input("record has no value"))?;
         serde_json::from_slice(value)
             .map_err(|e| Error::invalid_input(format!("record value is not valid JSON: {e}")))
     }
@@ -111,7 +123,10 @@ impl<'a> Record<'a> {
         (start..end.max(start)).filter_map(move |h| {
             let name = span(&wire.arena, &wire.header_spans, h, 0)?;
             let value = span(&wire.arena, &wire.header_spans, h, 1).unwrap_or_default();
-            Some(Header { name: std::str::from_utf8(name).ok()?, value })
+            Some(Header {
+                name: std::str::from_utf8(name).ok()?,
+                value,
+            })
         })
     }
 
@@ -122,7 +137,11 @@ impl<'a> Record<'a> {
 
     /// Event time in milliseconds since the Unix epoch, if known.
     pub fn timestamp(&self) -> Option<i64> {
-        self.wire.timestamps.get(self.index).copied().filter(|&t| t != NO_TIMESTAMP)
+        self.wire
+            .timestamps
+            .get(self.index)
+            .copied()
+            .filter(|&t| t != NO_TIMESTAMP)
     }
 
     fn source(&self) -> Option<&'a Source> {
@@ -142,7 +161,11 @@ impl<'a> Record<'a> {
 
     /// The position of the record in its source (offset, line number), if known.
     pub fn offset(&self) -> Option<i64> {
-        self.wire.offsets.get(self.index).copied().filter(|&o| o >= 0)
+        self.wire
+            .offsets
+            .get(self.index)
+            .copied()
+            .filter(|&o| o >= 0)
     }
 }
 

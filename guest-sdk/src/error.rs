@@ -11,7 +11,10 @@ pub struct Error {
 impl Error {
     /// An error of any kind (kebab-case, e.g. `out-of-range`).
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        Error { kind: kind.into(), message: message.into() }
+        Error {
+            kind: kind.into(),
+            message: message.into(),
+        }
     }
 
     /// The record is malformed (not JSON, wrong type, ...).

@@ -6,7 +6,7 @@
 //! batch loop, decodes the host's columnar batch into [`Record`]s and encodes
 //! what you emit, so you only write the logic:
 //!
-//! ```ignore
+//! ```no_run
 //! use sluice_guest::{export_transform, Config, Emit, Error, Record, Transform};
 //!
 //! struct Upper;
@@ -132,9 +132,12 @@ macro_rules! export_transform {
             }
 
             impl $crate::__bindings::Guest for __SluiceExport {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     let transform = $crate::__rt::init::<$ty>(&config)?;
-                    __SLUICE_STATE.with(|state| *state.borrow_mut() = ::std::option::Option::Some(transform));
+                    __SLUICE_STATE
+                        .with(|state| *state.borrow_mut() = ::std::option::Option::Some(transform));
                     ::std::result::Result::Ok(())
                 }
 
@@ -145,15 +148,17 @@ macro_rules! export_transform {
                     ::std::string::String,
                 > {
                     __SLUICE_STATE.with(|state| match state.borrow_mut().as_mut() {
-                        ::std::option::Option::Some(transform) => $crate::__rt::process(transform, &batch),
-                        ::std::option::Option::None => ::std::result::Result::Err(
-                            "process called before init".to_string(),
-                        ),
+                        ::std::option::Option::Some(transform) => {
+                            $crate::__rt::process(transform, &batch)
+                        }
+                        ::std::option::Option::None => {
+                            ::std::result::Result::Err("process called before init".to_string())
+                        }
                     })
                 }
             }
 
-            $crate::__bindings::__export_world!(__SluiceExport with_types_in $crate::__bindings);
+    $crate::__bindings::__export_world!(__SluiceExport with_types_in $crate::__bindings);
         };
     };
 }

@@ -1,8 +1,8 @@
 //! Write side: outcomes and output records, encoded straight into the
 //! columnar form the host reads.
 
-use crate::Error;
 use crate::__bindings::sluice::transform::types::{Failure, OutcomeKind, Outcomes as WireOutcomes};
+use crate::Error;
 use crate::batch::{ABSENT, NO_TIMESTAMP};
 
 /// The outcomes of one batch, built in input order.
@@ -42,7 +42,13 @@ impl Outcomes {
         let first_output = self.wire.timestamps.len();
         let arena_mark = self.wire.arena.len();
         let header_mark = self.wire.header_spans.len();
-        Emit { outcomes: self, first_output, arena_mark, header_mark, finished: false }
+        Emit {
+            outcomes: self,
+            first_output,
+            arena_mark,
+            header_mark,
+            finished: false,
+        }
     }
 
     /// Number of outcomes recorded so far.
@@ -70,7 +76,9 @@ impl Outcomes {
     }
 
     fn output_slot(&mut self, name: Option<&str>) -> u32 {
-        let Some(name) = name.filter(|n| !n.is_empty()) else { return 0 };
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            return 0;
+        };
         match self.wire.output_names.iter().position(|n| n == name) {
             Some(i) => i as u32,
             None => {
@@ -106,8 +114,12 @@ impl Outcomes {
             self.wire.header_spans.push(value.len() as u32);
             self.wire.arena.extend_from_slice(value);
         }
-        self.wire.header_ends.push((self.wire.header_spans.len() / 4) as u32);
-        self.wire.timestamps.push(output.timestamp.unwrap_or(NO_TIMESTAMP));
+        self.wire
+            .header_ends
+            .push((self.wire.header_spans.len() / 4) as u32);
+        self.wire
+            .timestamps
+            .push(output.timestamp.unwrap_or(NO_TIMESTAMP));
         self.wire.output_index.push(slot);
     }
 }
@@ -125,7 +137,10 @@ pub struct Output<'a> {
 impl<'a> Output<'a> {
     /// An output record with this value, no key, no headers, the input's timestamp.
     pub fn new(value: &'a [u8]) -> Self {
-        Output { value: Some(value), ..Default::default() }
+        Output {
+            value: Some(value),
+            ..Default::default()
+        }
     }
 
     /// A copy of an input record (key, value, headers, timestamp).
@@ -203,11 +218,17 @@ impl<'o> Emit<'o> {
         let start = o.wire.arena.len();
         if let Err(e) = serde_json::to_writer(&mut o.wire.arena, value) {
             o.wire.arena.truncate(start);
-            return Err(Error::internal(format!("cannot serialize output as JSON: {e}")));
+            return Err(Error::internal(format!(
+                "cannot serialize output as JSON: {e}"
+            )));
         }
         let len = o.wire.arena.len() - start;
-        o.wire.spans.extend_from_slice(&[0, ABSENT, start as u32, len as u32]);
-        o.wire.header_ends.push((o.wire.header_spans.len() / 4) as u32);
+        o.wire
+            .spans
+            .extend_from_slice(&[0, ABSENT, start as u32, len as u32]);
+        o.wire
+            .header_ends
+            .push((o.wire.header_spans.len() / 4) as u32);
         o.wire.timestamps.push(NO_TIMESTAMP);
         o.wire.output_index.push(slot);
         Ok(())
@@ -252,7 +273,10 @@ impl<'o> Emit<'o> {
                 w.timestamps.truncate(self.first_output);
                 w.header_ends.truncate(self.first_output);
                 w.output_index.truncate(self.first_output);
-                w.failures.push(Failure { kind: error.kind().to_string(), message: error.message().to_string() });
+                w.failures.push(Failure {
+                    kind: error.kind().to_string(),
+                    message: error.message().to_string(),
+                });
                 OutcomeKind::Fail
             }
         };

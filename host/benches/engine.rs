@@ -17,21 +17,36 @@ use std::time::{Duration, Instant};
 const SIZES: [usize; 3] = [1, 100, 1000];
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 const MAPPING: &str = r#"{"mapping": {"transaction": "$.txn_id", "customer": "$.customer_id", "booth": "$.booth_id", "amount": "$.amount", "event_time": ["$.ts", "$.timestamp"]}}"#;
 
 fn sample(n: usize) -> Vec<Vec<u8>> {
-    let text = std::fs::read_to_string(root().join("examples/toll-road/data/transactions.jsonl")).expect("sample data");
-    let lines: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok() && l.len() > 2).collect();
-    (0..n).map(|i| lines[i % lines.len()].as_bytes().to_vec()).collect()
+    let text = std::fs::read_to_string(root().join("examples/toll-road/data/transactions.jsonl"))
+        .expect("sample data");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok() && l.len() > 2)
+        .collect();
+    (0..n)
+        .map(|i| lines[i % lines.len()].as_bytes().to_vec())
+        .collect()
 }
 
 fn runner(engine: &Engine, project: &str, config: &str) -> Runner {
-    let path = sluice::engine::build::resolve_module(&root().join(project), true).expect("build guest");
+    let path =
+        sluice::engine::build::resolve_module(&root().join(project), true).expect("build guest");
     let module = engine.load_file(&path).expect("load guest");
-    let spec = InstanceSpec { name: Arc::from(project), config: config.into(), tables: RefTables::empty(), limits: Limits::default() };
+    let spec = InstanceSpec {
+        name: Arc::from(project),
+        config: config.into(),
+        tables: RefTables::empty(),
+        limits: Limits::default(),
+    };
     Runner::new(module, spec).expect("init")
 }
 
@@ -42,10 +57,21 @@ struct Input {
 
 impl Input {
     fn new(values: &[Vec<u8>]) -> Self {
-        let part = Partition { stream: Arc::from("bench"), partition: 0 };
+        let part = Partition {
+            stream: Arc::from("bench"),
+            partition: 0,
+        };
         Input {
-            records: values.iter().map(|v| Record::from_value(v.clone())).collect(),
-            positions: (0..values.len()).map(|i| Position { partition: part.clone(), offset: i as i64 }).collect(),
+            records: values
+                .iter()
+                .map(|v| Record::from_value(v.clone()))
+                .collect(),
+            positions: (0..values.len())
+                .map(|i| Position {
+                    partition: part.clone(),
+                    offset: i as i64,
+                })
+                .collect(),
         }
     }
     fn pairs(&self) -> Vec<(&Record, &Position)> {
@@ -56,7 +82,9 @@ impl Input {
 fn bench(c: &mut Criterion, engine: &Engine) {
     let mut identity = runner(engine, "transforms/identity", "{}");
     let mut json_map = runner(engine, "transforms/json-map", MAPPING);
-    let mut native = sluice_json_map::JsonMap::init(sluice_guest::Config::from_json(MAPPING).expect("cfg")).expect("native init");
+    let mut native =
+        sluice_json_map::JsonMap::init(sluice_guest::Config::from_json(MAPPING).expect("cfg"))
+            .expect("native init");
     let mut group = c.benchmark_group("engine");
     for size in SIZES {
         let values = sample(size);
@@ -95,10 +123,20 @@ fn time_per_call(rounds: usize, iters: usize, mut f: impl FnMut()) -> Duration {
 fn summary(engine: &Engine) {
     let mut identity = runner(engine, "transforms/identity", "{}");
     let mut json_map = runner(engine, "transforms/json-map", MAPPING);
-    let mut native = sluice_json_map::JsonMap::init(sluice_guest::Config::from_json(MAPPING).expect("cfg")).expect("native init");
+    let mut native =
+        sluice_json_map::JsonMap::init(sluice_guest::Config::from_json(MAPPING).expect("cfg"))
+            .expect("native init");
     println!();
     println!("summary (median of 15 rounds, same process)");
-    println!("{:>6}  {:>16}  {:>14}  {:>16}  {:>18}  {:>10}", "batch", "identity µs/rec", "json-map rec/s", "native rec/s", "json-map µs/rec", "wasm/native");
+    println!(
+        "{:>6}  {:>16}  {:>14}  {:>16}  {:>18}  {:>10}",
+        "batch",
+        "identity µs/rec",
+        "json-map rec/s",
+        "native rec/s",
+        "json-map µs/rec",
+        "wasm/native"
+    );
     for size in SIZES {
         let values = sample(size);
         let input = Input::new(&values);

@@ -23,7 +23,12 @@ pub struct Batcher<T> {
 impl<T: ByteSize> Batcher<T> {
     /// An empty batcher.
     pub fn new(policy: BatchPolicy) -> Self {
-        Batcher { policy, items: Vec::new(), bytes: 0, opened: None }
+        Batcher {
+            policy,
+            items: Vec::new(),
+            bytes: 0,
+            opened: None,
+        }
     }
 
     /// Adds an item; appends to `ready` every batch this closes (at most two:
@@ -46,14 +51,19 @@ impl<T: ByteSize> Batcher<T> {
 
     /// When the open batch must be flushed, if one is open.
     pub fn deadline(&self) -> Option<Instant> {
-        self.opened.map(|t| t + Duration::from_millis(self.policy.max_wait_ms))
+        self.opened
+            .map(|t| t + Duration::from_millis(self.policy.max_wait_ms))
     }
 
     /// Closes the open batch, if any.
     pub fn take(&mut self) -> Option<Vec<T>> {
         self.opened = None;
         self.bytes = 0;
-        if self.items.is_empty() { None } else { Some(std::mem::take(&mut self.items)) }
+        if self.items.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.items))
+        }
     }
 
     /// Number of items in the open batch.
@@ -118,7 +128,11 @@ mod tests {
 
     #[test]
     fn deadline_runs_from_the_first_item() {
-        let mut b = Batcher::new(BatchPolicy { max_records: 10, max_bytes: 100, max_wait_ms: 50 });
+        let mut b = Batcher::new(BatchPolicy {
+            max_records: 10,
+            max_bytes: 100,
+            max_wait_ms: 50,
+        });
         assert_eq!(b.deadline(), None);
         let t0 = Instant::now();
         let mut out = Vec::new();

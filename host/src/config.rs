@@ -68,19 +68,24 @@ fn default_tenant() -> String {
     "default".into()
 }
 
-/// A source of records.
+/// A source of records: one table named after its kind, e.g. `[source.file]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SourceConfig {
     /// Lines of local files.
-    File {
-        /// A file, a directory (every file in it, sorted), a glob
-        /// (`data/*.jsonl`), or `-` for standard input.
-        path: String,
-        /// How lines become records (default `jsonl`).
-        #[serde(default)]
-        format: LineFormat,
-    },
+    File(FileSourceConfig),
+}
+
+/// `[source.file]`: lines of local files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// A file, a directory (every file in it, sorted), a glob
+    /// (`data/*.jsonl`), or `-` for standard input.
+    pub path: String,
+    /// How lines become records (default `jsonl`).
+    #[serde(default)]
+    pub format: LineFormat,
 }
 
 /// How a line of a file becomes a record.
@@ -110,7 +115,11 @@ pub struct BatchPolicy {
 
 impl Default for BatchPolicy {
     fn default() -> Self {
-        BatchPolicy { max_records: 1000, max_bytes: 4 << 20, max_wait_ms: 1000 }
+        BatchPolicy {
+            max_records: 1000,
+            max_bytes: 4 << 20,
+            max_wait_ms: 1000,
+        }
     }
 }
 
@@ -154,24 +163,34 @@ fn default_key() -> String {
     "key".into()
 }
 
-/// A sink.
+/// A sink: one table named after its kind, e.g. `[outputs.default.local]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SinkConfig {
     /// JSON Lines files on local disk, through `object_store`.
-    Local {
-        /// Directory (prefix) the files are written under.
-        path: PathBuf,
-        /// What a line holds (default `value`).
-        #[serde(default)]
-        format: RecordFormat,
-    },
+    Local(LocalSinkConfig),
     /// Standard output, one line per record.
-    Stdout {
-        /// What a line holds (default `value`).
-        #[serde(default)]
-        format: RecordFormat,
-    },
+    Stdout(StdoutSinkConfig),
+}
+
+/// `local`: JSON Lines files under a directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSinkConfig {
+    /// Directory (prefix) the files are written under.
+    pub path: PathBuf,
+    /// What a line holds (default `value`).
+    #[serde(default)]
+    pub format: RecordFormat,
+}
+
+/// `stdout`: one line per record on standard output.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    /// What a line holds (default `value`).
+    #[serde(default)]
+    pub format: RecordFormat,
 }
 
 /// How an output record is written as one line.
@@ -190,18 +209,30 @@ impl PipelineConfig {
     /// Reads and validates a pipeline file. Returns the config and the
     /// directory relative paths are resolved against.
     pub fn load(path: &Path) -> Result<(PipelineConfig, PathBuf), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let config = Self::parse(&text, path)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
         Ok((config, base))
     }
 
     /// Parses and validates pipeline text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<PipelineConfig, ConfigError> {
-        let config: PipelineConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
-        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+        let config: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -210,7 +241,10 @@ impl PipelineConfig {
             return Err("`name` must not be empty".into());
         }
         if !self.outputs.contains_key("default") {
-            return Err("`outputs.default` is missing: the last transform's default output needs a sink".into());
+            return Err(
+                "`outputs.default` is missing: the last transform's default output needs a sink"
+                    .into(),
+            );
         }
         let b = &self.batch;
         if b.max_records == 0 || b.max_bytes == 0 {
@@ -222,10 +256,15 @@ impl PipelineConfig {
                 return Err(format!("`transforms[{i}].name` must not be empty"));
             }
             if !seen.insert(t.name.as_str()) {
-                return Err(format!("`transforms[{i}].name`: the name `{}` is used twice", t.name));
+                return Err(format!(
+                    "`transforms[{i}].name`: the name `{}` is used twice",
+                    t.name
+                ));
             }
             if t.limits.memory_mb == 0 || t.limits.timeout_ms == 0 {
-                return Err(format!("`transforms[{i}].limits`: memory_mb and timeout_ms must be at least 1"));
+                return Err(format!(
+                    "`transforms[{i}].limits`: memory_mb and timeout_ms must be at least 1"
+                ));
             }
         }
         Ok(())
@@ -238,18 +277,15 @@ mod tests {
 
     const GOOD: &str = r#"
 name = "toll"
-[source]
-type = "file"
+[source.file]
 path = "data/*.jsonl"
 [[transforms]]
 name = "map"
 module = "map.wasm"
 config = { mapping = { a = "$.a" } }
-[outputs.default]
-type = "local"
+[outputs.default.local]
 path = "lake"
-[dead_letter]
-type = "stdout"
+[dead_letter.stdout]
 "#;
 
     #[test]
@@ -257,34 +293,76 @@ type = "stdout"
         let c = PipelineConfig::parse(GOOD, Path::new("p.toml")).expect("valid");
         assert_eq!(c.tenant, "default");
         assert_eq!(c.batch, BatchPolicy::default());
-        assert_eq!(c.transforms[0].config, serde_json::json!({"mapping": {"a": "$.a"}}));
+        assert_eq!(
+            c.transforms[0].config,
+            serde_json::json!({"mapping": {"a": "$.a"}})
+        );
         assert_eq!(c.transforms[0].limits, Limits::default());
     }
 
     #[test]
     fn unknown_field_names_line_and_field() {
-        let bad = GOOD.replace("[outputs.default]", "colour = 3\n[outputs.default]");
-        let err = PipelineConfig::parse(&bad, Path::new("p.toml")).expect_err("refused").to_string();
+        let bad = GOOD.replace(
+            "[outputs.default.local]",
+            "colour = 3\n[outputs.default.local]",
+        );
+        let err = PipelineConfig::parse(&bad, Path::new("p.toml"))
+            .expect_err("refused")
+            .to_string();
         assert!(err.contains("p.toml"), "{err}");
-        assert!(err.contains("line 11"), "{err}");
+        assert!(err.contains("line 9"), "{err}");
         assert!(err.contains("colour"), "{err}");
+        let bad = GOOD.replace(
+            "path = \"data/*.jsonl\"",
+            "path = \"data/*.jsonl\"\nformat = \"xml\"",
+        );
+        let err = PipelineConfig::parse(&bad, Path::new("p.toml"))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("line 5") && err.contains("format") && err.contains("xml"),
+            "{err}"
+        );
+        let bad = GOOD.replace("[dead_letter.stdout]", "[dead_letter.kafka]");
+        let err = PipelineConfig::parse(&bad, Path::new("p.toml"))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("line 11") && err.contains("kafka") && err.contains("local"),
+            "{err}"
+        );
     }
 
     #[test]
     fn wrong_type_names_the_field() {
-        let bad = GOOD.replace("name = \"toll\"", "name = \"toll\"\n[batch]\nmax_records = \"lots\"");
-        let err = PipelineConfig::parse(&bad, Path::new("p.toml")).expect_err("refused").to_string();
-        assert!(err.contains("max_records") || err.contains("line 4"), "{err}");
+        let bad = GOOD.replace(
+            "name = \"toll\"",
+            "name = \"toll\"\n[batch]\nmax_records = \"lots\"",
+        );
+        let err = PipelineConfig::parse(&bad, Path::new("p.toml"))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("max_records") || err.contains("line 4"),
+            "{err}"
+        );
         assert!(err.contains("line 4"), "{err}");
     }
 
     #[test]
     fn semantic_errors() {
-        let no_default = GOOD.replace("[outputs.default]", "[outputs.other]");
-        let err = PipelineConfig::parse(&no_default, Path::new("p.toml")).expect_err("refused").to_string();
+        let no_default = GOOD.replace("[outputs.default.local]", "[outputs.other.local]");
+        let err = PipelineConfig::parse(&no_default, Path::new("p.toml"))
+            .expect_err("refused")
+            .to_string();
         assert!(err.contains("outputs.default"), "{err}");
-        let twice = GOOD.replace("[outputs.default]", "[[transforms]]\nname = \"map\"\nmodule = \"m.wasm\"\n[outputs.default]");
-        let err = PipelineConfig::parse(&twice, Path::new("p.toml")).expect_err("refused").to_string();
+        let twice = GOOD.replace(
+            "[outputs.default.local]",
+            "[[transforms]]\nname = \"map\"\nmodule = \"m.wasm\"\n[outputs.default.local]",
+        );
+        let err = PipelineConfig::parse(&twice, Path::new("p.toml"))
+            .expect_err("refused")
+            .to_string();
         assert!(err.contains("used twice"), "{err}");
     }
 }

@@ -70,7 +70,13 @@ pub struct DlqEntry {
 
 impl DlqEntry {
     /// A first-attempt entry failed now.
-    pub fn new(record: Record, position: Position, stage: Stage, kind: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        record: Record,
+        position: Position,
+        stage: Stage,
+        kind: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         let now = Utc::now();
         DlqEntry {
             record,
@@ -119,18 +125,30 @@ impl DlqEntry {
     pub fn to_record(&self, pipeline: &str, tenant: &str) -> Record {
         let value = self.to_json(pipeline, tenant).to_string();
         let mut headers = self.record.headers.clone();
-        let mut h = |name: &str, value: &str| headers.push(Header::new(name, value.as_bytes().to_vec()));
+        let mut h =
+            |name: &str, value: &str| headers.push(Header::new(name, value.as_bytes().to_vec()));
         h("sluice.dlq.pipeline", pipeline);
         h("sluice.dlq.stage", self.stage.as_str());
         h("sluice.dlq.error.kind", &self.kind);
         h("sluice.dlq.error.message", &self.message);
         h("sluice.dlq.source.stream", &self.position.partition.stream);
-        h("sluice.dlq.source.partition", &self.position.partition.partition.to_string());
-        h("sluice.dlq.source.offset", &self.position.offset.to_string());
+        h(
+            "sluice.dlq.source.partition",
+            &self.position.partition.partition.to_string(),
+        );
+        h(
+            "sluice.dlq.source.offset",
+            &self.position.offset.to_string(),
+        );
         if let Some(t) = &self.transform {
             h("sluice.dlq.transform", t);
         }
-        Record { key: self.record.key.clone(), value: Some(value.into()), headers, timestamp: self.record.timestamp }
+        Record {
+            key: self.record.key.clone(),
+            value: Some(value.into()),
+            headers,
+            timestamp: self.record.timestamp,
+        }
     }
 }
 
@@ -154,14 +172,20 @@ pub struct DeadLetter {
 
 impl std::fmt::Debug for DeadLetter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadLetter").field("sink", &self.sink.describe()).finish()
+        f.debug_struct("DeadLetter")
+            .field("sink", &self.sink.describe())
+            .finish()
     }
 }
 
 impl DeadLetter {
     /// A dead-letter queue over a sink.
     pub fn new(sink: Box<dyn Sink>, pipeline: &str, tenant: &str) -> Self {
-        DeadLetter { sink, pipeline: pipeline.into(), tenant: tenant.into() }
+        DeadLetter {
+            sink,
+            pipeline: pipeline.into(),
+            tenant: tenant.into(),
+        }
     }
 
     /// Writes entries; returns once they are durable.
@@ -169,12 +193,27 @@ impl DeadLetter {
         if entries.is_empty() {
             return Ok(());
         }
-        let records: Vec<Record> = entries.iter().map(|e| e.to_record(&self.pipeline, &self.tenant)).collect();
-        let rejects = self.sink.write(&records).await.map_err(|e: SinkError| DlqError { sink: self.sink.describe(), message: e.to_string() })?;
+        let records: Vec<Record> = entries
+            .iter()
+            .map(|e| e.to_record(&self.pipeline, &self.tenant))
+            .collect();
+        let rejects = self
+            .sink
+            .write(&records)
+            .await
+            .map_err(|e: SinkError| DlqError {
+                sink: self.sink.describe(),
+                message: e.to_string(),
+            })?;
         if let Some(r) = rejects.first() {
             return Err(DlqError {
                 sink: self.sink.describe(),
-                message: format!("{} entries refused, the first (source {}) because {}", rejects.len(), entries[r.index].position, r.reason),
+                message: format!(
+                    "{} entries refused, the first (source {}) because {}",
+                    rejects.len(),
+                    entries[r.index].position,
+                    r.reason
+                ),
             });
         }
         Ok(())

@@ -26,7 +26,9 @@
 //! expectations from what the transform actually did.
 
 use crate::engine::build::{BuildError, resolve_module};
-use crate::engine::{Engine, InstanceSpec, Limits, LoadError, Outcome, RefTables, Runner, TableError, TransformError};
+use crate::engine::{
+    Engine, InstanceSpec, Limits, LoadError, Outcome, RefTables, Runner, TableError, TransformError,
+};
 use crate::record::{Header, Partition, Position, Record};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -203,12 +205,22 @@ pub fn discover(path: &Path) -> Result<Vec<PathBuf>, FixtureError> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let dir = if path.join("fixtures").is_dir() { path.join("fixtures") } else { path.to_path_buf() };
-    let entries = std::fs::read_dir(&dir).map_err(|e| FixtureError::File { path: dir.clone(), message: e.to_string() })?;
+    let dir = if path.join("fixtures").is_dir() {
+        path.join("fixtures")
+    } else {
+        path.to_path_buf()
+    };
+    let entries = std::fs::read_dir(&dir).map_err(|e| FixtureError::File {
+        path: dir.clone(),
+        message: e.to_string(),
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        })
         .collect();
     files.sort();
     if files.is_empty() {
@@ -223,23 +235,37 @@ fn is_json(path: &Path) -> bool {
 
 /// Reads a fixture file.
 pub fn read(path: &Path) -> Result<FixtureFile, FixtureError> {
-    let text = std::fs::read_to_string(path).map_err(|e| FixtureError::File { path: path.into(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|e| FixtureError::File {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
     let parsed = if is_json(path) {
         serde_json::from_str(&text).map_err(|e| e.to_string())
     } else {
         serde_yaml::from_str(&text).map_err(|e| e.to_string())
     };
-    parsed.map_err(|message| FixtureError::File { path: path.into(), message })
+    parsed.map_err(|message| FixtureError::File {
+        path: path.into(),
+        message,
+    })
 }
 
 fn write(path: &Path, fixture: &FixtureFile) -> Result<(), FixtureError> {
     let text = if is_json(path) {
-        serde_json::to_string_pretty(fixture).map(|t| t + "\n").map_err(|e| e.to_string())
+        serde_json::to_string_pretty(fixture)
+            .map(|t| t + "\n")
+            .map_err(|e| e.to_string())
     } else {
         serde_yaml::to_string(fixture).map_err(|e| e.to_string())
     };
-    let text = text.map_err(|message| FixtureError::File { path: path.into(), message })?;
-    std::fs::write(path, text).map_err(|e| FixtureError::File { path: path.into(), message: e.to_string() })
+    let text = text.map_err(|message| FixtureError::File {
+        path: path.into(),
+        message,
+    })?;
+    std::fs::write(path, text).map_err(|e| FixtureError::File {
+        path: path.into(),
+        message: e.to_string(),
+    })
 }
 
 /// The module a fixture file tests.
@@ -247,7 +273,9 @@ fn module_for(path: &Path, fixture: &FixtureFile) -> PathBuf {
     let dir = path.parent().unwrap_or(Path::new("."));
     match &fixture.module {
         Some(m) => dir.join(m),
-        None if dir.file_name().is_some_and(|n| n == "fixtures") => dir.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        None if dir.file_name().is_some_and(|n| n == "fixtures") => {
+            dir.parent().unwrap_or(Path::new(".")).to_path_buf()
+        }
         None => dir.to_path_buf(),
     }
 }
@@ -261,7 +289,11 @@ fn case_record(case: &Case) -> Record {
     Record {
         key: case.key.clone().map(bytes::Bytes::from),
         value,
-        headers: case.headers.iter().map(|(k, v)| Header::new(k, v.clone().into_bytes())).collect(),
+        headers: case
+            .headers
+            .iter()
+            .map(|(k, v)| Header::new(k, v.clone().into_bytes()))
+            .collect(),
         timestamp: case.timestamp,
     }
 }
@@ -274,11 +306,25 @@ fn actual_output(output_names: &[String], out: &crate::engine::Output) -> Expect
     let value_bytes = out.record.value.as_deref();
     let value_json = value_bytes.and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok());
     ExpectedOutput {
-        output: (out.slot != 0).then(|| output_names.get(out.slot as usize).cloned().unwrap_or_default()),
+        output: (out.slot != 0).then(|| {
+            output_names
+                .get(out.slot as usize)
+                .cloned()
+                .unwrap_or_default()
+        }),
         key: out.record.key.as_deref().map(text),
-        value_text: if value_json.is_none() { value_bytes.map(text) } else { None },
+        value_text: if value_json.is_none() {
+            value_bytes.map(text)
+        } else {
+            None
+        },
         value: value_json,
-        headers: out.record.headers.iter().map(|h| (h.name_str().into_owned(), text(&h.value))).collect(),
+        headers: out
+            .record
+            .headers
+            .iter()
+            .map(|h| (h.name_str().into_owned(), text(&h.value)))
+            .collect(),
     }
 }
 
@@ -288,7 +334,9 @@ fn matches(expected: &Expect, actual: &Expect) -> bool {
             let msg = a.message.as_deref().unwrap_or_default();
             e.kind == a.kind
                 && e.message.as_deref().is_none_or(|m| msg.contains(m))
-                && e.message_regex.as_deref().is_none_or(|r| regex::Regex::new(r).is_ok_and(|re| re.is_match(msg)))
+                && e.message_regex
+                    .as_deref()
+                    .is_none_or(|r| regex::Regex::new(r).is_ok_and(|re| re.is_match(msg)))
         }
         (e, a) => e == a,
     }
@@ -315,37 +363,92 @@ fn diff(expected: &str, actual: &str) -> String {
     out
 }
 
-/// Runs one fixture file; with `bless`, rewrites its expectations.
-pub fn run_file(engine: &Engine, path: &Path, bless: bool, quiet_build: bool) -> Result<FileReport, FixtureError> {
-    let mut fixture = read(path)?;
-    let module_path = resolve_module(&module_for(path, &fixture), quiet_build)?;
-    let module = engine.load_file(&module_path)?;
+/// Runs fixture files, building and compiling each module once.
+#[derive(Debug)]
+pub struct FixtureRunner {
+    engine: Engine,
+    quiet_build: bool,
+    modules: std::collections::HashMap<PathBuf, Arc<crate::engine::Module>>,
+}
+
+impl FixtureRunner {
+    /// A runner; `quiet_build` captures cargo's output when building modules.
+    pub fn new(engine: Engine, quiet_build: bool) -> Self {
+        FixtureRunner {
+            engine,
+            quiet_build,
+            modules: Default::default(),
+        }
+    }
+
+    fn module(&mut self, source: &Path) -> Result<Arc<crate::engine::Module>, FixtureError> {
+        let key = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+        if let Some(m) = self.modules.get(&key) {
+            return Ok(m.clone());
+        }
+        let path = resolve_module(source, self.quiet_build)?;
+        let module = self.engine.load_file(&path)?;
+        self.modules.insert(key, module.clone());
+        Ok(module)
+    }
+
+    /// Runs one fixture file; with `bless`, rewrites its expectations.
+    pub fn run_file(&mut self, path: &Path, bless: bool) -> Result<FileReport, FixtureError> {
+        let fixture = read(path)?;
+        let module = self.module(&module_for(path, &fixture))?;
+        run_fixture(module, fixture, path, bless)
+    }
+}
+
+fn run_fixture(
+    module: Arc<crate::engine::Module>,
+    mut fixture: FixtureFile,
+    path: &Path,
+    bless: bool,
+) -> Result<FileReport, FixtureError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tables = RefTables::default();
     for (name, t) in &fixture.tables {
         tables.load(name, &dir.join(&t.path), &t.key)?;
     }
     let limits: Limits = match &fixture.limits {
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| FixtureError::File { path: path.into(), message: format!("limits: {e}") })?,
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| FixtureError::File {
+            path: path.into(),
+            message: format!("limits: {e}"),
+        })?,
         None => Limits::default(),
     };
     let spec = InstanceSpec {
-        name: Arc::from(path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
+        name: Arc::from(
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
         config: fixture.config.to_string(),
         tables: Arc::new(tables),
         limits,
     };
-    let mut report = FileReport { path: path.into(), records: fixture.records.len(), mismatches: Vec::new(), blessed: false };
+    let mut report = FileReport {
+        path: path.into(),
+        records: fixture.records.len(),
+        mismatches: Vec::new(),
+        blessed: false,
+    };
     let mut runner = match (Runner::new(module, spec), &fixture.expect_init_error) {
         (Ok(r), None) => r,
         (Err(e), Some(want)) => {
             if !e.to_string().contains(want.as_str()) {
-                report.mismatches.push(format!("  init error: expected a message containing {want:?}, got {:?}", e.to_string()));
+                report.mismatches.push(format!(
+                    "  init error: expected a message containing {want:?}, got {:?}",
+                    e.to_string()
+                ));
             }
             return Ok(report);
         }
         (Ok(_), Some(want)) => {
-            report.mismatches.push(format!("  init: expected an error containing {want:?}, but init succeeded"));
+            report.mismatches.push(format!(
+                "  init: expected an error containing {want:?}, but init succeeded"
+            ));
             return Ok(report);
         }
         (Err(e), None) => {
@@ -357,7 +460,13 @@ pub fn run_file(engine: &Engine, path: &Path, bless: bool, quiet_build: bool) ->
     let records: Vec<Record> = fixture.records.iter().map(case_record).collect();
     let stream = Arc::from(path.display().to_string().as_str());
     let positions: Vec<Position> = (0..records.len())
-        .map(|i| Position { partition: Partition { stream: Arc::clone(&stream), partition: 0 }, offset: i as i64 })
+        .map(|i| Position {
+            partition: Partition {
+                stream: Arc::clone(&stream),
+                partition: 0,
+            },
+            offset: i as i64,
+        })
         .collect();
     let inputs: Vec<(&Record, &Position)> = records.iter().zip(&positions).collect();
     let actual: Vec<Expect> = match runner.process(&inputs) {
@@ -367,10 +476,17 @@ pub fn run_file(engine: &Engine, path: &Path, bless: bool, quiet_build: bool) ->
             .map(|o| match o {
                 Outcome::Drop => Expect::Drop(DropWord::Drop),
                 Outcome::Fail(f) => Expect::Fail {
-                    fail: ExpectedFailure { kind: f.kind.clone(), message: Some(f.message.clone()), message_regex: None },
+                    fail: ExpectedFailure {
+                        kind: f.kind.clone(),
+                        message: Some(f.message.clone()),
+                        message_regex: None,
+                    },
                 },
                 Outcome::Emit { start, end } => Expect::Emit {
-                    emit: processed.outputs[*start..*end].iter().map(|out| actual_output(&processed.output_names, out)).collect(),
+                    emit: processed.outputs[*start..*end]
+                        .iter()
+                        .map(|out| actual_output(&processed.output_names, out))
+                        .collect(),
                 },
             })
             .collect(),
@@ -385,7 +501,11 @@ pub fn run_file(engine: &Engine, path: &Path, bless: bool, quiet_build: bool) ->
             case.expect = got;
             report.blessed = true;
         } else {
-            let label = case.name.as_deref().map(|n| format!(" `{n}`")).unwrap_or_default();
+            let label = case
+                .name
+                .as_deref()
+                .map(|n| format!(" `{n}`"))
+                .unwrap_or_default();
             report.mismatches.push(format!(
                 "  record {i}{label}: expected (-) vs actual (+):\n{}",
                 diff(&render(&case.expect), &render(&got))
@@ -399,7 +519,13 @@ pub fn run_file(engine: &Engine, path: &Path, bless: bool, quiet_build: bool) ->
 }
 
 fn batch_failure(e: &TransformError) -> Expect {
-    Expect::Fail { fail: ExpectedFailure { kind: e.kind().to_string(), message: Some(e.to_string()), message_regex: None } }
+    Expect::Fail {
+        fail: ExpectedFailure {
+            kind: e.kind().to_string(),
+            message: Some(e.to_string()),
+            message_regex: None,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -414,17 +540,49 @@ mod tests {
         .expect("valid fixture");
         assert_eq!(f.records[0].expect, Expect::Drop(DropWord::Drop));
         assert!(matches!(f.records[1].expect, Expect::Fail { .. }));
-        let Expect::Emit { emit } = &f.records[2].expect else { panic!("emit") };
+        let Expect::Emit { emit } = &f.records[2].expect else {
+            panic!("emit")
+        };
         assert_eq!(emit[1].output.as_deref(), Some("alerts"));
     }
 
     #[test]
     fn failure_messages_match_by_substring_or_regex() {
-        let actual = Expect::Fail { fail: ExpectedFailure { kind: "k".into(), message: Some("value at line 3 is bad".into()), message_regex: None } };
-        let sub = Expect::Fail { fail: ExpectedFailure { kind: "k".into(), message: Some("line 3".into()), message_regex: None } };
-        let re = Expect::Fail { fail: ExpectedFailure { kind: "k".into(), message: None, message_regex: Some(r"line \d+".into()) } };
-        let wrong = Expect::Fail { fail: ExpectedFailure { kind: "k".into(), message: Some("line 4".into()), message_regex: None } };
-        let kind = Expect::Fail { fail: ExpectedFailure { kind: "other".into(), message: None, message_regex: None } };
+        let actual = Expect::Fail {
+            fail: ExpectedFailure {
+                kind: "k".into(),
+                message: Some("value at line 3 is bad".into()),
+                message_regex: None,
+            },
+        };
+        let sub = Expect::Fail {
+            fail: ExpectedFailure {
+                kind: "k".into(),
+                message: Some("line 3".into()),
+                message_regex: None,
+            },
+        };
+        let re = Expect::Fail {
+            fail: ExpectedFailure {
+                kind: "k".into(),
+                message: None,
+                message_regex: Some(r"line \d+".into()),
+            },
+        };
+        let wrong = Expect::Fail {
+            fail: ExpectedFailure {
+                kind: "k".into(),
+                message: Some("line 4".into()),
+                message_regex: None,
+            },
+        };
+        let kind = Expect::Fail {
+            fail: ExpectedFailure {
+                kind: "other".into(),
+                message: None,
+                message_regex: None,
+            },
+        };
         assert!(matches(&sub, &actual));
         assert!(matches(&re, &actual));
         assert!(!matches(&wrong, &actual));
@@ -434,6 +592,9 @@ mod tests {
     #[test]
     fn diff_marks_changed_lines() {
         let d = diff("emit:\n- value: 1\n", "emit:\n- value: 2\n");
-        assert!(d.contains("- - value: 1") && d.contains("+ - value: 2"), "{d}");
+        assert!(
+            d.contains("- - value: 1") && d.contains("+ - value: 2"),
+            "{d}"
+        );
     }
 }

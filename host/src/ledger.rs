@@ -95,6 +95,12 @@ mod tests {
     #[test]
     fn unknown_partition_has_nothing_to_commit() {
         let ledger = Ledger::new();
-        assert_eq!(ledger.committable(&Partition { stream: Arc::from("x"), partition: 0 }), None);
+        assert_eq!(
+            ledger.committable(&Partition {
+                stream: Arc::from("x"),
+                partition: 0
+            }),
+            None
+        );
     }
 }

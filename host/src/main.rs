@@ -43,7 +43,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -68,24 +69,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { pipeline } => {
             let (config, base) = sluice::config::PipelineConfig::load(&pipeline)?;
             let engine = Engine::new()?;
-            let runners = pipeline::prepare_transforms(&config, &base, &engine, &RunOptions::default())?;
+            let runners =
+                pipeline::prepare_transforms(&config, &base, &engine, &RunOptions::default())?;
             for r in &runners {
-                eprintln!("ok: transform `{}` ({}, {})", r.name(), r.module().path().display(), r.module().digest());
+                eprintln!(
+                    "ok: transform `{}` ({}, {})",
+                    r.name(),
+                    r.module().path().display(),
+                    r.module().digest()
+                );
             }
             eprintln!("pipeline `{}` is valid", config.name);
             Ok(ExitCode::SUCCESS)
         }
         Command::Test { paths, bless } => {
-            let paths = if paths.is_empty() { vec![PathBuf::from(".")] } else { paths };
-            let engine = Engine::new()?;
+            let paths = if paths.is_empty() {
+                vec![PathBuf::from(".")]
+            } else {
+                paths
+            };
+            let mut runner = sluice::fixture::FixtureRunner::new(Engine::new()?, false);
             let (mut passed, mut failed) = (0usize, 0usize);
             for path in &paths {
                 for file in sluice::fixture::discover(path)? {
-                    let report = sluice::fixture::run_file(&engine, &file, bless, false)?;
+                    let report = runner.run_file(&file, bless)?;
                     if report.passed() {
                         passed += 1;
                         let note = if report.blessed { " (blessed)" } else { "" };
-                        println!("ok    {} ({} records){note}", file.display(), report.records);
+                        println!(
+                            "ok    {} ({} records){note}",
+                            file.display(),
+                            report.records
+                        );
                     } else {
                         failed += 1;
                         println!("FAIL  {} ({} records)", file.display(), report.records);
@@ -96,7 +111,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             println!("{passed} passed, {failed} failed");
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -10,7 +10,9 @@ use crate::batch::Batcher;
 use crate::config::{ConfigError, PipelineConfig};
 use crate::dlq::{DeadLetter, DlqEntry, DlqError, Stage};
 use crate::engine::build::{BuildError, resolve_module};
-use crate::engine::{Engine, InstanceSpec, LoadError, Outcome, RefTables, Runner, TableError, TransformError};
+use crate::engine::{
+    Engine, InstanceSpec, LoadError, Outcome, RefTables, Runner, TableError, TransformError,
+};
 use crate::ledger::Ledger;
 use crate::record::{Position, Record};
 use crate::sink::{Sink, SinkError};
@@ -112,7 +114,11 @@ impl std::fmt::Display for Summary {
             self.records_in,
             self.bytes_in,
             self.batches,
-            if secs > 0.0 { self.records_in as f64 / secs } else { 0.0 }
+            if secs > 0.0 {
+                self.records_in as f64 / secs
+            } else {
+                0.0
+            }
         )?;
         for s in &self.steps {
             writeln!(
@@ -124,12 +130,20 @@ impl std::fmt::Display for Summary {
         for (name, n) in &self.outputs {
             writeln!(f, "  out:      {name:<10} {n} records")?;
         }
-        let stages: Vec<String> = self.dead_lettered.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        let stages: Vec<String> = self
+            .dead_lettered
+            .iter()
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect();
         writeln!(
             f,
             "  dead-letter: {} records{}",
             self.dead_letter_total(),
-            if stages.is_empty() { String::new() } else { format!(" ({})", stages.join(", ")) }
+            if stages.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", stages.join(", "))
+            }
         )?;
         write!(f, "  dropped:  {} records", self.dropped_total())
     }
@@ -192,23 +206,43 @@ fn run_chain(runners: &mut [Runner], items: &[SourceItem]) -> ChainResult {
     let mut current: Vec<Routed> = Vec::with_capacity(items.len());
     for (origin, item) in items.iter().enumerate() {
         match item {
-            SourceItem::Record(r) => current.push(Routed { record: r.record.clone(), origin, from: None }),
-            SourceItem::Invalid { record, position, reason } => {
-                dead.push(DlqEntry::new(record.clone(), position.clone(), Stage::Decode, "invalid-input", reason.clone()));
+            SourceItem::Record(r) => current.push(Routed {
+                record: r.record.clone(),
+                origin,
+                from: None,
+            }),
+            SourceItem::Invalid {
+                record,
+                position,
+                reason,
+            } => {
+                dead.push(DlqEntry::new(
+                    record.clone(),
+                    position.clone(),
+                    Stage::Decode,
+                    "invalid-input",
+                    reason.clone(),
+                ));
             }
         }
     }
     let mut outputs: BTreeMap<String, Vec<Routed>> = BTreeMap::new();
     for (step_index, runner) in runners.iter_mut().enumerate() {
-        let mut stats = StepStats { name: runner.name().to_string(), records_in: current.len() as u64, ..Default::default() };
+        let mut stats = StepStats {
+            name: runner.name().to_string(),
+            records_in: current.len() as u64,
+            ..Default::default()
+        };
         if current.is_empty() {
             steps.push(stats);
             continue;
         }
         let digest = runner.module().digest().to_string();
         let name = runner.name().to_string();
-        let inputs: Vec<(&Record, &Position)> =
-            current.iter().map(|r| (&r.record, items[r.origin].position())).collect();
+        let inputs: Vec<(&Record, &Position)> = current
+            .iter()
+            .map(|r| (&r.record, items[r.origin].position()))
+            .collect();
         let processed = runner.process(&inputs);
         drop(inputs);
         let processed = match processed {
@@ -223,8 +257,14 @@ fn run_chain(runners: &mut [Runner], items: &[SourceItem]) -> ChainResult {
                 for r in current.drain(..) {
                     let (record, position) = source_of(items, r.origin);
                     dead.push(
-                        DlqEntry::new(record, position, Stage::Transform, error.kind(), error.to_string())
-                            .in_transform(&name, &digest),
+                        DlqEntry::new(
+                            record,
+                            position,
+                            Stage::Transform,
+                            error.kind(),
+                            error.to_string(),
+                        )
+                        .in_transform(&name, &digest),
                     );
                 }
                 steps.push(stats);
@@ -240,11 +280,19 @@ fn run_chain(runners: &mut [Runner], items: &[SourceItem]) -> ChainResult {
                     // Outputs are in order; skip nothing.
                     debug_assert_eq!(start, consumed);
                     for out in outputs_of.by_ref().take(end - start) {
-                        let routed = Routed { record: out.record, origin: r.origin, from: Some(step_index) };
+                        let routed = Routed {
+                            record: out.record,
+                            origin: r.origin,
+                            from: Some(step_index),
+                        };
                         if out.slot == 0 {
                             next.push(routed);
                         } else {
-                            let output = processed.output_names.get(out.slot as usize).cloned().unwrap_or_default();
+                            let output = processed
+                                .output_names
+                                .get(out.slot as usize)
+                                .cloned()
+                                .unwrap_or_default();
                             outputs.entry(output).or_default().push(routed);
                         }
                     }
@@ -255,8 +303,14 @@ fn run_chain(runners: &mut [Runner], items: &[SourceItem]) -> ChainResult {
                     stats.failed += 1;
                     let (record, position) = source_of(items, r.origin);
                     dead.push(
-                        DlqEntry::new(record, position, Stage::Transform, failure.kind, failure.message)
-                            .in_transform(&name, &digest),
+                        DlqEntry::new(
+                            record,
+                            position,
+                            Stage::Transform,
+                            failure.kind,
+                            failure.message,
+                        )
+                        .in_transform(&name, &digest),
                     );
                 }
             }
@@ -264,14 +318,23 @@ fn run_chain(runners: &mut [Runner], items: &[SourceItem]) -> ChainResult {
         current = next;
         steps.push(stats);
     }
-    outputs.entry("default".to_string()).or_default().extend(current);
-    ChainResult { outputs, dead, steps }
+    outputs
+        .entry("default".to_string())
+        .or_default()
+        .extend(current);
+    ChainResult {
+        outputs,
+        dead,
+        steps,
+    }
 }
 
 fn source_of(items: &[SourceItem], origin: usize) -> (Record, Position) {
     match &items[origin] {
         SourceItem::Record(r) => (r.record.clone(), r.position.clone()),
-        SourceItem::Invalid { record, position, .. } => (record.clone(), position.clone()),
+        SourceItem::Invalid {
+            record, position, ..
+        } => (record.clone(), position.clone()),
     }
 }
 
@@ -287,13 +350,18 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("name", &self.config.name).finish()
+        f.debug_struct("Pipeline")
+            .field("name", &self.config.name)
+            .finish()
     }
 }
 
 impl Pipeline {
     /// Loads a pipeline file: builds and loads transforms, opens sinks.
-    pub async fn load(path: &Path, opts: &RunOptions) -> Result<(Self, Box<dyn crate::source::Source>), PipelineError> {
+    pub async fn load(
+        path: &Path,
+        opts: &RunOptions,
+    ) -> Result<(Self, Box<dyn crate::source::Source>), PipelineError> {
         let (config, base) = PipelineConfig::load(path)?;
         let engine = Engine::new()?;
         let (runners, config, base) = {
@@ -308,25 +376,50 @@ impl Pipeline {
         let runners = runners?;
         let mut sinks = BTreeMap::new();
         for (name, sink) in &config.outputs {
-            sinks.insert(name.clone(), crate::sink::build(sink, &base, &config.name, name)?);
+            sinks.insert(
+                name.clone(),
+                crate::sink::build(sink, &base, &config.name, name)?,
+            );
         }
         let dlq_sink = crate::sink::build(&config.dead_letter, &base, &config.name, "dead-letter")?;
         let dlq = DeadLetter::new(dlq_sink, &config.name, &config.tenant);
         let source = crate::source::build(&config.source, &base)?;
         let summary = Summary {
             pipeline: config.name.clone(),
-            steps: config.transforms.iter().map(|t| StepStats { name: t.name.clone(), ..Default::default() }).collect(),
+            steps: config
+                .transforms
+                .iter()
+                .map(|t| StepStats {
+                    name: t.name.clone(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         };
-        Ok((Pipeline { config, runners, sinks, dlq, ledger: Ledger::new(), summary }, source))
+        Ok((
+            Pipeline {
+                config,
+                runners,
+                sinks,
+                dlq,
+                ledger: Ledger::new(),
+                summary,
+            },
+            source,
+        ))
     }
 
     /// Runs until the source is drained (or Ctrl-C / SIGTERM: stop reading,
     /// finish in-flight batches, then return).
-    pub async fn run(mut self, mut source: Box<dyn crate::source::Source>) -> Result<Summary, PipelineError> {
+    pub async fn run(
+        mut self,
+        mut source: Box<dyn crate::source::Source>,
+    ) -> Result<Summary, PipelineError> {
         let started = Instant::now();
         let policy = self.config.batch.clone();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<SourceItem, SourceError>>(policy.max_records.clamp(16, 65_536));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<SourceItem, SourceError>>(
+            policy.max_records.clamp(16, 65_536),
+        );
         let reader = tokio::spawn(async move {
             loop {
                 match source.next().await {
@@ -376,7 +469,9 @@ impl Pipeline {
             }
         }
         drop(rx);
-        let mut source = reader.await.map_err(|e| PipelineError::Internal(format!("source task failed: {e}")))?;
+        let mut source = reader
+            .await
+            .map_err(|e| PipelineError::Internal(format!("source task failed: {e}")))?;
         source.commit(&self.ledger).await?;
         self.summary.committed = self
             .ledger
@@ -404,7 +499,11 @@ impl Pipeline {
         .await
         .map_err(|e| PipelineError::Internal(format!("transform thread panicked: {e}")))?;
         self.runners = runners;
-        let ChainResult { outputs, mut dead, steps } = result;
+        let ChainResult {
+            outputs,
+            mut dead,
+            steps,
+        } = result;
         for (total, step) in self.summary.steps.iter_mut().zip(&steps) {
             total.records_in += step.records_in;
             total.dropped += step.dropped;
@@ -436,14 +535,25 @@ impl Pipeline {
                 }
                 continue;
             };
-            let (records, meta): (Vec<Record>, Vec<(usize, Option<usize>)>) =
-                routed.into_iter().map(|r| (r.record, (r.origin, r.from))).unzip();
+            let (records, meta): (Vec<Record>, Vec<(usize, Option<usize>)>) = routed
+                .into_iter()
+                .map(|r| (r.record, (r.origin, r.from)))
+                .unzip();
             let rejects = sink.write(&records).await?;
-            *self.summary.outputs.entry(name.clone()).or_default() += (records.len() - rejects.len()) as u64;
+            *self.summary.outputs.entry(name.clone()).or_default() +=
+                (records.len() - rejects.len()) as u64;
             for reject in rejects {
-                let Some(&(origin, from)) = meta.get(reject.index) else { continue };
+                let Some(&(origin, from)) = meta.get(reject.index) else {
+                    continue;
+                };
                 let (record, position) = source_of(&items, origin);
-                let mut entry = DlqEntry::new(record, position, Stage::Sink, "rejected", format!("output `{name}`: {}", reject.reason));
+                let mut entry = DlqEntry::new(
+                    record,
+                    position,
+                    Stage::Sink,
+                    "rejected",
+                    format!("output `{name}`: {}", reject.reason),
+                );
                 if let Some(runner) = from.and_then(|i| self.runners.get(i)) {
                     entry = entry.in_transform(runner.name(), runner.module().digest());
                 }
@@ -452,7 +562,11 @@ impl Pipeline {
         }
         self.dlq.write(&dead).await?;
         for entry in &dead {
-            *self.summary.dead_lettered.entry(entry.stage.as_str()).or_default() += 1;
+            *self
+                .summary
+                .dead_lettered
+                .entry(entry.stage.as_str())
+                .or_default() += 1;
         }
         for item in &items {
             let p = item.position();

@@ -16,7 +16,10 @@ pub struct Header {
 impl Header {
     /// A header from a text name and any value.
     pub fn new(name: &str, value: impl Into<Bytes>) -> Self {
-        Header { name: Bytes::copy_from_slice(name.as_bytes()), value: value.into() }
+        Header {
+            name: Bytes::copy_from_slice(name.as_bytes()),
+            value: value.into(),
+        }
     }
 
     /// The name as text (lossy only if a caller broke the UTF-8 invariant).
@@ -41,14 +44,21 @@ pub struct Record {
 impl Record {
     /// A record with only a value.
     pub fn from_value(value: impl Into<Bytes>) -> Self {
-        Record { value: Some(value.into()), ..Default::default() }
+        Record {
+            value: Some(value.into()),
+            ..Default::default()
+        }
     }
 
     /// Bytes this record occupies (keys, values, headers), for batch sizing.
     pub fn size(&self) -> usize {
         self.key.as_ref().map_or(0, Bytes::len)
             + self.value.as_ref().map_or(0, Bytes::len)
-            + self.headers.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>()
+            + self
+                .headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len())
+                .sum::<usize>()
     }
 }
 

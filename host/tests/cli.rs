@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn sluice(args: &[&str], stdin: Option<&str>) -> Output {
@@ -20,7 +23,9 @@ fn sluice(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .expect("spawn sluice");
     let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.unwrap_or("").as_bytes()).expect("write stdin");
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .expect("write stdin");
     drop(input);
     child.wait_with_output().expect("sluice runs")
 }
@@ -31,17 +36,36 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn every_example_transform_passes_its_fixtures() {
-    let out = sluice(&["test", "transforms/identity", "transforms/json-map", "transforms/filter", "transforms/enrich"], None);
+    let out = sluice(
+        &[
+            "test",
+            "transforms/identity",
+            "transforms/json-map",
+            "transforms/filter",
+            "transforms/enrich",
+        ],
+        None,
+    );
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
     assert!(stdout.contains("8 passed, 0 failed"), "{stdout}");
 }
 
 #[test]
 fn a_changed_expectation_fails_with_a_diff_and_bless_rewrites_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let original = std::fs::read_to_string(root().join("transforms/filter/fixtures/paid-only.yaml")).expect("fixture");
-    let changed = original.replacen("value: {txn: T1, amount: 3.5}", "value: {txn: T1, amount: 4.5}", 1);
+    let original =
+        std::fs::read_to_string(root().join("transforms/filter/fixtures/paid-only.yaml"))
+            .expect("fixture");
+    let changed = original.replacen(
+        "value: {txn: T1, amount: 3.5}",
+        "value: {txn: T1, amount: 4.5}",
+        1,
+    );
     assert_ne!(changed, original);
     let fixture = dir.path().join("paid-only.yaml");
     let module = root().join("transforms/filter");
@@ -51,28 +75,51 @@ fn a_changed_expectation_fails_with_a_diff_and_bless_rewrites_it() {
     let out = sluice(&["test", f], None);
     let stdout = text(&out.stdout);
     assert!(!out.status.success(), "must fail:\n{stdout}");
-    assert!(stdout.contains("FAIL") && stdout.contains("record 0"), "{stdout}");
-    assert!(stdout.contains("-       amount: 4.5") && stdout.contains("+       amount: 3.5"), "diff shows both sides:\n{stdout}");
+    assert!(
+        stdout.contains("FAIL") && stdout.contains("record 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("-     amount: 4.5") && stdout.contains("+     amount: 3.5"),
+        "diff shows both sides:\n{stdout}"
+    );
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
 
     let out = sluice(&["test", "--bless", f], None);
     assert!(out.status.success(), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("(blessed)"));
     let out = sluice(&["test", f], None);
-    assert!(out.status.success(), "passes after bless: {}", text(&out.stdout));
+    assert!(
+        out.status.success(),
+        "passes after bless: {}",
+        text(&out.stdout)
+    );
     let blessed = std::fs::read_to_string(&fixture).expect("read");
-    assert!(blessed.contains("amount: 3.5") && !blessed.contains("amount: 4.5"), "{blessed}");
+    assert!(
+        blessed.contains("amount: 3.5") && !blessed.contains("amount: 4.5"),
+        "{blessed}"
+    );
 }
 
 #[test]
 fn a_malformed_pipeline_is_refused_with_line_and_field() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("bad.toml");
-    std::fs::write(&p, "name = \"x\"\n[source]\ntype = \"file\"\npath = \"-\"\nformat = \"xml\"\n").expect("write");
+    std::fs::write(
+        &p,
+        "name = \"x\"\n[source.file]\npath = \"-\"\nformat = \"xml\"\n",
+    )
+    .expect("write");
     let out = sluice(&["run", p.to_str().expect("utf8")], None);
     let stderr = text(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("bad.toml") && stderr.contains("line 5") && stderr.contains("xml"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml")
+            && stderr.contains("line 4")
+            && stderr.contains("format")
+            && stderr.contains("xml"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -83,14 +130,21 @@ fn stdin_to_stdout_through_json_map() {
     std::fs::write(
         &p,
         format!(
-            "name = \"pipe\"\n[source]\ntype = \"file\"\npath = \"-\"\n[[transforms]]\nname = \"map\"\nmodule = {:?}\nconfig = {{ mapping = {{ who = \"$.user.name\" }} }}\n[outputs.default]\ntype = \"stdout\"\n[dead_letter]\ntype = \"stdout\"\nformat = \"value\"\n",
+            "name = \"pipe\"\n[source.file]\npath = \"-\"\n[[transforms]]\nname = \"map\"\nmodule = {:?}\nconfig = {{ mapping = {{ who = \"$.user.name\" }} }}\n[outputs.default.stdout]\n[dead_letter.stdout]\nformat = \"envelope\"\n",
             module.display().to_string()
         ),
     )
     .expect("write");
-    let out = sluice(&["run", p.to_str().expect("utf8")], Some("{\"user\":{\"name\":\"ada\"}}\n{\"user\":{\"name\":\"bob\"}}\n"));
+    let out = sluice(
+        &["run", p.to_str().expect("utf8")],
+        Some("{\"user\":{\"name\":\"ada\"}}\n{\"user\":{\"name\":\"bob\"}}\n"),
+    );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(stdout, "{\"who\":\"ada\"}\n{\"who\":\"bob\"}\n");
-    assert!(text(&out.stderr).contains("in:       2 records"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("in:       2 records"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -3,7 +3,9 @@
 //! returns is trusted: every count, span and index is checked.
 
 use super::Limits;
-use super::sluice::transform::types::{Batch as WireBatch, OutcomeKind, Outcomes as WireOutcomes, Source};
+use super::sluice::transform::types::{
+    Batch as WireBatch, OutcomeKind, Outcomes as WireOutcomes, Source,
+};
 use crate::record::{Header, Position, Record};
 use bytes::Bytes;
 
@@ -90,12 +92,20 @@ pub(crate) fn encode(records: &[(&Record, &Position)], wire: &mut WireBatch) {
             push_span(&mut wire.header_spans, &mut wire.arena, Some(&h.value));
         }
         wire.header_ends.push((wire.header_spans.len() / 4) as u32);
-        wire.timestamps.push(record.timestamp.unwrap_or(NO_TIMESTAMP));
+        wire.timestamps
+            .push(record.timestamp.unwrap_or(NO_TIMESTAMP));
         let p = &position.partition;
-        let index = match wire.sources.iter().rposition(|s| *s.stream == *p.stream && s.partition == p.partition) {
+        let index = match wire
+            .sources
+            .iter()
+            .rposition(|s| *s.stream == *p.stream && s.partition == p.partition)
+        {
             Some(i) => i,
             None => {
-                wire.sources.push(Source { stream: p.stream.to_string(), partition: p.partition });
+                wire.sources.push(Source {
+                    stream: p.stream.to_string(),
+                    partition: p.partition,
+                });
                 wire.sources.len() - 1
             }
         };
@@ -113,7 +123,12 @@ fn slice(arena: &Bytes, spans: &[u32], i: usize, what: &str) -> Result<Option<By
     let end = start
         .checked_add(len as usize)
         .filter(|&e| e <= arena.len())
-        .ok_or_else(|| format!("{what} span {start}+{len} is outside the {}-byte arena", arena.len()))?;
+        .ok_or_else(|| {
+            format!(
+                "{what} span {start}+{len} is outside the {}-byte arena",
+                arena.len()
+            )
+        })?;
     Ok(Some(arena.slice(start..end)))
 }
 
@@ -121,12 +136,16 @@ fn check_ends(ends: &[u32], total: usize, what: &str) -> Result<(), String> {
     let mut prev = 0u32;
     for (i, &e) in ends.iter().enumerate() {
         if e < prev {
-            return Err(format!("{what}[{i}] = {e} is smaller than the previous entry {prev}"));
+            return Err(format!(
+                "{what}[{i}] = {e} is smaller than the previous entry {prev}"
+            ));
         }
         prev = e;
     }
     if prev as usize != total {
-        return Err(format!("{what} ends at {prev} but there are {total} entries"));
+        return Err(format!(
+            "{what} ends at {prev} but there are {total} entries"
+        ));
     }
     Ok(())
 }
@@ -139,13 +158,24 @@ pub(crate) fn decode(
 ) -> Result<Processed, String> {
     let n = inputs.len();
     if out.kinds.len() != n {
-        return Err(format!("returned {} outcomes for {} records", out.kinds.len(), n));
+        return Err(format!(
+            "returned {} outcomes for {} records",
+            out.kinds.len(),
+            n
+        ));
     }
     if out.output_ends.len() != n {
-        return Err(format!("returned {} output-ends for {} records", out.output_ends.len(), n));
+        return Err(format!(
+            "returned {} output-ends for {} records",
+            out.output_ends.len(),
+            n
+        ));
     }
     let outs = out.timestamps.len();
-    if out.spans.len() != outs * 4 || out.header_ends.len() != outs || out.output_index.len() != outs {
+    if out.spans.len() != outs * 4
+        || out.header_ends.len() != outs
+        || out.output_index.len() != outs
+    {
         return Err(format!(
             "output columns disagree: {} timestamps, {} spans (want 4 each), {} header-ends, {} output-index",
             outs,
@@ -154,8 +184,11 @@ pub(crate) fn decode(
             out.output_index.len()
         ));
     }
-    if out.header_spans.len() % 4 != 0 {
-        return Err(format!("header-spans has {} entries, not a multiple of 4", out.header_spans.len()));
+    if !out.header_spans.len().is_multiple_of(4) {
+        return Err(format!(
+            "header-spans has {} entries, not a multiple of 4",
+            out.header_spans.len()
+        ));
     }
     check_ends(&out.output_ends, outs, "output-ends")?;
     check_ends(&out.header_ends, out.header_spans.len() / 4, "header-ends")?;
@@ -170,9 +203,17 @@ pub(crate) fn decode(
     if out.output_names.is_empty() {
         return Err("output-names is empty (index 0 must be the default output)".into());
     }
-    let failures_wanted = out.kinds.iter().filter(|k| matches!(k, OutcomeKind::Fail)).count();
+    let failures_wanted = out
+        .kinds
+        .iter()
+        .filter(|k| matches!(k, OutcomeKind::Fail))
+        .count();
     if out.failures.len() != failures_wanted {
-        return Err(format!("returned {} failures for {} fail outcomes", out.failures.len(), failures_wanted));
+        return Err(format!(
+            "returned {} failures for {} fail outcomes",
+            out.failures.len(),
+            failures_wanted
+        ));
     }
 
     let mut failures = out.failures.into_iter();
@@ -189,13 +230,21 @@ pub(crate) fn decode(
             ));
         }
         let outcome = match kind {
-            OutcomeKind::Emit => Outcome::Emit { start: prev_end, end },
+            OutcomeKind::Emit => Outcome::Emit {
+                start: prev_end,
+                end,
+            },
             OutcomeKind::Drop | OutcomeKind::Fail if count != 0 => {
-                return Err(format!("record {i} was dropped or failed but has {count} outputs"));
+                return Err(format!(
+                    "record {i} was dropped or failed but has {count} outputs"
+                ));
             }
             OutcomeKind::Drop => Outcome::Drop,
             OutcomeKind::Fail => match failures.next() {
-                Some(f) => Outcome::Fail(Failure { kind: f.kind, message: f.message }),
+                Some(f) => Outcome::Fail(Failure {
+                    kind: f.kind,
+                    message: f.message,
+                }),
                 None => return Err("fewer failures than fail outcomes".into()),
             },
         };
@@ -212,7 +261,10 @@ pub(crate) fn decode(
     for i in 0..outs {
         let slot = out.output_index[i];
         if slot as usize >= out.output_names.len() {
-            return Err(format!("output {i} names output slot {slot}, but only {} exist", out.output_names.len()));
+            return Err(format!(
+                "output {i} names output slot {slot}, but only {} exist",
+                out.output_names.len()
+            ));
         }
         let key = slice(&arena, &out.spans, i * 4, "key")?;
         let value = slice(&arena, &out.spans, i * 4 + 2, "value")?;
@@ -221,9 +273,12 @@ pub(crate) fn decode(
         for h in header_start..header_end {
             let name = slice(&arena, &out.header_spans, h * 4, "header name")?.unwrap_or_default();
             if std::str::from_utf8(&name).is_err() {
-                return Err(format!("header {h} of output {i} has a name that is not UTF-8"));
+                return Err(format!(
+                    "header {h} of output {i} has a name that is not UTF-8"
+                ));
             }
-            let value = slice(&arena, &out.header_spans, h * 4 + 2, "header value")?.unwrap_or_default();
+            let value =
+                slice(&arena, &out.header_spans, h * 4 + 2, "header value")?.unwrap_or_default();
             headers.push(Header { name, value });
         }
         header_start = header_end;
@@ -231,9 +286,21 @@ pub(crate) fn decode(
             NO_TIMESTAMP => inputs[producer[i]].0.timestamp,
             t => Some(t),
         };
-        outputs.push(Output { slot, record: Record { key, value, headers, timestamp } });
+        outputs.push(Output {
+            slot,
+            record: Record {
+                key,
+                value,
+                headers,
+                timestamp,
+            },
+        });
     }
-    Ok(Processed { outcomes, outputs, output_names: out.output_names })
+    Ok(Processed {
+        outcomes,
+        outputs,
+        output_names: out.output_names,
+    })
 }
 
 #[cfg(test)]
@@ -243,14 +310,23 @@ mod tests {
     use std::sync::Arc;
 
     fn pos(offset: i64) -> Position {
-        Position { partition: Partition { stream: Arc::from("s"), partition: 0 }, offset }
+        Position {
+            partition: Partition {
+                stream: Arc::from("s"),
+                partition: 0,
+            },
+            offset,
+        }
     }
 
     fn wire_out() -> WireOutcomes {
         WireOutcomes {
             kinds: vec![OutcomeKind::Emit, OutcomeKind::Drop, OutcomeKind::Fail],
             output_ends: vec![2, 2, 2],
-            failures: vec![super::super::sluice::transform::types::Failure { kind: "k".into(), message: "m".into() }],
+            failures: vec![super::super::sluice::transform::types::Failure {
+                kind: "k".into(),
+                message: "m".into(),
+            }],
             output_names: vec![String::new(), "alerts".into()],
             arena: b"k1v1v2hn".to_vec(),
             spans: vec![0, 2, 2, 2, 0, ABSENT, 4, 2],
@@ -263,18 +339,30 @@ mod tests {
 
     #[test]
     fn round_trip_and_inherited_timestamp() {
-        let r = Record { timestamp: Some(42), ..Record::from_value(&b"x"[..]) };
+        let r = Record {
+            timestamp: Some(42),
+            ..Record::from_value(&b"x"[..])
+        };
         let p = pos(1);
         let inputs = vec![(&r, &p); 3];
         let got = decode(wire_out(), &inputs, &Limits::default()).expect("valid");
         assert_eq!(got.outcomes[0], Outcome::Emit { start: 0, end: 2 });
         assert_eq!(got.outcomes[1], Outcome::Drop);
-        assert_eq!(got.outcomes[2], Outcome::Fail(Failure { kind: "k".into(), message: "m".into() }));
+        assert_eq!(
+            got.outcomes[2],
+            Outcome::Fail(Failure {
+                kind: "k".into(),
+                message: "m".into()
+            })
+        );
         assert_eq!(got.outputs[0].record.key.as_deref(), Some(&b"k1"[..]));
         assert_eq!(got.outputs[0].record.timestamp, Some(42));
         assert_eq!(got.outputs[1].record.key, None);
         assert_eq!(got.outputs[1].record.timestamp, Some(7));
-        assert_eq!(got.outputs[1].record.headers, vec![Header::new("h", &b"n"[..])]);
+        assert_eq!(
+            got.outputs[1].record.headers,
+            vec![Header::new("h", &b"n"[..])]
+        );
         assert_eq!(got.outputs[1].slot, 1);
     }
 
@@ -284,17 +372,32 @@ mod tests {
         let p = pos(1);
         let inputs = vec![(&r, &p); 3];
         let limits = Limits::default();
-        let cases: Vec<(Box<dyn Fn(&mut WireOutcomes)>, &str)> = vec![
-            (Box::new(|o| { o.kinds.pop(); }), "returned 2 outcomes for 3 records"),
+        type Mutation = Box<dyn Fn(&mut WireOutcomes)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                Box::new(|o| {
+                    o.kinds.pop();
+                }),
+                "returned 2 outcomes for 3 records",
+            ),
             (Box::new(|o| o.spans[2] = 1000), "outside the"),
             (Box::new(|o| o.spans[3] = u32::MAX - 1), "outside the"),
             (Box::new(|o| o.output_index[1] = 9), "slot 9"),
-            (Box::new(|o| o.output_ends = vec![2, 1, 2]), "smaller than the previous"),
+            (
+                Box::new(|o| o.output_ends = vec![2, 1, 2]),
+                "smaller than the previous",
+            ),
             (Box::new(|o| o.output_ends = vec![2, 2, 3]), "ends at 3"),
             (Box::new(|o| o.failures.clear()), "0 failures for 1 fail"),
             (Box::new(|o| o.header_spans.push(1)), "multiple of 4"),
-            (Box::new(|o| o.output_names.clear()), "output-names is empty"),
-            (Box::new(|o| o.kinds[1] = OutcomeKind::Emit), "dropped or failed"),
+            (
+                Box::new(|o| o.output_names.clear()),
+                "output-names is empty",
+            ),
+            (
+                Box::new(|o| o.kinds[1] = OutcomeKind::Emit),
+                "dropped or failed",
+            ),
         ];
         for (mutate, want) in cases {
             let mut o = wire_out();
@@ -307,15 +410,21 @@ mod tests {
             let err = decode(o, &inputs, &limits).expect_err(want);
             assert!(err.contains(want), "want {want:?}, got {err:?}");
         }
-        let mut tight = Limits::default();
-        tight.max_outputs_per_record = 1;
+        let tight = Limits {
+            max_outputs_per_record: 1,
+            ..Limits::default()
+        };
         let err = decode(wire_out(), &inputs, &tight).expect_err("too many outputs");
         assert!(err.contains("record 0 produced 2 outputs"), "{err}");
     }
 
     #[test]
     fn encode_shares_sources_and_marks_absence() {
-        let a = Record { key: Some(Bytes::from_static(b"k")), headers: vec![Header::new("h", &b"v"[..])], ..Default::default() };
+        let a = Record {
+            key: Some(Bytes::from_static(b"k")),
+            headers: vec![Header::new("h", &b"v"[..])],
+            ..Default::default()
+        };
         let b = Record::from_value(&b"val"[..]);
         let (pa, pb) = (pos(5), pos(6));
         let mut wire = WireBatch {

@@ -54,7 +54,13 @@ pub fn resolve_module(module: &Path, quiet: bool) -> Result<PathBuf, BuildError>
 fn cargo() -> Command {
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(program);
-    for var in ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_MAKEFLAGS"] {
+    for var in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_MAKEFLAGS",
+    ] {
         cmd.env_remove(var);
     }
     cmd
@@ -62,11 +68,20 @@ fn cargo() -> Command {
 
 fn target_dir(dir: &Path, manifest: &Path) -> Result<PathBuf, BuildError> {
     let out = cargo()
-        .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"])
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--manifest-path",
+        ])
         .arg(manifest)
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| BuildError::Cargo { path: dir.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| BuildError::Cargo {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
     if !out.status.success() {
         return Err(BuildError::Failed {
             path: dir.to_path_buf(),
@@ -74,12 +89,18 @@ fn target_dir(dir: &Path, manifest: &Path) -> Result<PathBuf, BuildError> {
             hint: String::new(),
         });
     }
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| BuildError::Cargo { path: dir.to_path_buf(), message: format!("bad cargo metadata: {e}") })?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| BuildError::Cargo {
+            path: dir.to_path_buf(),
+            message: format!("bad cargo metadata: {e}"),
+        })?;
     let target = meta
         .get("target_directory")
         .and_then(|t| t.as_str())
-        .ok_or_else(|| BuildError::Cargo { path: dir.to_path_buf(), message: "cargo metadata has no target_directory".into() })?;
+        .ok_or_else(|| BuildError::Cargo {
+            path: dir.to_path_buf(),
+            message: "cargo metadata has no target_directory".into(),
+        })?;
     // A directory of our own, so that building guests never waits on (or
     // invalidates) the lock of a host build running in the same workspace.
     Ok(Path::new(target).join("sluice-guests"))
@@ -90,48 +111,88 @@ fn build_project(dir: &Path, manifest: &Path, quiet: bool) -> Result<PathBuf, Bu
     let manifest_abs = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
     tracing::debug!(project = %dir.display(), "building transform project");
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "--target", GUEST_TARGET, "--message-format=json-render-diagnostics", "--manifest-path"])
-        .arg(&manifest_abs)
-        .arg("--target-dir")
-        .arg(&target)
-        .stdout(Stdio::piped())
-        .stderr(if quiet { Stdio::piped() } else { Stdio::inherit() });
-    let out = cmd.output().map_err(|e| BuildError::Cargo { path: dir.to_path_buf(), message: e.to_string() })?;
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        GUEST_TARGET,
+        "--message-format=json-render-diagnostics",
+        "--manifest-path",
+    ])
+    .arg(&manifest_abs)
+    .arg("--target-dir")
+    .arg(&target)
+    .stdout(Stdio::piped())
+    .stderr(if quiet {
+        Stdio::piped()
+    } else {
+        Stdio::inherit()
+    });
+    let out = cmd.output().map_err(|e| BuildError::Cargo {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let mut output: String = stdout
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|m| m.get("message")?.get("rendered")?.as_str().map(str::to_string))
+            .filter_map(|m| {
+                m.get("message")?
+                    .get("rendered")?
+                    .as_str()
+                    .map(str::to_string)
+            })
             .collect();
         output.push_str(&stderr);
         let tail: String = {
             let lines: Vec<&str> = output.lines().collect();
             lines[lines.len().saturating_sub(40)..].join("\n")
         };
-        let hint = if output.contains(GUEST_TARGET) && (output.contains("target may not be installed") || output.contains("can't find crate for `core`") || output.contains("can't find crate for `std`")) {
+        if !quiet {
+            output.push_str("(cargo's diagnostics are above)");
+        }
+        let hint = if output.contains(GUEST_TARGET)
+            && (output.contains("target may not be installed")
+                || output.contains("can't find crate for `core`")
+                || output.contains("can't find crate for `std`"))
+        {
             format!("\nhint: run `rustup target add {GUEST_TARGET}`")
         } else {
             String::new()
         };
-        return Err(BuildError::Failed { path: dir.to_path_buf(), output: tail, hint });
+        return Err(BuildError::Failed {
+            path: dir.to_path_buf(),
+            output: tail,
+            hint,
+        });
     }
     let mut found = None;
     for line in stdout.lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if msg.get("reason").and_then(|r| r.as_str()) != Some("compiler-artifact") {
             continue;
         }
         let same = msg
             .get("manifest_path")
             .and_then(|m| m.as_str())
-            .map(|m| std::fs::canonicalize(m).map(|p| p == manifest_abs).unwrap_or(false))
+            .map(|m| {
+                std::fs::canonicalize(m)
+                    .map(|p| p == manifest_abs)
+                    .unwrap_or(false)
+            })
             .unwrap_or(false);
         if !same {
             continue;
         }
-        let files = msg.get("filenames").and_then(|f| f.as_array()).cloned().unwrap_or_default();
+        let files = msg
+            .get("filenames")
+            .and_then(|f| f.as_array())
+            .cloned()
+            .unwrap_or_default();
         for f in files {
             if let Some(f) = f.as_str().filter(|f| f.ends_with(".wasm")) {
                 found = Some(PathBuf::from(f));

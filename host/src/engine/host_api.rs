@@ -57,20 +57,32 @@ impl RefTables {
     /// canonical spelling become JSON numbers and booleans.
     pub fn load(&mut self, table: &str, path: &Path, key: &str) -> Result<(), TableError> {
         let p = path.display().to_string();
-        let invalid = |message: String| TableError::Invalid { table: table.into(), path: p.clone(), message };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TableError::Read { table: table.into(), path: p.clone(), message: e.to_string() })?;
+        let invalid = |message: String| TableError::Invalid {
+            table: table.into(),
+            path: p.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| TableError::Read {
+            table: table.into(),
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
         let mut rows = HashMap::new();
         let is_json = path.extension().is_some_and(|e| e == "json");
         if is_json {
-            let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
             match doc {
                 serde_json::Value::Array(items) => {
                     for (i, item) in items.into_iter().enumerate() {
                         let k = match item.get(key) {
                             Some(serde_json::Value::String(s)) => s.clone(),
                             Some(serde_json::Value::Number(n)) => n.to_string(),
-                            _ => return Err(invalid(format!("row {i} has no string or number field `{key}`"))),
+                            _ => {
+                                return Err(invalid(format!(
+                                    "row {i} has no string or number field `{key}`"
+                                )));
+                            }
                         };
                         rows.insert(k, item.to_string());
                     }
@@ -80,15 +92,24 @@ impl RefTables {
                         rows.insert(k, row.to_string());
                     }
                 }
-                _ => return Err(invalid("must be an array of objects or an object of rows".into())),
+                _ => {
+                    return Err(invalid(
+                        "must be an array of objects or an object of rows".into(),
+                    ));
+                }
             }
         } else {
             let mut reader = csv::Reader::from_reader(text.as_bytes());
-            let headers = reader.headers().map_err(|e| invalid(format!("bad header row: {e}")))?.clone();
-            let key_at = headers
-                .iter()
-                .position(|h| h == key)
-                .ok_or_else(|| invalid(format!("no key column `{key}` (columns: {})", headers.iter().collect::<Vec<_>>().join(", "))))?;
+            let headers = reader
+                .headers()
+                .map_err(|e| invalid(format!("bad header row: {e}")))?
+                .clone();
+            let key_at = headers.iter().position(|h| h == key).ok_or_else(|| {
+                invalid(format!(
+                    "no key column `{key}` (columns: {})",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ))
+            })?;
             for (i, row) in reader.records().enumerate() {
                 let row = row.map_err(|e| invalid(format!("row {}: {e}", i + 2)))?;
                 let mut obj = serde_json::Map::new();
@@ -115,15 +136,16 @@ impl RefTables {
 }
 
 fn csv_cell(cell: &str) -> serde_json::Value {
-    if let Ok(i) = cell.parse::<i64>() {
-        if i.to_string() == cell {
-            return serde_json::Value::from(i);
-        }
+    if let Ok(i) = cell.parse::<i64>()
+        && i.to_string() == cell
+    {
+        return serde_json::Value::from(i);
     }
-    if let Ok(f) = cell.parse::<f64>() {
-        if f.is_finite() && f.to_string() == cell {
-            return serde_json::Value::from(f);
-        }
+    if let Ok(f) = cell.parse::<f64>()
+        && f.is_finite()
+        && f.to_string() == cell
+    {
+        return serde_json::Value::from(f);
     }
     match cell {
         "true" => serde_json::Value::Bool(true),
@@ -180,7 +202,12 @@ impl HostMonotonicClock for FrozenClock {
 }
 
 impl HostState {
-    pub(crate) fn new(name: Arc<str>, tables: Arc<RefTables>, limits: StoreLimits, l: &Limits) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        tables: Arc<RefTables>,
+        limits: StoreLimits,
+        l: &Limits,
+    ) -> Self {
         // No env, no args, no preopens, no sockets, stdin empty, stdout and
         // stderr discarded, clocks frozen at the epoch.
         let wasi = WasiCtx::builder()
@@ -215,7 +242,10 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -264,7 +294,10 @@ impl Host for HostState {
             }
         };
         if self.logs.len() < 1000 {
-            self.logs.push(LogLine { level: level_name, message });
+            self.logs.push(LogLine {
+                level: level_name,
+                message,
+            });
         }
     }
 
@@ -272,7 +305,11 @@ impl Host for HostState {
         self.lookups_this_batch += 1;
         if self.lookups_this_batch > self.max_lookups {
             if self.lookups_this_batch == self.max_lookups + 1 {
-                tracing::warn!(transform = &*self.name, limit = self.max_lookups, "lookup limit reached for this batch");
+                tracing::warn!(
+                    transform = &*self.name,
+                    limit = self.max_lookups,
+                    "lookup limit reached for this batch"
+                );
             }
             return None;
         }
@@ -292,11 +329,19 @@ mod tests {
     fn csv_tables_type_their_cells() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("booths.csv");
-        std::fs::write(&path, "booth_id,region,expected,zip\nB1,north,360,01234\nB2,south,1.5,9\n").expect("write");
+        std::fs::write(
+            &path,
+            "booth_id,region,expected,zip\nB1,north,360,01234\nB2,south,1.5,9\n",
+        )
+        .expect("write");
         let mut t = RefTables::default();
         t.load("booths", &path, "booth_id").expect("load");
-        let row: serde_json::Value = serde_json::from_str(t.get("booths", "B1").expect("row")).expect("json");
-        assert_eq!(row, serde_json::json!({"booth_id": "B1", "region": "north", "expected": 360, "zip": "01234"}));
+        let row: serde_json::Value =
+            serde_json::from_str(t.get("booths", "B1").expect("row")).expect("json");
+        assert_eq!(
+            row,
+            serde_json::json!({"booth_id": "B1", "region": "north", "expected": 360, "zip": "01234"})
+        );
         assert_eq!(t.get("booths", "B3"), None);
         let err = t.load("x", &path, "nope").expect_err("bad key column");
         assert!(err.to_string().contains("no key column `nope`"), "{err}");

@@ -29,7 +29,6 @@ wasmtime::component::bindgen!({
     world: "transform",
 });
 
-
 /// The WIT package version this host implements.
 pub const WIT_PACKAGE: &str = "sluice:transform@0.1.0";
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -79,7 +78,9 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The file is not WebAssembly at all.
-    #[error("module `{path}` is not a WebAssembly file (it does not start with the `\\0asm` magic bytes)")]
+    #[error(
+        "module `{path}` is not a WebAssembly file (it does not start with the `\\0asm` magic bytes)"
+    )]
     NotWasm {
         /// The module file.
         path: PathBuf,
@@ -232,7 +233,8 @@ impl Engine {
             |s| s,
         )
         .map_err(|e| LoadError::Engine(e.to_string()))?;
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
         let weak = inner.weak();
         std::thread::Builder::new()
             .name("sluice-epoch".into())
@@ -244,18 +246,32 @@ impl Engine {
                 }
             })
             .map_err(|e| LoadError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Engine { inner, linker: Arc::new(linker), max_module_bytes: 256 << 20 })
+        Ok(Engine {
+            inner,
+            linker: Arc::new(linker),
+            max_module_bytes: 256 << 20,
+        })
     }
 
     /// Loads, compiles and links a component file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<Module>, LoadError> {
         let size = std::fs::metadata(path)
-            .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?
+            .map_err(|source| LoadError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?
             .len();
         if size > self.max_module_bytes {
-            return Err(LoadError::TooLarge { path: path.to_path_buf(), size, limit: self.max_module_bytes });
+            return Err(LoadError::TooLarge {
+                path: path.to_path_buf(),
+                size,
+                limit: self.max_module_bytes,
+            });
         }
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         self.load_bytes(path, &bytes)
     }
 
@@ -263,7 +279,11 @@ impl Engine {
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Module>, LoadError> {
         let path_buf = path.to_path_buf();
         if bytes.len() as u64 > self.max_module_bytes {
-            return Err(LoadError::TooLarge { path: path_buf, size: bytes.len() as u64, limit: self.max_module_bytes });
+            return Err(LoadError::TooLarge {
+                path: path_buf,
+                size: bytes.len() as u64,
+                limit: self.max_module_bytes,
+            });
         }
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(LoadError::NotWasm { path: path_buf });
@@ -272,17 +292,32 @@ impl Engine {
         if bytes[6..8] == [0, 0] {
             return Err(LoadError::NotComponent { path: path_buf });
         }
-        let component = Component::new(&self.inner, bytes)
-            .map_err(|e| LoadError::Invalid { path: path_buf.clone(), message: format!("{e:#}") })?;
-        check_world(&self.inner, &component).map_err(|message| LoadError::WrongWorld { path: path_buf.clone(), message })?;
+        let component = Component::new(&self.inner, bytes).map_err(|e| LoadError::Invalid {
+            path: path_buf.clone(),
+            message: format!("{e:#}"),
+        })?;
+        check_world(&self.inner, &component).map_err(|message| LoadError::WrongWorld {
+            path: path_buf.clone(),
+            message,
+        })?;
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| LoadError::WrongWorld { path: path_buf.clone(), message: format!("{e:#}") })?;
-        let pre = TransformPre::new(pre)
-            .map_err(|e| LoadError::WrongWorld { path: path_buf.clone(), message: format!("{e:#}") })?;
+            .map_err(|e| LoadError::WrongWorld {
+                path: path_buf.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let pre = TransformPre::new(pre).map_err(|e| LoadError::WrongWorld {
+            path: path_buf.clone(),
+            message: format!("{e:#}"),
+        })?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
-        Ok(Arc::new(Module { path: path_buf, digest, pre, engine: self.inner.clone() }))
+        Ok(Arc::new(Module {
+            path: path_buf,
+            digest,
+            pre,
+            engine: self.inner.clone(),
+        }))
     }
 }
 
@@ -291,13 +326,24 @@ impl Engine {
 fn check_world(engine: &wasmtime::Engine, component: &Component) -> Result<(), String> {
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-    let missing: Vec<&str> = ["init", "process"].into_iter().filter(|n| !exports.contains(n)).collect();
+    let missing: Vec<&str> = ["init", "process"]
+        .into_iter()
+        .filter(|n| !exports.contains(n))
+        .collect();
     if !missing.is_empty() {
         return Err(format!(
             "missing export{} {} (it exports: {})",
             if missing.len() > 1 { "s" } else { "" },
-            missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
-            if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            }
         ));
     }
     for (name, _) in ty.imports(engine) {
@@ -309,7 +355,9 @@ fn check_world(engine: &wasmtime::Engine, component: &Component) -> Result<(), S
                 ));
             }
         } else if !name.starts_with("wasi:") {
-            return Err(format!("it imports `{name}`, which Sluice does not provide"));
+            return Err(format!(
+                "it imports `{name}`, which Sluice does not provide"
+            ));
         }
     }
     Ok(())
@@ -325,7 +373,10 @@ pub struct Module {
 
 impl std::fmt::Debug for Module {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Module").field("path", &self.path).field("digest", &self.digest).finish()
+        f.debug_struct("Module")
+            .field("path", &self.path)
+            .field("digest", &self.digest)
+            .finish()
     }
 }
 
@@ -372,7 +423,10 @@ pub struct Runner {
 
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runner").field("name", &self.spec.name).field("module", &self.module).finish()
+        f.debug_struct("Runner")
+            .field("name", &self.spec.name)
+            .field("module", &self.module)
+            .finish()
     }
 }
 
@@ -380,7 +434,12 @@ impl Runner {
     /// Creates the runner and its first instance, calling `init`: a bad
     /// configuration is reported here, before any record flows.
     pub fn new(module: Arc<Module>, spec: InstanceSpec) -> Result<Self, TransformError> {
-        let mut runner = Runner { module, spec, instance: None, instantiations: 0 };
+        let mut runner = Runner {
+            module,
+            spec,
+            instance: None,
+            instantiations: 0,
+        };
         runner.ensure_instance()?;
         Ok(runner)
     }
@@ -402,7 +461,10 @@ impl Runner {
 
     /// Log lines the guest wrote during the last call (for the fixture runner).
     pub fn take_logs(&mut self) -> Vec<LogLine> {
-        self.instance.as_mut().map(|i| std::mem::take(&mut i.store.data_mut().logs)).unwrap_or_default()
+        self.instance
+            .as_mut()
+            .map(|i| std::mem::take(&mut i.store.data_mut().logs))
+            .unwrap_or_default()
     }
 
     fn ensure_instance(&mut self) -> Result<&mut Instance, TransformError> {
@@ -411,10 +473,12 @@ impl Runner {
             self.instantiations += 1;
             self.instance = Some(instance);
         }
-        self.instance.as_mut().ok_or_else(|| TransformError::Instantiate {
-            transform: self.spec.name.to_string(),
-            message: "instance vanished".into(),
-        })
+        self.instance
+            .as_mut()
+            .ok_or_else(|| TransformError::Instantiate {
+                transform: self.spec.name.to_string(),
+                message: "instance vanished".into(),
+            })
     }
 
     fn instantiate(&self) -> Result<Instance, TransformError> {
@@ -428,18 +492,35 @@ impl Runner {
             .table_elements(1 << 20)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState::new(self.spec.name.clone(), self.spec.tables.clone(), store_limits, limits);
+        let state = HostState::new(
+            self.spec.name.clone(),
+            self.spec.tables.clone(),
+            store_limits,
+            limits,
+        );
         let mut store = Store::new(&self.module.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(ticks(limits.timeout_ms));
         store.epoch_deadline_trap();
-        let bindings = self.module.pre.instantiate(&mut store).map_err(|e| classify(&self.spec, &mut store, e))?;
+        let bindings = self
+            .module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&self.spec, &mut store, e))?;
         match bindings.call_init(&mut store, &self.spec.config) {
             Ok(Ok(())) => {}
-            Ok(Err(message)) => return Err(TransformError::Init { transform: name, message }),
+            Ok(Err(message)) => {
+                return Err(TransformError::Init {
+                    transform: name,
+                    message,
+                });
+            }
             Err(e) => {
                 let err = classify(&self.spec, &mut store, e);
-                return Err(TransformError::Init { transform: name, message: err.to_string() });
+                return Err(TransformError::Init {
+                    transform: name,
+                    message: err.to_string(),
+                });
             }
         }
         let wire = sluice::transform::types::Batch {
@@ -452,12 +533,19 @@ impl Runner {
             source_index: Vec::new(),
             offsets: Vec::new(),
         };
-        Ok(Instance { store, bindings, wire })
+        Ok(Instance {
+            store,
+            bindings,
+            wire,
+        })
     }
 
     /// Processes one batch. On any error the instance is discarded and the
     /// next call starts a fresh one.
-    pub fn process(&mut self, records: &[(&Record, &Position)]) -> Result<Processed, TransformError> {
+    pub fn process(
+        &mut self,
+        records: &[(&Record, &Position)],
+    ) -> Result<Processed, TransformError> {
         let result = self.process_inner(records);
         if result.is_err() {
             self.instance = None;
@@ -465,46 +553,99 @@ impl Runner {
         result
     }
 
-    fn process_inner(&mut self, records: &[(&Record, &Position)]) -> Result<Processed, TransformError> {
+    fn process_inner(
+        &mut self,
+        records: &[(&Record, &Position)],
+    ) -> Result<Processed, TransformError> {
         self.ensure_instance()?;
         let Runner { spec, instance, .. } = self;
         let limits = &spec.limits;
         let name = spec.name.to_string();
         let Some(instance) = instance.as_mut() else {
-            return Err(TransformError::Instantiate { transform: name, message: "instance vanished".into() });
+            return Err(TransformError::Instantiate {
+                transform: name,
+                message: "instance vanished".into(),
+            });
         };
         abi::encode(records, &mut instance.wire);
         instance.store.data_mut().begin_batch();
         instance.store.set_epoch_deadline(ticks(limits.timeout_ms));
         let started = Instant::now();
-        let result = instance.bindings.call_process(&mut instance.store, &instance.wire);
+        let result = instance
+            .bindings
+            .call_process(&mut instance.store, &instance.wire);
         tracing::trace!(transform = %name, records = records.len(), elapsed_us = started.elapsed().as_micros() as u64, "process call");
         let wire_out = match result {
             Ok(Ok(out)) => out,
-            Ok(Err(message)) => return Err(TransformError::Batch { transform: name, message }),
+            Ok(Err(message)) => {
+                return Err(TransformError::Batch {
+                    transform: name,
+                    message,
+                });
+            }
             Err(e) => return Err(classify(spec, &mut instance.store, e)),
         };
-        abi::decode(wire_out, records, limits)
-            .map_err(|message| TransformError::Contract { transform: name, message })
+        abi::decode(wire_out, records, limits).map_err(|message| TransformError::Contract {
+            transform: name,
+            message,
+        })
     }
 }
 
 /// Turns a wasmtime error from a guest call into a [`TransformError`].
-fn classify(spec: &InstanceSpec, store: &mut Store<HostState>, e: wasmtime::Error) -> TransformError {
+fn classify(
+    spec: &InstanceSpec,
+    store: &mut Store<HostState>,
+    e: wasmtime::Error,
+) -> TransformError {
     let transform = spec.name.to_string();
     let panic = store.data_mut().last_error.take();
-    let text = format!("{e}");
+    let root = e.root_cause().to_string();
+    // Where it happened: the innermost guest frames, without hashes.
+    let frames: Vec<String> = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| {
+            bt.frames()
+                .iter()
+                .filter_map(|f| f.func_name())
+                .take(3)
+                .map(strip_hash)
+                .collect()
+        })
+        .unwrap_or_default();
+    let text = if frames.is_empty() {
+        root
+    } else {
+        format!("{root} (in {})", frames.join(" < "))
+    };
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return TransformError::Deadline { transform, timeout_ms: spec.limits.timeout_ms };
+        return TransformError::Deadline {
+            transform,
+            timeout_ms: spec.limits.timeout_ms,
+        };
     }
     if text.contains("forcing trap when growing memory") {
-        return TransformError::OutOfMemory { transform, limit_mb: spec.limits.memory_mb, message: text };
+        return TransformError::OutOfMemory {
+            transform,
+            limit_mb: spec.limits.memory_mb,
+            message: text,
+        };
     }
     let message = match panic {
         Some(p) => format!("{text} (guest said: {p})"),
         None => text,
     };
     TransformError::Trap { transform, message }
+}
+
+/// `foo::h0123456789abcdef` → `foo`.
+fn strip_hash(name: &str) -> String {
+    match name.rsplit_once("::h") {
+        Some((head, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+            head.to_string()
+        }
+        _ => name.to_string(),
+    }
 }
 
 fn ticks(timeout_ms: u64) -> u64 {

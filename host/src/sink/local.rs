@@ -21,19 +21,52 @@ pub struct LocalSink {
 
 impl std::fmt::Debug for LocalSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalSink").field("root", &self.root).finish()
+        f.debug_struct("LocalSink")
+            .field("root", &self.root)
+            .finish()
     }
 }
 
 impl LocalSink {
     /// A sink writing under `root` (created if missing).
-    pub fn new(root: &Path, pipeline: &str, output: &str, format: RecordFormat) -> Result<Self, SinkError> {
+    pub fn new(
+        root: &Path,
+        pipeline: &str,
+        output: &str,
+        format: RecordFormat,
+    ) -> Result<Self, SinkError> {
         let sink = format!("local `{}`", root.display());
-        std::fs::create_dir_all(root).map_err(|source| SinkError::Io { sink: sink.clone(), source })?;
-        let store = LocalFileSystem::new_with_prefix(root).map_err(|e| SinkError::Store { sink, message: e.to_string() })?;
-        let run = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
-        let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect::<String>();
-        Ok(LocalSink { store, root: root.to_path_buf(), format, stem: format!("{}-{}-{run}", clean(pipeline), clean(output)), seq: 0 })
+        std::fs::create_dir_all(root).map_err(|source| SinkError::Io {
+            sink: sink.clone(),
+            source,
+        })?;
+        let store = LocalFileSystem::new_with_prefix(root).map_err(|e| SinkError::Store {
+            sink,
+            message: e.to_string(),
+        })?;
+        let run = format!(
+            "{}-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+            std::process::id()
+        );
+        let clean = |s: &str| {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect::<String>()
+        };
+        Ok(LocalSink {
+            store,
+            root: root.to_path_buf(),
+            format,
+            stem: format!("{}-{}-{run}", clean(pipeline), clean(output)),
+            seq: 0,
+        })
     }
 }
 
@@ -46,11 +79,15 @@ impl Sink for LocalSink {
         }
         self.seq += 1;
         let day = chrono::Utc::now().format("%Y-%m-%d");
-        let location = object_store::path::Path::from(format!("dt={day}/{}-{:06}.jsonl", self.stem, self.seq));
+        let location =
+            object_store::path::Path::from(format!("dt={day}/{}-{:06}.jsonl", self.stem, self.seq));
         self.store
             .put(&location, PutPayload::from(buf))
             .await
-            .map_err(|e| SinkError::Store { sink: self.describe(), message: format!("cannot write `{location}`: {e}") })?;
+            .map_err(|e| SinkError::Store {
+                sink: self.describe(),
+                message: format!("cannot write `{location}`: {e}"),
+            })?;
         Ok(rejects)
     }
 
@@ -66,13 +103,19 @@ mod tests {
     #[tokio::test]
     async fn writes_one_object_per_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut sink = LocalSink::new(&dir.path().join("out"), "p", "default", RecordFormat::Value).expect("sink");
+        let mut sink = LocalSink::new(&dir.path().join("out"), "p", "default", RecordFormat::Value)
+            .expect("sink");
         let rejects = sink
-            .write(&[Record::from_value(&b"{\"a\":1}"[..]), Record::from_value(&b"nope"[..])])
+            .write(&[
+                Record::from_value(&b"{\"a\":1}"[..]),
+                Record::from_value(&b"nope"[..]),
+            ])
             .await
             .expect("write");
         assert_eq!(rejects.len(), 1);
-        sink.write(&[Record::from_value(&b"{\"a\":2}"[..])]).await.expect("write");
+        sink.write(&[Record::from_value(&b"{\"a\":2}"[..])])
+            .await
+            .expect("write");
         let mut files = Vec::new();
         for day in std::fs::read_dir(dir.path().join("out")).expect("dir") {
             for f in std::fs::read_dir(day.expect("entry").path()).expect("day") {
@@ -81,7 +124,13 @@ mod tests {
         }
         files.sort();
         assert_eq!(files.len(), 2);
-        assert_eq!(std::fs::read_to_string(&files[0]).expect("read"), "{\"a\":1}\n");
-        assert!(files[0].to_string_lossy().contains("p-default-"), "{files:?}");
+        assert_eq!(
+            std::fs::read_to_string(&files[0]).expect("read"),
+            "{\"a\":1}\n"
+        );
+        assert!(
+            files[0].to_string_lossy().contains("p-default-"),
+            "{files:?}"
+        );
     }
 }

@@ -55,10 +55,20 @@ pub trait Sink: Send {
 
 /// Builds the sink a config describes. `name` is the output name (used in
 /// file names); relative paths resolve against `base`.
-pub fn build(config: &SinkConfig, base: &Path, pipeline: &str, name: &str) -> Result<Box<dyn Sink>, SinkError> {
+pub fn build(
+    config: &SinkConfig,
+    base: &Path,
+    pipeline: &str,
+    name: &str,
+) -> Result<Box<dyn Sink>, SinkError> {
     match config {
-        SinkConfig::Local { path, format } => Ok(Box::new(LocalSink::new(&base.join(path), pipeline, name, *format)?)),
-        SinkConfig::Stdout { format } => Ok(Box::new(StdoutSink::new(*format))),
+        SinkConfig::Local(c) => Ok(Box::new(LocalSink::new(
+            &base.join(&c.path),
+            pipeline,
+            name,
+            c.format,
+        )?)),
+        SinkConfig::Stdout(c) => Ok(Box::new(StdoutSink::new(c.format))),
     }
 }
 
@@ -66,7 +76,9 @@ pub fn build(config: &SinkConfig, base: &Path, pipeline: &str, name: &str) -> Re
 pub fn bytes_json(bytes: &[u8]) -> serde_json::Value {
     match std::str::from_utf8(bytes) {
         Ok(s) => serde_json::Value::String(s.to_string()),
-        Err(_) => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+        Err(_) => {
+            serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+        }
     }
 }
 
@@ -90,16 +102,21 @@ pub fn encode_line(record: &Record, format: RecordFormat, out: &mut Vec<u8>) -> 
     match format {
         RecordFormat::Value => {
             let Some(value) = record.value.as_deref() else {
-                return Err("record has no value, and the sink writes values (format = \"value\")".into());
+                return Err(
+                    "record has no value, and the sink writes values (format = \"value\")".into(),
+                );
             };
             if !value.contains(&b'\n') && !value.contains(&b'\r') {
                 if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(value) {
-                    return Err(format!("record value is not JSON, and the sink writes JSON lines: {e}"));
+                    return Err(format!(
+                        "record value is not JSON, and the sink writes JSON lines: {e}"
+                    ));
                 }
                 out.extend_from_slice(value);
             } else {
-                let parsed: serde_json::Value = serde_json::from_slice(value)
-                    .map_err(|e| format!("record value is not JSON, and the sink writes JSON lines: {e}"))?;
+                let parsed: serde_json::Value = serde_json::from_slice(value).map_err(|e| {
+                    format!("record value is not JSON, and the sink writes JSON lines: {e}")
+                })?;
                 serde_json::to_writer(&mut *out, &parsed).map_err(|e| e.to_string())?;
             }
         }
@@ -143,9 +160,15 @@ mod tests {
             Record::default(),
         ];
         let (buf, lines, rejects) = encode_lines(&records, RecordFormat::Value);
-        assert_eq!(String::from_utf8(buf).expect("utf8"), "{\"a\": 1}\n{\"b\":2}\n");
+        assert_eq!(
+            String::from_utf8(buf).expect("utf8"),
+            "{\"a\": 1}\n{\"b\":2}\n"
+        );
         assert_eq!(lines, 2);
-        assert_eq!(rejects.iter().map(|r| r.index).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            rejects.iter().map(|r| r.index).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert!(rejects[0].reason.contains("not JSON"));
     }
 

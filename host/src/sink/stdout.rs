@@ -23,7 +23,10 @@ impl Sink for StdoutSink {
     async fn write(&mut self, records: &[Record]) -> Result<Vec<Reject>, SinkError> {
         let (buf, _, rejects) = encode_lines(records, self.format);
         let mut out = tokio::io::stdout();
-        let io = |source| SinkError::Io { sink: self.describe(), source };
+        let io = |source| SinkError::Io {
+            sink: self.describe(),
+            source,
+        };
         out.write_all(&buf).await.map_err(io)?;
         out.flush().await.map_err(io)?;
         Ok(rejects)

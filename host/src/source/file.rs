@@ -23,7 +23,9 @@ pub struct FileSource {
 
 impl std::fmt::Debug for FileSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileSource").field("pattern", &self.pattern).finish()
+        f.debug_struct("FileSource")
+            .field("pattern", &self.pattern)
+            .finish()
     }
 }
 
@@ -40,20 +42,33 @@ impl FileSource {
             let full = base.join(path);
             let full_str = full.to_string_lossy().to_string();
             if has_glob(path) {
-                let matches = glob::glob(&full_str)
-                    .map_err(|e| SourceError::Pattern { pattern: path.to_string(), message: e.to_string() })?;
+                let matches = glob::glob(&full_str).map_err(|e| SourceError::Pattern {
+                    pattern: path.to_string(),
+                    message: e.to_string(),
+                })?;
                 for m in matches {
-                    let m = m.map_err(|e| SourceError::Io { path: e.path().display().to_string(), source: e.into() })?;
+                    let m = m.map_err(|e| SourceError::Io {
+                        path: e.path().display().to_string(),
+                        source: e.into(),
+                    })?;
                     if m.is_file() {
                         files.push(m);
                     }
                 }
             } else if full.is_dir() {
-                let entries = std::fs::read_dir(&full).map_err(|source| SourceError::Io { path: full_str.clone(), source })?;
+                let entries = std::fs::read_dir(&full).map_err(|source| SourceError::Io {
+                    path: full_str.clone(),
+                    source,
+                })?;
                 for e in entries {
-                    let e = e.map_err(|source| SourceError::Io { path: full_str.clone(), source })?;
+                    let e = e.map_err(|source| SourceError::Io {
+                        path: full_str.clone(),
+                        source,
+                    })?;
                     let p = e.path();
-                    let hidden = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                    let hidden = p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
                     if p.is_file() && !hidden {
                         files.push(p);
                     }
@@ -66,7 +81,13 @@ impl FileSource {
                 return Err(SourceError::NoFiles(full_str));
             }
         }
-        Ok(FileSource { pending: files.into_iter(), stdin, current: None, format, pattern: path.to_string() })
+        Ok(FileSource {
+            pending: files.into_iter(),
+            stdin,
+            current: None,
+            format,
+            pattern: path.to_string(),
+        })
     }
 
     async fn open_next(&mut self) -> Result<bool, SourceError> {
@@ -74,13 +95,27 @@ impl FileSource {
             self.stdin = false;
             ("-".to_string(), Box::new(tokio::io::stdin()))
         } else {
-            let Some(path) = self.pending.next() else { return Ok(false) };
+            let Some(path) = self.pending.next() else {
+                return Ok(false);
+            };
             let name = path.display().to_string();
-            let file = tokio::fs::File::open(&path).await.map_err(|source| SourceError::Io { path: name.clone(), source })?;
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|source| SourceError::Io {
+                    path: name.clone(),
+                    source,
+                })?;
             (name, Box::new(file))
         };
-        let partition = Partition { stream: Arc::from(name.as_str()), partition: 0 };
-        self.current = Some((partition, BufReader::with_capacity(256 << 10, reader).split(b'\n'), 0));
+        let partition = Partition {
+            stream: Arc::from(name.as_str()),
+            partition: 0,
+        };
+        self.current = Some((
+            partition,
+            BufReader::with_capacity(256 << 10, reader).split(b'\n'),
+            0,
+        ));
         Ok(true)
     }
 }
@@ -92,11 +127,16 @@ impl super::Source for FileSource {
             if self.current.is_none() && !self.open_next().await? {
                 return Ok(None);
             }
-            let Some((partition, lines, line_no)) = self.current.as_mut() else { continue };
+            let Some((partition, lines, line_no)) = self.current.as_mut() else {
+                continue;
+            };
             let line = lines
                 .next_segment()
                 .await
-                .map_err(|source| SourceError::Io { path: partition.stream.to_string(), source })?;
+                .map_err(|source| SourceError::Io {
+                    path: partition.stream.to_string(),
+                    source,
+                })?;
             let Some(mut line) = line else {
                 self.current = None;
                 continue;
@@ -109,13 +149,24 @@ impl super::Source for FileSource {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let position = Position { partition: partition.clone(), offset };
+            let position = Position {
+                partition: partition.clone(),
+                offset,
+            };
             let record = Record::from_value(Bytes::from(line));
             if self.format == LineFormat::Jsonl {
                 let value = record.value.as_deref().unwrap_or_default();
                 if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(value) {
-                    let reason = format!("line {} of `{}` is not valid JSON: {e}", offset + 1, partition.stream);
-                    return Ok(Some(SourceItem::Invalid { record, position, reason }));
+                    let reason = format!(
+                        "line {} of `{}` is not valid JSON: {e}",
+                        offset + 1,
+                        partition.stream
+                    );
+                    return Ok(Some(SourceItem::Invalid {
+                        record,
+                        position,
+                        reason,
+                    }));
                 }
             }
             return Ok(Some(SourceItem::Record(SourceRecord { record, position })));
@@ -136,7 +187,11 @@ mod tests {
     async fn reads_glob_in_order_and_flags_bad_json() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("b.jsonl"), "{\"n\":3}\n").expect("write");
-        std::fs::write(dir.path().join("a.jsonl"), "{\"n\":1}\r\n\n  \nnot json\n{\"n\":2}").expect("write");
+        std::fs::write(
+            dir.path().join("a.jsonl"),
+            "{\"n\":1}\r\n\n  \nnot json\n{\"n\":2}",
+        )
+        .expect("write");
         std::fs::write(dir.path().join("c.txt"), "ignored").expect("write");
         let mut src = FileSource::open("*.jsonl", dir.path(), LineFormat::Jsonl).expect("open");
         let mut got = Vec::new();
@@ -144,12 +199,24 @@ mod tests {
             got.push(item);
         }
         assert_eq!(got.len(), 4);
-        let SourceItem::Record(first) = &got[0] else { panic!("first is a record") };
+        let SourceItem::Record(first) = &got[0] else {
+            panic!("first is a record")
+        };
         assert_eq!(first.record.value.as_deref(), Some(&b"{\"n\":1}"[..]));
         assert_eq!(first.position.offset, 0);
-        let SourceItem::Invalid { position, reason, .. } = &got[1] else { panic!("second is invalid") };
+        let SourceItem::Invalid {
+            position, reason, ..
+        } = &got[1]
+        else {
+            panic!("second is invalid")
+        };
         assert_eq!(position.offset, 3);
-        assert!(reason.contains("line 4") && reason.contains("a.jsonl") && reason.contains("not valid JSON"), "{reason}");
+        assert!(
+            reason.contains("line 4")
+                && reason.contains("a.jsonl")
+                && reason.contains("not valid JSON"),
+            "{reason}"
+        );
         assert!(got[3].position().partition.stream.ends_with("b.jsonl"));
     }
 

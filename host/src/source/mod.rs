@@ -93,6 +93,6 @@ pub trait Source: Send {
 /// Builds the source a config describes; relative paths resolve against `base`.
 pub fn build(config: &SourceConfig, base: &Path) -> Result<Box<dyn Source>, SourceError> {
     match config {
-        SourceConfig::File { path, format } => Ok(Box::new(FileSource::open(path, base, *format)?)),
+        SourceConfig::File(c) => Ok(Box::new(FileSource::open(&c.path, base, c.format)?)),
     }
 }

@@ -85,7 +85,8 @@ pub struct Enrich {
 }
 
 fn parse_path(expr: &str, what: &str) -> Result<JsonPath, String> {
-    JsonPath::parse(expr).map_err(|e| format!("invalid configuration: {what} `{expr}` is not valid JSONPath: {e}"))
+    JsonPath::parse(expr)
+        .map_err(|e| format!("invalid configuration: {what} `{expr}` is not valid JSONPath: {e}"))
 }
 
 impl Enrich {
@@ -95,10 +96,17 @@ impl Enrich {
             Settings::deserialize(config).map_err(|e| format!("invalid configuration: {e}"))?;
         let key = parse_path(&settings.key, "key")?;
         let alert = match settings.alert.take() {
-            Some(config) => Some(Alert { path: parse_path(&config.field, "alert.field")?, config }),
+            Some(config) => Some(Alert {
+                path: parse_path(&config.field, "alert.field")?,
+                config,
+            }),
             None => None,
         };
-        Ok(Enrich { settings, key, alert })
+        Ok(Enrich {
+            settings,
+            key,
+            alert,
+        })
     }
 
     /// Enriches one document with `lookup`; returns the enriched document and
@@ -128,7 +136,10 @@ impl Enrich {
                 match &self.settings.fields {
                     Some(names) => {
                         for name in names {
-                            picked.insert(name.clone(), row.get(name).cloned().unwrap_or(Value::Null));
+                            picked.insert(
+                                name.clone(),
+                                row.get(name).cloned().unwrap_or(Value::Null),
+                            );
                         }
                     }
                     None => picked = row,
@@ -160,9 +171,10 @@ impl Enrich {
         let reason = match &self.alert {
             Some(alert) => match alert.path.query(&doc).first() {
                 Some(v) => match v.as_f64() {
-                    Some(n) if n > alert.config.above => {
-                        Some(format!("{} = {n} is above {}", alert.config.field, alert.config.above))
-                    }
+                    Some(n) if n > alert.config.above => Some(format!(
+                        "{} = {n} is above {}",
+                        alert.config.field, alert.config.above
+                    )),
                     Some(_) => None,
                     None => {
                         return Err(Error::invalid_input(format!(
@@ -221,28 +233,52 @@ mod tests {
         let e = Enrich::from_config(&json!({"table": "booths", "key": "$.booth",
             "alert": {"field": "$.amount", "above": 20}}))
         .expect("config");
-        let (doc, reason) = e.enrich(json!({"booth": "B1", "amount": 25}), table).expect("ok").expect("kept");
-        assert_eq!(doc, json!({"booth": "B1", "amount": 25, "region": "north", "expected": 360}));
+        let (doc, reason) = e
+            .enrich(json!({"booth": "B1", "amount": 25}), table)
+            .expect("ok")
+            .expect("kept");
+        assert_eq!(
+            doc,
+            json!({"booth": "B1", "amount": 25, "region": "north", "expected": 360})
+        );
         assert_eq!(reason.as_deref(), Some("$.amount = 25 is above 20"));
-        let (_, reason) = e.enrich(json!({"booth": "B1", "amount": 5}), table).expect("ok").expect("kept");
+        let (_, reason) = e
+            .enrich(json!({"booth": "B1", "amount": 5}), table)
+            .expect("ok")
+            .expect("kept");
         assert_eq!(reason, None);
     }
 
     #[test]
     fn missing_key_policies() {
-        let fail = Enrich::from_config(&json!({"table": "booths", "key": "$.booth"})).expect("config");
-        let err = fail.enrich(json!({"booth": "B9"}), table).expect_err("fails");
+        let fail =
+            Enrich::from_config(&json!({"table": "booths", "key": "$.booth"})).expect("config");
+        let err = fail
+            .enrich(json!({"booth": "B9"}), table)
+            .expect_err("fails");
         assert_eq!(err.kind(), "lookup-failed");
         assert!(err.message().contains("`B9`"), "{err}");
-        let drop = Enrich::from_config(&json!({"table": "booths", "key": "$.booth", "on_missing": "drop"})).expect("c");
-        assert!(drop.enrich(json!({"booth": "B9"}), table).expect("ok").is_none());
+        let drop = Enrich::from_config(
+            &json!({"table": "booths", "key": "$.booth", "on_missing": "drop"}),
+        )
+        .expect("c");
+        assert!(
+            drop.enrich(json!({"booth": "B9"}), table)
+                .expect("ok")
+                .is_none()
+        );
     }
 
     #[test]
     fn nests_selected_fields() {
-        let e = Enrich::from_config(&json!({"table": "booths", "key": "$.booth", "fields": ["region"], "into": "info"}))
-            .expect("config");
-        let (doc, _) = e.enrich(json!({"booth": "B1"}), table).expect("ok").expect("kept");
+        let e = Enrich::from_config(
+            &json!({"table": "booths", "key": "$.booth", "fields": ["region"], "into": "info"}),
+        )
+        .expect("config");
+        let (doc, _) = e
+            .enrich(json!({"booth": "B1"}), table)
+            .expect("ok")
+            .expect("kept");
         assert_eq!(doc, json!({"booth": "B1", "info": {"region": "north"}}));
     }
 }

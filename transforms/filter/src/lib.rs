@@ -83,26 +83,53 @@ impl Filter {
         let settings = if config.get("where").is_some() {
             Settings::deserialize(config).map_err(|e| format!("invalid configuration: {e}"))?
         } else {
-            let one = ConditionConfig::deserialize(config).map_err(|e| format!("invalid configuration: {e}"))?;
-            Settings { conditions: vec![one], mode: Match::All }
+            let one = ConditionConfig::deserialize(config)
+                .map_err(|e| format!("invalid configuration: {e}"))?;
+            Settings {
+                conditions: vec![one],
+                mode: Match::All,
+            }
         };
         if settings.conditions.is_empty() {
             return Err("invalid configuration: `where` has no condition".into());
         }
         let mut conditions = Vec::new();
         for c in settings.conditions {
-            let path = JsonPath::parse(&c.field)
-                .map_err(|e| format!("invalid configuration: `{}` is not valid JSONPath: {e}", c.field))?;
+            let path = JsonPath::parse(&c.field).map_err(|e| {
+                format!(
+                    "invalid configuration: `{}` is not valid JSONPath: {e}",
+                    c.field
+                )
+            })?;
             let value = match (c.op, c.value) {
                 (Op::Exists | Op::Missing, v) => v.unwrap_or(Value::Null),
                 (Op::In, Some(v @ Value::Array(_))) => v,
-                (Op::In, _) => return Err(format!("invalid configuration: `in` on `{}` needs a list `value`", c.field)),
+                (Op::In, _) => {
+                    return Err(format!(
+                        "invalid configuration: `in` on `{}` needs a list `value`",
+                        c.field
+                    ));
+                }
                 (_, Some(v)) => v,
-                (op, None) => return Err(format!("invalid configuration: `{op:?}` on `{}` needs a `value`", c.field).to_lowercase()),
+                (op, None) => {
+                    return Err(format!(
+                        "invalid configuration: `{op:?}` on `{}` needs a `value`",
+                        c.field
+                    )
+                    .to_lowercase());
+                }
             };
-            conditions.push(Condition { field: c.field, path, op: c.op, value });
+            conditions.push(Condition {
+                field: c.field,
+                path,
+                op: c.op,
+                value,
+            });
         }
-        Ok(Filter { conditions, mode: settings.mode })
+        Ok(Filter {
+            conditions,
+            mode: settings.mode,
+        })
     }
 
     /// Whether a JSON document passes the filter.
@@ -140,7 +167,10 @@ impl Condition {
             Op::Missing => false,
             Op::Eq => equal(actual, &self.value),
             Op::Ne => !equal(actual, &self.value),
-            Op::In => self.value.as_array().is_some_and(|list| list.iter().any(|v| equal(actual, v))),
+            Op::In => self
+                .value
+                .as_array()
+                .is_some_and(|list| list.iter().any(|v| equal(actual, v))),
             Op::Contains => match (actual, &self.value) {
                 (Value::String(s), Value::String(needle)) => s.contains(needle.as_str()),
                 (Value::Array(items), v) => items.iter().any(|i| equal(i, v)),
@@ -224,28 +254,48 @@ mod tests {
         assert!(!keep(gt.clone(), json!({"amount": 10})).expect("ok"));
         assert!(!keep(gt.clone(), json!({"other": 1})).expect("ok"));
         let err = keep(gt, json!({"amount": "ten"})).expect_err("type mismatch fails");
-        assert!(err.message().contains("`$.amount`") && err.message().contains("\"ten\""), "{err}");
+        assert!(
+            err.message().contains("`$.amount`") && err.message().contains("\"ten\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn any_and_all() {
-        let conds = json!([{"field": "$.a", "op": "eq", "value": 1}, {"field": "$.b", "op": "exists"}]);
+        let conds =
+            json!([{"field": "$.a", "op": "eq", "value": 1}, {"field": "$.b", "op": "exists"}]);
         assert!(!keep(json!({"where": conds.clone()}), json!({"a": 1})).expect("ok"));
         assert!(keep(json!({"where": conds, "match": "any"}), json!({"a": 1})).expect("ok"));
     }
 
     #[test]
     fn in_contains_missing() {
-        assert!(keep(json!({"field": "$.c", "op": "in", "value": ["BR", "PT"]}), json!({"c": "PT"})).expect("ok"));
-        assert!(keep(json!({"field": "$.tags", "op": "contains", "value": "x"}), json!({"tags": ["y", "x"]})).expect("ok"));
+        assert!(
+            keep(
+                json!({"field": "$.c", "op": "in", "value": ["BR", "PT"]}),
+                json!({"c": "PT"})
+            )
+            .expect("ok")
+        );
+        assert!(
+            keep(
+                json!({"field": "$.tags", "op": "contains", "value": "x"}),
+                json!({"tags": ["y", "x"]})
+            )
+            .expect("ok")
+        );
         assert!(keep(json!({"field": "$.gone", "op": "missing"}), json!({"c": 1})).expect("ok"));
     }
 
     #[test]
     fn config_errors_name_the_problem() {
-        let e = Filter::from_config(&json!({"field": "$.a", "op": "gt"})).err().expect("fails");
+        let e = Filter::from_config(&json!({"field": "$.a", "op": "gt"}))
+            .err()
+            .expect("fails");
         assert!(e.contains("needs a `value`"), "{e}");
-        let e = Filter::from_config(&json!({"field": "$.a", "op": "between", "value": 1})).err().expect("fails");
+        let e = Filter::from_config(&json!({"field": "$.a", "op": "between", "value": 1}))
+            .err()
+            .expect("fails");
         assert!(e.contains("between"), "{e}");
     }
 }

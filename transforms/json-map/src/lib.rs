@@ -84,7 +84,11 @@ impl JsonMap {
             let exprs = match exprs {
                 Exprs::One(e) => vec![e],
                 Exprs::Many(list) if !list.is_empty() => list,
-                Exprs::Many(_) => return Err(format!("invalid configuration: mapping `{name}` has no expression")),
+                Exprs::Many(_) => {
+                    return Err(format!(
+                        "invalid configuration: mapping `{name}` has no expression"
+                    ));
+                }
             };
             let mut compiled = Vec::with_capacity(exprs.len());
             for e in exprs {
@@ -94,7 +98,11 @@ impl JsonMap {
             }
             fields.push((name, compiled));
         }
-        Ok(JsonMap { fields, input_field: settings.input_field, missing: settings.missing })
+        Ok(JsonMap {
+            fields,
+            input_field: settings.input_field,
+            missing: settings.missing,
+        })
     }
 
     /// Maps one JSON document; `Ok(None)` means the document was empty.
@@ -113,7 +121,10 @@ impl JsonMap {
                     return Ok(None);
                 }
                 parsed = serde_json::from_str::<Value>(text).map_err(|e| {
-                    Error::invalid_input(format!("field `{}` does not hold valid JSON: {e}", self.input_field.as_deref().unwrap_or_default()))
+                    Error::invalid_input(format!(
+                        "field `{}` does not hold valid JSON: {e}",
+                        self.input_field.as_deref().unwrap_or_default()
+                    ))
                 })?;
                 &parsed
             }
@@ -182,7 +193,10 @@ impl Transform for JsonMap {
             Some(mapped) => out.json(&mapped),
             None => {
                 if let Some(offset) = record.offset() {
-                    sluice_guest::log(sluice_guest::Level::Debug, &format!("skipping empty record at offset {offset}"));
+                    sluice_guest::log(
+                        sluice_guest::Level::Debug,
+                        &format!("skipping empty record at offset {offset}"),
+                    );
                 }
                 Ok(())
             }
@@ -198,21 +212,31 @@ mod tests {
     use serde_json::json;
 
     fn map(config: Value, input: &str) -> Result<Option<Value>, Error> {
-        JsonMap::from_config(&config).expect("config").map_bytes(Some(input.as_bytes()))
+        JsonMap::from_config(&config)
+            .expect("config")
+            .map_bytes(Some(input.as_bytes()))
     }
 
     #[test]
     fn maps_with_fallbacks_and_keeps_order() {
         let cfg = json!({"mapping": {"z": "$.a", "b": ["$.missing", "$.x.y"]}});
-        let out = map(cfg, r#"{"a": 1, "x": {"y": "two"}}"#).expect("ok").expect("some");
-        assert_eq!(serde_json::to_string(&out).expect("json"), r#"{"z":1,"b":"two"}"#);
+        let out = map(cfg, r#"{"a": 1, "x": {"y": "two"}}"#)
+            .expect("ok")
+            .expect("some");
+        assert_eq!(
+            serde_json::to_string(&out).expect("json"),
+            r#"{"z":1,"b":"two"}"#
+        );
     }
 
     #[test]
     fn several_nodes_become_an_array() {
-        let out = map(json!({"mapping": {"ids": "$.items[*].id"}}), r#"{"items":[{"id":1},{"id":2}]}"#)
-            .expect("ok")
-            .expect("some");
+        let out = map(
+            json!({"mapping": {"ids": "$.items[*].id"}}),
+            r#"{"items":[{"id":1},{"id":2}]}"#,
+        )
+        .expect("ok")
+        .expect("some");
         assert_eq!(out, json!({"ids": [1, 2]}));
     }
 
@@ -220,7 +244,11 @@ mod tests {
     fn empty_records_are_skipped() {
         let cfg = json!({"mapping": {"a": "$.a"}});
         for input in ["", "   ", "null", "{}"] {
-            assert_eq!(map(cfg.clone(), input).expect("ok"), None, "input {input:?}");
+            assert_eq!(
+                map(cfg.clone(), input).expect("ok"),
+                None,
+                "input {input:?}"
+            );
         }
     }
 
@@ -228,16 +256,27 @@ mod tests {
     fn invalid_json_fails_with_position() {
         let err = map(json!({"mapping": {"a": "$.a"}}), "{not json").expect_err("must fail");
         assert_eq!(err.kind(), "invalid-input");
-        assert!(err.message().contains("not valid JSON"), "{}", err.message());
+        assert!(
+            err.message().contains("not valid JSON"),
+            "{}",
+            err.message()
+        );
         assert!(err.message().contains("column"), "{}", err.message());
     }
 
     #[test]
     fn missing_policies() {
         let input = r#"{"a": 1}"#;
-        assert_eq!(map(json!({"mapping": {"b": "$.b"}}), input).expect("ok"), Some(json!({})));
-        assert_eq!(map(json!({"mapping": {"b": "$.b"}, "missing": "null"}), input).expect("ok"), Some(json!({"b": null})));
-        let err = map(json!({"mapping": {"b": "$.b"}, "missing": "fail"}), input).expect_err("fail");
+        assert_eq!(
+            map(json!({"mapping": {"b": "$.b"}}), input).expect("ok"),
+            Some(json!({}))
+        );
+        assert_eq!(
+            map(json!({"mapping": {"b": "$.b"}, "missing": "null"}), input).expect("ok"),
+            Some(json!({"b": null}))
+        );
+        let err =
+            map(json!({"mapping": {"b": "$.b"}, "missing": "fail"}), input).expect_err("fail");
         assert_eq!(err.kind(), "missing-field");
         assert!(err.message().contains("`b`") && err.message().contains("$.b"));
     }
@@ -251,9 +290,16 @@ mod tests {
 
     #[test]
     fn bad_config_names_the_field() {
-        let err = JsonMap::from_config(&json!({"mapping": {"a": "$[?"}})).err().expect("must fail");
-        assert!(err.contains("mapping `a`") && err.contains("not valid JSONPath"), "{err}");
-        let err = JsonMap::from_config(&json!({"mapping": {"a": "$.a"}, "colour": 1})).err().expect("must fail");
+        let err = JsonMap::from_config(&json!({"mapping": {"a": "$[?"}}))
+            .err()
+            .expect("must fail");
+        assert!(
+            err.contains("mapping `a`") && err.contains("not valid JSONPath"),
+            "{err}"
+        );
+        let err = JsonMap::from_config(&json!({"mapping": {"a": "$.a"}, "colour": 1}))
+            .err()
+            .expect("must fail");
         assert!(err.contains("unknown field `colour`"), "{err}");
     }
 }
