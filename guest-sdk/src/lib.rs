@@ -41,6 +41,8 @@ mod outcome;
 
 #[doc(hidden)]
 pub mod __rt;
+#[cfg(test)]
+mod tests;
 
 pub use batch::{Batch, Header, Record};
 pub use error::Error;

@@ -246,6 +246,13 @@ impl PipelineConfig {
                     .into(),
             );
         }
+        let dlq_format = match &self.dead_letter {
+            SinkConfig::Local(c) => c.format,
+            SinkConfig::Stdout(c) => c.format,
+        };
+        if dlq_format != RecordFormat::Value {
+            return Err("`dead_letter`: `format` does not apply, dead-letter entries are always written as JSON envelopes".into());
+        }
         let b = &self.batch;
         if b.max_records == 0 || b.max_bytes == 0 {
             return Err("`batch.max_records` and `batch.max_bytes` must be at least 1".into());

@@ -125,16 +125,7 @@ fn a_malformed_pipeline_is_refused_with_line_and_field() {
 #[test]
 fn stdin_to_stdout_through_json_map() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = dir.path().join("p.toml");
-    let module = root().join("transforms/json-map");
-    std::fs::write(
-        &p,
-        format!(
-            "name = \"pipe\"\n[source.file]\npath = \"-\"\n[[transforms]]\nname = \"map\"\nmodule = {:?}\nconfig = {{ mapping = {{ who = \"$.user.name\" }} }}\n[outputs.default.stdout]\n[dead_letter.stdout]\nformat = \"envelope\"\n",
-            module.display().to_string()
-        ),
-    )
-    .expect("write");
+    let p = pipe_pipeline(dir.path(), "");
     let out = sluice(
         &["run", p.to_str().expect("utf8")],
         Some("{\"user\":{\"name\":\"ada\"}}\n{\"user\":{\"name\":\"bob\"}}\n"),
@@ -146,5 +137,92 @@ fn stdin_to_stdout_through_json_map() {
         text(&out.stderr).contains("in:       2 records"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+fn pipe_pipeline(dir: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("p.toml");
+    let module = root().join("transforms/json-map");
+    std::fs::write(
+        &p,
+        format!(
+            "name = \"pipe\"\n{extra}\n[source.file]\npath = \"-\"\n[[transforms]]\nname = \"map\"\nmodule = {:?}\nconfig = {{ mapping = {{ who = \"$.user.name\" }} }}\n[outputs.default.stdout]\n[dead_letter.stdout]\n",
+            module.display().to_string()
+        ),
+    )
+    .expect("write");
+    p
+}
+
+#[test]
+fn a_quiet_stream_is_flushed_after_max_wait() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pipe_pipeline(dir.path(), "[batch]\nmax_records = 1000\nmax_wait_ms = 200");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", p.to_str().expect("utf8")])
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    stdin
+        .write_all(b"{\"user\":{\"name\":\"eve\"}}\n")
+        .expect("write");
+    stdin.flush().expect("flush");
+    // The batch is far from full and stdin stays open: only max_wait can flush it.
+    let line = rx.recv_timeout(std::time::Duration::from_secs(60));
+    drop(stdin);
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        line.expect("flushed while the stream was still open"),
+        "{\"who\":\"eve\"}"
+    );
+    assert!(status.success());
+}
+
+#[test]
+fn check_validates_without_processing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pipe_pipeline(dir.path(), "");
+    let out = sluice(
+        &["check", p.to_str().expect("utf8")],
+        Some("{\"user\":{\"name\":\"never read\"}}\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("ok: transform `map`") && text(&out.stderr).contains("sha256:")
+    );
+    assert!(text(&out.stdout).is_empty(), "nothing processed");
+
+    let bad = dir.path().join("bad.toml");
+    let module = root().join("transforms/json-map");
+    std::fs::write(
+        &bad,
+        format!(
+            "name = \"x\"\n[source.file]\npath = \"-\"\n[[transforms]]\nname = \"map\"\nmodule = {:?}\nconfig = {{ mapping = {{ who = \"$[\" }} }}\n[outputs.default.stdout]\n[dead_letter.stdout]\n",
+            module.display().to_string()
+        ),
+    )
+    .expect("write");
+    let out = sluice(&["check", bad.to_str().expect("utf8")], None);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("transform `map` refused its configuration")
+            && stderr.contains("mapping `who`"),
+        "{stderr}"
     );
 }
