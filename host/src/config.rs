@@ -62,6 +62,9 @@ pub struct PipelineConfig {
     pub outputs: BTreeMap<String, SinkConfig>,
     /// Where failed records go, with the reason and their source position.
     pub dead_letter: SinkConfig,
+    /// Delivery guarantee, parallelism and in-flight bounds.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
 }
 
 fn default_tenant() -> String {
@@ -74,6 +77,161 @@ fn default_tenant() -> String {
 pub enum SourceConfig {
     /// Lines of local files.
     File(FileSourceConfig),
+    /// Kafka topics, read by a consumer group.
+    Kafka(KafkaSourceConfig),
+}
+
+/// `[source.kafka]`: topics read by a consumer group. Several `sluice`
+/// processes with the same `group` share the partitions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub bootstrap: String,
+    /// Topics to read: names, or regular expressions starting with `^`
+    /// (e.g. `"^events\\..*"`), matched against the cluster's topics.
+    pub topics: Vec<String>,
+    /// Consumer group id. Processes with the same group share the partitions.
+    pub group: String,
+    /// Where a group with no committed offset starts: `earliest` (default),
+    /// `latest`, or an RFC 3339 time (`2026-11-18T14:00:00Z`): the first
+    /// record at or after it.
+    #[serde(default)]
+    pub start: StartPosition,
+    /// How record values are read (default `raw`).
+    #[serde(default)]
+    pub format: ValueFormat,
+    /// Isolation when the upstream is transactional (default `read-committed`).
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Extra librdkafka consumer settings (e.g. `"session.timeout.ms" = "6000"`,
+    /// `"security.protocol" = "SASL_SSL"`). Values are redacted in logs.
+    #[serde(default)]
+    pub properties: Properties,
+}
+
+/// Where a consumer group without committed offsets starts reading.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The oldest record still in the topic.
+    #[default]
+    Earliest,
+    /// Only records written after the consumer joined.
+    Latest,
+    /// The first record whose timestamp is at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+impl<'de> Deserialize<'de> for StartPosition {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "earliest" => Ok(StartPosition::Earliest),
+            "latest" => Ok(StartPosition::Latest),
+            other => chrono::DateTime::parse_from_rfc3339(other)
+                .map(|t| StartPosition::Timestamp(t.timestamp_millis()))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "`{other}` is not `earliest`, `latest` or an RFC 3339 time ({e})"
+                    ))
+                }),
+        }
+    }
+}
+
+/// How a Kafka record value is read.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValueFormat {
+    /// Bytes as they are.
+    #[default]
+    Raw,
+    /// The value must be JSON; records whose value is not go to the
+    /// dead-letter queue (stage `decode`) without reaching a transform.
+    Json,
+}
+
+/// Which records of a transactional upstream a consumer sees.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Only records of committed transactions.
+    #[default]
+    ReadCommitted,
+    /// Every record, including those of open or aborted transactions.
+    ReadUncommitted,
+}
+
+/// Extra client settings passed to librdkafka as they are. `Debug` redacts
+/// the values, which may hold credentials.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Properties(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .finish()
+    }
+}
+
+/// `[delivery]`: the guarantee a pipeline gives, and how much may be in flight.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// `at-least-once` (default): offsets are committed only after every
+    /// output and dead-letter record of those offsets is acknowledged; a crash
+    /// may repeat records, never lose one. `exactly-once`: Kafka to Kafka
+    /// only; outputs, dead letters and consumer offsets are committed in one
+    /// Kafka transaction.
+    pub guarantee: Guarantee,
+    /// Transactional id of this process (exactly-once). It must stay the same
+    /// across restarts of one process, so that a restarted process fences its
+    /// previous incarnation, and differ between processes of a group.
+    /// Default: `<pipeline>-<SLUICE_INSTANCE or host name>`.
+    pub transactional_id: Option<String>,
+    /// Longest a Kafka transaction may stay open, in ms (default 60000).
+    pub transaction_timeout_ms: u64,
+    /// Workers running the transform chain in parallel, each with its own
+    /// instances (default 1). A partition is always handled by the same
+    /// worker, so its order is kept and a key is never processed by two
+    /// workers at once.
+    pub workers: usize,
+    /// Most records read but not yet in a sink or the DLQ (default 20000).
+    /// When reached, the source stops reading (Kafka partitions are paused).
+    pub max_in_flight_records: usize,
+    /// Most bytes read but not yet in a sink or the DLQ, in MiB (default 64).
+    pub max_in_flight_mb: usize,
+    /// On a rebalance, how long revoked partitions may take to finish their
+    /// in-flight batches before their uncommitted work is dropped, in ms
+    /// (default 30000).
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            guarantee: Guarantee::AtLeastOnce,
+            transactional_id: None,
+            transaction_timeout_ms: 60_000,
+            workers: 1,
+            max_in_flight_records: 20_000,
+            max_in_flight_mb: 64,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// A delivery guarantee.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Guarantee {
+    /// No record is lost; after a crash some may be written twice.
+    #[default]
+    AtLeastOnce,
+    /// Kafka to Kafka: every record's outputs are committed exactly once.
+    ExactlyOnce,
 }
 
 /// `[source.file]`: lines of local files.
@@ -171,6 +329,56 @@ pub enum SinkConfig {
     Local(LocalSinkConfig),
     /// Standard output, one line per record.
     Stdout(StdoutSinkConfig),
+    /// A Kafka topic.
+    Kafka(KafkaSinkConfig),
+}
+
+/// `kafka`: records to a Kafka topic, keys, headers and timestamps kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Topic to write to.
+    pub topic: String,
+    /// Bootstrap servers; defaults to the Kafka source's.
+    #[serde(default)]
+    pub bootstrap: Option<String>,
+    /// Compression: `none`, `gzip`, `snappy`, `lz4` (default) or `zstd`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Extra librdkafka producer settings (e.g. `"linger.ms" = "20"`).
+    /// Values are redacted in logs.
+    #[serde(default)]
+    pub properties: Properties,
+}
+
+/// Kafka compression codec.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4 (default: cheap and effective).
+    #[default]
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// The librdkafka name of the codec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
 /// `local`: JSON Lines files under a directory.
@@ -249,13 +457,28 @@ impl PipelineConfig {
         let dlq_format = match &self.dead_letter {
             SinkConfig::Local(c) => c.format,
             SinkConfig::Stdout(c) => c.format,
+            SinkConfig::Kafka(_) => RecordFormat::Value,
         };
         if dlq_format != RecordFormat::Value {
             return Err("`dead_letter`: `format` does not apply, dead-letter entries are always written as JSON envelopes".into());
         }
+        self.validate_kafka()?;
         let b = &self.batch;
         if b.max_records == 0 || b.max_bytes == 0 {
             return Err("`batch.max_records` and `batch.max_bytes` must be at least 1".into());
+        }
+        let d = &self.delivery;
+        if d.workers == 0 || d.max_in_flight_records == 0 || d.max_in_flight_mb == 0 {
+            return Err(
+                "`delivery.workers`, `max_in_flight_records` and `max_in_flight_mb` must be at least 1"
+                    .into(),
+            );
+        }
+        if d.max_in_flight_records < b.max_records {
+            return Err(format!(
+                "`delivery.max_in_flight_records` ({}) must be at least `batch.max_records` ({})",
+                d.max_in_flight_records, b.max_records
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.transforms.iter().enumerate() {
@@ -275,6 +498,98 @@ impl PipelineConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl PipelineConfig {
+    /// Every sink of the pipeline with its name (`dead-letter` for the DLQ).
+    pub fn sinks(&self) -> impl Iterator<Item = (&str, &SinkConfig)> {
+        self.outputs
+            .iter()
+            .map(|(n, s)| (n.as_str(), s))
+            .chain(std::iter::once(("dead-letter", &self.dead_letter)))
+    }
+
+    /// The bootstrap servers of a Kafka sink: its own, or the source's.
+    pub fn sink_bootstrap<'a>(&'a self, sink: &'a KafkaSinkConfig) -> Option<&'a str> {
+        sink.bootstrap.as_deref().or(match &self.source {
+            SourceConfig::Kafka(k) => Some(k.bootstrap.as_str()),
+            SourceConfig::File(_) => None,
+        })
+    }
+
+    fn validate_kafka(&self) -> Result<(), String> {
+        if let SourceConfig::Kafka(k) = &self.source {
+            if k.topics.is_empty() {
+                return Err("`source.kafka.topics` must name at least one topic".into());
+            }
+            if k.group.trim().is_empty() {
+                return Err("`source.kafka.group` must not be empty".into());
+            }
+            for t in k.topics.iter().filter(|t| t.starts_with('^')) {
+                regex::Regex::new(t).map_err(|e| {
+                    format!("`source.kafka.topics`: `{t}` is not a valid regular expression: {e}")
+                })?;
+            }
+        }
+        for (name, sink) in self.sinks() {
+            if let SinkConfig::Kafka(k) = sink {
+                if k.topic.trim().is_empty() {
+                    return Err(format!("`{}`: `topic` must not be empty", sink_path(name)));
+                }
+                if self.sink_bootstrap(k).is_none() {
+                    return Err(format!(
+                        "`{}`: `bootstrap` is needed when the source is not Kafka",
+                        sink_path(name)
+                    ));
+                }
+            }
+        }
+        if self.delivery.guarantee == Guarantee::ExactlyOnce {
+            let SourceConfig::Kafka(source) = &self.source else {
+                return Err("`delivery.guarantee = \"exactly-once\"` needs a Kafka source: offsets are committed in the same Kafka transaction as the outputs".into());
+            };
+            for (name, sink) in self.sinks() {
+                match sink {
+                    SinkConfig::Kafka(k) => {
+                        if self.sink_bootstrap(k) != Some(source.bootstrap.as_str()) {
+                            return Err(format!(
+                                "`{}`: with exactly-once, every output must be on the source's cluster (`{}`), because one transaction covers outputs and consumer offsets",
+                                sink_path(name),
+                                source.bootstrap
+                            ));
+                        }
+                    }
+                    _ => {
+                        return Err(format!(
+                            "`{}`: with exactly-once, every output and the dead-letter queue must be Kafka topics (a {} sink cannot join a Kafka transaction); use at-least-once for pipelines that write elsewhere",
+                            sink_path(name),
+                            sink.kind()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sink_path(name: &str) -> String {
+    if name == "dead-letter" {
+        "dead_letter".to_string()
+    } else {
+        format!("outputs.{name}")
+    }
+}
+
+impl SinkConfig {
+    /// The sink kind, as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Local(_) => "local",
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Kafka(_) => "kafka",
+        }
     }
 }
 
@@ -330,12 +645,12 @@ path = "lake"
             err.contains("line 5") && err.contains("format") && err.contains("xml"),
             "{err}"
         );
-        let bad = GOOD.replace("[dead_letter.stdout]", "[dead_letter.kafka]");
+        let bad = GOOD.replace("[dead_letter.stdout]", "[dead_letter.pulsar]");
         let err = PipelineConfig::parse(&bad, Path::new("p.toml"))
             .expect_err("refused")
             .to_string();
         assert!(
-            err.contains("line 11") && err.contains("kafka") && err.contains("local"),
+            err.contains("line 11") && err.contains("pulsar") && err.contains("local"),
             "{err}"
         );
     }
@@ -354,6 +669,68 @@ path = "lake"
             "{err}"
         );
         assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn kafka_pipelines_parse_and_exactly_once_is_checked() {
+        let kafka = r#"
+name = "k"
+[source.kafka]
+bootstrap = "127.0.0.1:9092"
+topics = ["in", "^events\\..*"]
+group = "g"
+start = "2026-11-18T14:00:00Z"
+properties = { "session.timeout.ms" = "6000", "sasl.password" = "hunter2" }
+[delivery]
+guarantee = "exactly-once"
+[outputs.default.kafka]
+topic = "out"
+[dead_letter.kafka]
+topic = "dlq"
+"#;
+        let c = PipelineConfig::parse(kafka, Path::new("k.toml")).expect("valid");
+        let SourceConfig::Kafka(k) = &c.source else {
+            panic!("kafka source")
+        };
+        assert_eq!(k.start, StartPosition::Timestamp(1_795_010_400_000));
+        assert!(
+            !format!("{k:?}").contains("hunter2"),
+            "secrets are redacted"
+        );
+        let SinkConfig::Kafka(out) = &c.outputs["default"] else {
+            panic!("kafka sink")
+        };
+        assert_eq!(c.sink_bootstrap(out), Some("127.0.0.1:9092"));
+
+        let local_dlq = kafka.replace(
+            "[dead_letter.kafka]\ntopic = \"dlq\"",
+            "[dead_letter.local]\npath = \"e\"",
+        );
+        let err = PipelineConfig::parse(&local_dlq, Path::new("k.toml"))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("dead_letter") && err.contains("exactly-once") && err.contains("local"),
+            "{err}"
+        );
+
+        let bad_start = kafka.replace("2026-11-18T14:00:00Z", "yesterday");
+        let err = PipelineConfig::parse(&bad_start, Path::new("k.toml"))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("yesterday") && err.contains("line 7"), "{err}");
+
+        let file_to_kafka = GOOD.replace(
+            "[outputs.default.local]\npath = \"lake\"",
+            "[outputs.default.kafka]\ntopic = \"t\"",
+        );
+        let err = PipelineConfig::parse(&file_to_kafka, Path::new("p.toml"))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("outputs.default") && err.contains("bootstrap"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,13 +9,16 @@
 //!  "attempts":1,"first_failure_at":"…","last_failure_at":"…",
 //!  "record":{"key":null,"value":"…","headers":[],"timestamp":null}}
 //! ```
-//! The same context travels as `sluice.dlq.*` headers on the entry record, so a
-//! Kafka dead-letter topic can carry it as Kafka Connect does.
+//! On a Kafka dead-letter topic an entry is the original record unchanged
+//! (key, value, headers, timestamp) with the context added as `sluice.dlq.*`
+//! headers, as Kafka Connect does with
+//! `errors.deadletterqueue.context.headers.enable`.
 
 use crate::record::{Header, Position, Record};
 use crate::sink::{Sink, SinkError, envelope};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
+use std::sync::Arc;
 
 /// Where in the data path a record failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,14 +123,13 @@ impl DlqEntry {
         })
     }
 
-    /// The entry as a record: value = JSON envelope; key and timestamp of
-    /// the original; context also in `sluice.dlq.*` headers.
-    pub fn to_record(&self, pipeline: &str, tenant: &str) -> Record {
-        let value = self.to_json(pipeline, tenant).to_string();
-        let mut headers = self.record.headers.clone();
+    /// The context as `sluice.dlq.*` headers.
+    pub fn context_headers(&self, pipeline: &str, tenant: &str) -> Vec<Header> {
+        let mut headers = Vec::with_capacity(12);
         let mut h =
             |name: &str, value: &str| headers.push(Header::new(name, value.as_bytes().to_vec()));
         h("sluice.dlq.pipeline", pipeline);
+        h("sluice.dlq.tenant", tenant);
         h("sluice.dlq.stage", self.stage.as_str());
         h("sluice.dlq.error.kind", &self.kind);
         h("sluice.dlq.error.message", &self.message);
@@ -143,12 +145,44 @@ impl DlqEntry {
         if let Some(t) = &self.transform {
             h("sluice.dlq.transform", t);
         }
+        if let Some(m) = &self.module {
+            h("sluice.dlq.module", m);
+        }
+        h("sluice.dlq.attempts", &self.attempts.to_string());
+        h(
+            "sluice.dlq.first_failure_at",
+            &self
+                .first_failure_at
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        );
+        h(
+            "sluice.dlq.last_failure_at",
+            &self
+                .last_failure_at
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        );
+        headers
+    }
+
+    /// The entry as a record for object storage or stdout: value = the JSON
+    /// envelope; key and timestamp of the original.
+    pub fn to_record(&self, pipeline: &str, tenant: &str) -> Record {
         Record {
             key: self.record.key.clone(),
-            value: Some(value.into()),
-            headers,
+            value: Some(self.to_json(pipeline, tenant).to_string().into()),
+            headers: Vec::new(),
             timestamp: self.record.timestamp,
         }
+    }
+
+    /// The entry as a Kafka record: the original record unchanged, with the
+    /// context appended as `sluice.dlq.*` headers.
+    pub fn to_kafka_record(&self, pipeline: &str, tenant: &str) -> Record {
+        let mut record = self.record.clone();
+        record
+            .headers
+            .extend(self.context_headers(pipeline, tenant));
+        record
     }
 }
 
@@ -165,7 +199,7 @@ pub struct DlqError {
 
 /// Writes entries to the dead-letter sink.
 pub struct DeadLetter {
-    sink: Box<dyn Sink>,
+    sink: Arc<dyn Sink>,
     pipeline: String,
     tenant: String,
 }
@@ -180,7 +214,7 @@ impl std::fmt::Debug for DeadLetter {
 
 impl DeadLetter {
     /// A dead-letter queue over a sink.
-    pub fn new(sink: Box<dyn Sink>, pipeline: &str, tenant: &str) -> Self {
+    pub fn new(sink: Arc<dyn Sink>, pipeline: &str, tenant: &str) -> Self {
         DeadLetter {
             sink,
             pipeline: pipeline.into(),
@@ -188,30 +222,44 @@ impl DeadLetter {
         }
     }
 
-    /// Writes entries; returns once they are durable.
-    pub async fn write(&mut self, entries: &[DlqEntry]) -> Result<(), DlqError> {
+    /// Writes entries; returns once they are durable. A refused entry is an
+    /// error too: the dead-letter queue is the last resort.
+    pub async fn write(&self, entries: &[DlqEntry]) -> Result<(), DlqError> {
         if entries.is_empty() {
             return Ok(());
         }
+        let kafka = self.sink.kafka().is_some();
         let records: Vec<Record> = entries
             .iter()
-            .map(|e| e.to_record(&self.pipeline, &self.tenant))
+            .map(|e| {
+                if kafka {
+                    e.to_kafka_record(&self.pipeline, &self.tenant)
+                } else {
+                    e.to_record(&self.pipeline, &self.tenant)
+                }
+            })
             .collect();
+        let error = |e: SinkError| DlqError {
+            sink: self.sink.describe(),
+            message: e.to_string(),
+        };
         let rejects = self
             .sink
-            .write(&records)
+            .submit(records)
             .await
-            .map_err(|e: SinkError| DlqError {
-                sink: self.sink.describe(),
-                message: e.to_string(),
-            })?;
+            .map_err(error)?
+            .await
+            .map_err(error)?;
         if let Some(r) = rejects.first() {
+            let source = entries
+                .get(r.index)
+                .map(|e| e.position.to_string())
+                .unwrap_or_default();
             return Err(DlqError {
                 sink: self.sink.describe(),
                 message: format!(
-                    "{} entries refused, the first (source {}) because {}",
+                    "{} entries refused, the first (source {source}) because {}",
                     rejects.len(),
-                    entries[r.index].position,
                     r.reason
                 ),
             });
@@ -222,5 +270,61 @@ impl DeadLetter {
     /// The sink's description.
     pub fn describe(&self) -> String {
         self.sink.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Partition;
+
+    #[test]
+    fn kafka_entries_keep_the_record_and_carry_context_headers() {
+        let original = Record {
+            key: Some(bytes::Bytes::from_static(b"k")),
+            value: Some(bytes::Bytes::from_static(b"\xff raw")),
+            headers: vec![Header::new("trace", &b"t1"[..])],
+            timestamp: Some(7),
+        };
+        let position = Position {
+            partition: Partition {
+                stream: Arc::from("in"),
+                partition: 2,
+            },
+            offset: 41,
+        };
+        let entry = DlqEntry::new(
+            original.clone(),
+            position,
+            Stage::Transform,
+            "poison",
+            "bad",
+        )
+        .in_transform("map", "sha256:ab");
+        let r = entry.to_kafka_record("p", "t");
+        assert_eq!(
+            (r.key.clone(), r.value.clone(), r.timestamp),
+            (original.key.clone(), original.value.clone(), Some(7))
+        );
+        assert_eq!(
+            r.headers[0], original.headers[0],
+            "original headers first, unchanged"
+        );
+        let get = |n: &str| {
+            r.headers
+                .iter()
+                .find(|h| h.name_str() == n)
+                .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+        };
+        assert_eq!(get("sluice.dlq.source.offset").as_deref(), Some("41"));
+        assert_eq!(get("sluice.dlq.source.partition").as_deref(), Some("2"));
+        assert_eq!(get("sluice.dlq.transform").as_deref(), Some("map"));
+        assert_eq!(get("sluice.dlq.module").as_deref(), Some("sha256:ab"));
+        assert_eq!(get("sluice.dlq.error.kind").as_deref(), Some("poison"));
+        let json = entry.to_record("p", "t");
+        let v: serde_json::Value =
+            serde_json::from_slice(json.value.as_deref().unwrap_or_default()).expect("envelope");
+        assert_eq!(v["source"]["offset"], 41);
+        assert_eq!(v["record"]["value"]["base64"], "/yByYXc=");
     }
 }

@@ -50,6 +50,12 @@ impl Ledger {
         }
     }
 
+    /// Forgets a partition (revoked: its in-flight positions will never be
+    /// handled here).
+    pub fn forget(&mut self, partition: &Partition) {
+        self.partitions.remove(partition);
+    }
+
     /// Number of positions in flight across all partitions.
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|p| p.in_flight.len()).sum()

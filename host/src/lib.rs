@@ -4,13 +4,17 @@
 //! [`source`] → [`batch`] (micro-batches) → [`engine`] (wasmtime: load, link,
 //! instantiate, call, limits) → outcomes → [`sink`] and [`dlq`] → [`ledger`]
 //! → commit. [`pipeline`] wires them together from a [`config`] file;
-//! [`fixture`] runs transforms against fixture files (`sluice test`).
+//! [`fixture`] runs transforms against fixture files (`sluice test`);
+//! [`flow`] bounds what is in flight (back-pressure); [`kafka`] holds what the
+//! Kafka source and sink share.
 
 pub mod batch;
 pub mod config;
 pub mod dlq;
 pub mod engine;
 pub mod fixture;
+pub mod flow;
+pub mod kafka;
 pub mod ledger;
 pub mod pipeline;
 pub mod record;

@@ -68,9 +68,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { pipeline } => {
             let (config, base) = sluice::config::PipelineConfig::load(&pipeline)?;
+            sluice::source::validate(&config.source, &base)?;
             let engine = Engine::new()?;
-            let runners =
+            let prepared =
                 pipeline::prepare_transforms(&config, &base, &engine, &RunOptions::default())?;
+            let runners = pipeline::instantiate(&prepared)?;
             for r in &runners {
                 eprintln!(
                     "ok: transform `{}` ({}, {})",

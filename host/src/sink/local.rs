@@ -3,20 +3,22 @@
 //! one object, written atomically (temporary file + rename):
 //! `<path>/dt=<YYYY-MM-DD>/<pipeline>-<output>-<run>-<seq>.jsonl`.
 
-use super::{Reject, Sink, SinkError, encode_lines};
+use super::{Pending, Sink, SinkError, encode_lines, ready};
 use crate::config::RecordFormat;
 use crate::record::Record;
 use object_store::local::LocalFileSystem;
 use object_store::{ObjectStoreExt, PutPayload};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes one JSON Lines object per batch under a directory.
 pub struct LocalSink {
-    store: LocalFileSystem,
+    store: Arc<LocalFileSystem>,
     root: PathBuf,
     format: RecordFormat,
     stem: String,
-    seq: u64,
+    seq: AtomicU64,
 }
 
 impl std::fmt::Debug for LocalSink {
@@ -43,6 +45,7 @@ impl LocalSink {
         let store = LocalFileSystem::new_with_prefix(root).map_err(|e| SinkError::Store {
             sink,
             message: e.to_string(),
+            transient: false,
         })?;
         let run = format!(
             "{}-{}",
@@ -61,34 +64,39 @@ impl LocalSink {
                 .collect::<String>()
         };
         Ok(LocalSink {
-            store,
+            store: Arc::new(store),
             root: root.to_path_buf(),
             format,
             stem: format!("{}-{}-{run}", clean(pipeline), clean(output)),
-            seq: 0,
+            seq: AtomicU64::new(0),
         })
     }
 }
 
 #[async_trait::async_trait]
 impl Sink for LocalSink {
-    async fn write(&mut self, records: &[Record]) -> Result<Vec<Reject>, SinkError> {
-        let (buf, lines, rejects) = encode_lines(records, self.format);
+    async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError> {
+        let (buf, lines, rejects) = encode_lines(&records, self.format);
         if lines == 0 {
-            return Ok(rejects);
+            return Ok(ready(rejects));
         }
-        self.seq += 1;
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let day = chrono::Utc::now().format("%Y-%m-%d");
         let location =
-            object_store::path::Path::from(format!("dt={day}/{}-{:06}.jsonl", self.stem, self.seq));
-        self.store
-            .put(&location, PutPayload::from(buf))
-            .await
-            .map_err(|e| SinkError::Store {
-                sink: self.describe(),
-                message: format!("cannot write `{location}`: {e}"),
-            })?;
-        Ok(rejects)
+            object_store::path::Path::from(format!("dt={day}/{}-{seq:06}.jsonl", self.stem));
+        let store = self.store.clone();
+        let sink = self.describe();
+        Ok(Box::pin(async move {
+            store
+                .put(&location, PutPayload::from(buf))
+                .await
+                .map_err(|e| SinkError::Store {
+                    sink,
+                    message: format!("cannot write `{location}`: {e}"),
+                    transient: true,
+                })?;
+            Ok(rejects)
+        }))
     }
 
     fn describe(&self) -> String {
@@ -103,17 +111,21 @@ mod tests {
     #[tokio::test]
     async fn writes_one_object_per_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut sink = LocalSink::new(&dir.path().join("out"), "p", "default", RecordFormat::Value)
+        let sink = LocalSink::new(&dir.path().join("out"), "p", "default", RecordFormat::Value)
             .expect("sink");
         let rejects = sink
-            .write(&[
+            .submit(vec![
                 Record::from_value(&b"{\"a\":1}"[..]),
                 Record::from_value(&b"nope"[..]),
             ])
             .await
+            .expect("submit")
+            .await
             .expect("write");
         assert_eq!(rejects.len(), 1);
-        sink.write(&[Record::from_value(&b"{\"a\":2}"[..])])
+        sink.submit(vec![Record::from_value(&b"{\"a\":2}"[..])])
+            .await
+            .expect("submit")
             .await
             .expect("write");
         let mut files = Vec::new();

@@ -1,21 +1,32 @@
 //! Sinks: where output and dead-letter records go. One file per sink kind;
-//! [`build`] maps a sink config to its implementation.
+//! [`build_all`] maps the pipeline's sink configs to implementations.
+//!
+//! A write has two phases, so that records keep their order while several
+//! batches are in flight: [`Sink::submit`] enqueues a batch (in call order)
+//! and returns a [`Pending`] future that resolves once every accepted record
+//! is durable, with the records the sink refused permanently.
 
+mod kafka;
 mod local;
 mod stdout;
 
-use crate::config::{RecordFormat, SinkConfig};
+use crate::config::{PipelineConfig, RecordFormat, SinkConfig};
 use crate::record::Record;
 use base64::Engine as _;
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 
+pub use kafka::{KafkaProducer, KafkaSink, TxnError};
 pub use local::LocalSink;
 pub use stdout::StdoutSink;
 
 /// A record the sink refused permanently; it goes to the dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
-    /// Index of the record in the written slice.
+    /// Index of the record in the submitted batch.
     pub index: usize,
     /// Why.
     pub reason: String,
@@ -31,6 +42,8 @@ pub enum SinkError {
         sink: String,
         /// Explanation.
         message: String,
+        /// Whether trying again may succeed.
+        transient: bool,
     },
     /// I/O error.
     #[error("sink {sink}: {source}")]
@@ -40,36 +53,150 @@ pub enum SinkError {
         /// I/O error.
         source: std::io::Error,
     },
+    /// Kafka producer error.
+    #[error("sink {sink}: {message}")]
+    Kafka {
+        /// Which sink.
+        sink: String,
+        /// librdkafka's explanation.
+        message: String,
+        /// Whether trying again may succeed (a timeout, a broker away).
+        transient: bool,
+    },
+    /// The sink is misconfigured.
+    #[error("sink {sink}: {message}")]
+    Config {
+        /// Which sink.
+        sink: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
-/// A destination for records. `write` returns only once every accepted
-/// record is durable (as durable as the sink can make it).
-#[async_trait::async_trait]
-pub trait Sink: Send {
-    /// Writes records; returns the ones refused permanently.
-    async fn write(&mut self, records: &[Record]) -> Result<Vec<Reject>, SinkError>;
-
-    /// A short description for logs and the summary.
-    fn describe(&self) -> String;
-}
-
-/// Builds the sink a config describes. `name` is the output name (used in
-/// file names); relative paths resolve against `base`.
-pub fn build(
-    config: &SinkConfig,
-    base: &Path,
-    pipeline: &str,
-    name: &str,
-) -> Result<Box<dyn Sink>, SinkError> {
-    match config {
-        SinkConfig::Local(c) => Ok(Box::new(LocalSink::new(
-            &base.join(&c.path),
-            pipeline,
-            name,
-            c.format,
-        )?)),
-        SinkConfig::Stdout(c) => Ok(Box::new(StdoutSink::new(c.format))),
+impl SinkError {
+    /// Whether the same write may succeed if tried again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SinkError::Store { transient, .. } | SinkError::Kafka { transient, .. } => *transient,
+            SinkError::Io { .. } => true,
+            SinkError::Config { .. } => false,
+        }
     }
+}
+
+/// The second phase of a write: resolves once the batch is durable.
+pub type Pending = Pin<Box<dyn Future<Output = Result<Vec<Reject>, SinkError>> + Send>>;
+
+/// A destination for records.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    /// Enqueues `records` after everything submitted before, and returns the
+    /// future of their durability. Records refused at once (e.g. too large)
+    /// are reported by the future with the others.
+    async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError>;
+
+    /// A short description for logs and errors.
+    fn describe(&self) -> String;
+
+    /// The Kafka producer behind this sink, if it is a Kafka sink.
+    fn kafka(&self) -> Option<&Arc<KafkaProducer>> {
+        None
+    }
+}
+
+/// How sinks are built for one run of a pipeline.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// `Some(id)`: Kafka sinks share one transactional producer with this
+    /// transactional id (exactly-once).
+    pub transactional_id: Option<String>,
+    /// Transaction timeout (exactly-once).
+    pub transaction_timeout_ms: u64,
+}
+
+/// The sinks of a pipeline: one per output, and the dead-letter sink.
+pub struct Sinks {
+    /// Output name → sink.
+    pub outputs: BTreeMap<String, Arc<dyn Sink>>,
+    /// The dead-letter sink.
+    pub dead_letter: Arc<dyn Sink>,
+    /// The producers behind the Kafka sinks (one when transactional).
+    pub producers: Vec<Arc<KafkaProducer>>,
+}
+
+impl std::fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sinks")
+            .field("outputs", &self.outputs.keys().collect::<Vec<_>>())
+            .field("dead_letter", &self.dead_letter.describe())
+            .finish()
+    }
+}
+
+/// Builds every sink of a pipeline. Kafka sinks with the same cluster and
+/// settings share one producer; with a transactional id, all Kafka sinks
+/// share one transactional producer. Relative paths resolve against `base`.
+pub fn build_all(
+    config: &PipelineConfig,
+    base: &Path,
+    opts: &SinkOptions,
+) -> Result<Sinks, SinkError> {
+    let mut producers: BTreeMap<String, Arc<KafkaProducer>> = BTreeMap::new();
+    let mut build = |name: &str, sink: &SinkConfig| -> Result<Arc<dyn Sink>, SinkError> {
+        Ok(match sink {
+            SinkConfig::Local(c) => Arc::new(LocalSink::new(
+                &base.join(&c.path),
+                &config.name,
+                name,
+                c.format,
+            )?),
+            SinkConfig::Stdout(c) => Arc::new(StdoutSink::new(c.format)),
+            SinkConfig::Kafka(c) => {
+                let bootstrap = config.sink_bootstrap(c).ok_or_else(|| SinkError::Config {
+                    sink: format!("kafka `{}`", c.topic),
+                    message: "no bootstrap servers".into(),
+                })?;
+                let key = if opts.transactional_id.is_some() {
+                    "transactional".to_string()
+                } else {
+                    kafka::producer_key(bootstrap, c)
+                };
+                let producer = match producers.get(&key) {
+                    Some(p) => {
+                        if opts.transactional_id.is_some() && !p.same_settings(bootstrap, c) {
+                            return Err(SinkError::Config {
+                                sink: format!("kafka `{}`", c.topic),
+                                message: "with exactly-once, every Kafka output must use the same compression and properties: one transactional producer writes them all".into(),
+                            });
+                        }
+                        p.clone()
+                    }
+                    None => {
+                        let p = Arc::new(KafkaProducer::new(
+                            bootstrap,
+                            c,
+                            &config.name,
+                            opts.transactional_id.as_deref(),
+                            opts.transaction_timeout_ms,
+                        )?);
+                        producers.insert(key, p.clone());
+                        p
+                    }
+                };
+                Arc::new(KafkaSink::new(producer, &c.topic))
+            }
+        })
+    };
+    let mut outputs = BTreeMap::new();
+    for (name, sink) in &config.outputs {
+        outputs.insert(name.clone(), build(name, sink)?);
+    }
+    let dead_letter = build("dead-letter", &config.dead_letter)?;
+    Ok(Sinks {
+        outputs,
+        dead_letter,
+        producers: producers.into_values().collect(),
+    })
 }
 
 /// Bytes as JSON: a string when they are UTF-8, else `{"base64": "..."}`.
@@ -144,6 +271,11 @@ pub fn encode_lines(records: &[Record], format: RecordFormat) -> (Vec<u8>, usize
         }
     }
     (buf, lines, rejects)
+}
+
+/// A pending write that is already complete.
+pub fn ready(rejects: Vec<Reject>) -> Pending {
+    Box::pin(std::future::ready(Ok(rejects)))
 }
 
 #[cfg(test)]

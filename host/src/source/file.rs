@@ -2,13 +2,15 @@
 //! or standard input. Each non-blank line is a record; its position is the
 //! file path (stream) and the 0-based line number (offset).
 
-use super::{SourceError, SourceItem};
+use super::{RunningSource, SourceControl, SourceError, SourceEvent, SourceItem, StartOptions};
+use crate::batch::ByteSize;
 use crate::config::LineFormat;
 use crate::record::{Partition, Position, Record, SourceRecord};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc;
 
 type Lines = tokio::io::Split<BufReader<Box<dyn AsyncRead + Send + Unpin>>>;
 
@@ -120,9 +122,66 @@ impl FileSource {
     }
 }
 
+/// Reads the files on a task of its own, taking a share of the budget for
+/// every record (so a slow pipeline slows the reader).
+pub(super) fn start(mut source: FileSource, opts: StartOptions) -> RunningSource {
+    let (tx, events) = mpsc::unbounded_channel();
+    let describe = source.describe();
+    let task = tokio::spawn(async move {
+        loop {
+            match source.next().await {
+                Ok(Some(item)) => {
+                    opts.budget.acquire(item.byte_size()).await;
+                    if tx.send(Ok(SourceEvent::Item(item))).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    RunningSource {
+        events,
+        control: Arc::new(FileControl {
+            describe,
+            task: std::sync::Mutex::new(Some(task)),
+        }),
+    }
+}
+
+/// Files have no upstream state: commits do nothing; closing stops the reader.
+struct FileControl {
+    describe: String,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
 #[async_trait::async_trait]
-impl super::Source for FileSource {
-    async fn next(&mut self) -> Result<Option<SourceItem>, SourceError> {
+impl SourceControl for FileControl {
+    async fn commit(&self, _offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    async fn close(&self, _offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+impl FileSource {
+    /// The next item, or `None` when every file is read.
+    pub async fn next(&mut self) -> Result<Option<SourceItem>, SourceError> {
         loop {
             if self.current.is_none() && !self.open_next().await? {
                 return Ok(None);
@@ -173,7 +232,8 @@ impl super::Source for FileSource {
         }
     }
 
-    fn describe(&self) -> String {
+    /// A short description for logs.
+    pub fn describe(&self) -> String {
         format!("file `{}`", self.pattern)
     }
 }
@@ -181,7 +241,6 @@ impl super::Source for FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Source;
 
     #[tokio::test]
     async fn reads_glob_in_order_and_flags_bad_json() {

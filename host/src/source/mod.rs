@@ -1,13 +1,22 @@
-//! Sources: where records come from. One folder per source kind; [`build`]
-//! maps a `[source]` config to its implementation.
+//! Sources: where records come from. One file per source kind; [`start`]
+//! maps a `[source]` config to a running source.
+//!
+//! A running source is two things: a stream of [`SourceEvent`]s (records, and
+//! partitions being taken away on a rebalance) and a [`SourceControl`] the
+//! pipeline uses to commit handled offsets and to close the source. Every
+//! record read takes a share of the pipeline's in-flight [`Budget`]; a source
+//! stops reading while the budget is spent.
 
 mod file;
+mod kafka;
 
 use crate::batch::ByteSize;
 use crate::config::SourceConfig;
-use crate::ledger::Ledger;
-use crate::record::{Position, Record, SourceRecord};
+use crate::flow::Budget;
+use crate::record::{Partition, Position, Record, SourceRecord};
 use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
 pub use file::FileSource;
 
@@ -36,15 +45,43 @@ impl SourceItem {
             SourceItem::Invalid { position, .. } => position,
         }
     }
+
+    /// The record as read (for an invalid item, its raw bytes as value).
+    pub fn record(&self) -> &Record {
+        match self {
+            SourceItem::Record(r) => &r.record,
+            SourceItem::Invalid { record, .. } => record,
+        }
+    }
 }
 
 impl ByteSize for SourceItem {
     fn byte_size(&self) -> usize {
-        match self {
-            SourceItem::Record(r) => r.record.size(),
-            SourceItem::Invalid { record, .. } => record.size(),
-        }
+        self.record().size()
     }
+}
+
+/// Partitions taken away from this process (a consumer-group rebalance).
+#[derive(Debug)]
+pub struct Revocation {
+    /// The partitions.
+    pub partitions: Vec<Partition>,
+    /// The partitions were lost (another member may own them already):
+    /// their in-flight work is dropped and nothing is committed for them.
+    pub lost: bool,
+    /// Answered once the partitions' in-flight batches are handled (or
+    /// dropped), with the offsets the source must commit before it lets the
+    /// partitions go (empty: commit nothing).
+    pub done: oneshot::Sender<Vec<(Partition, i64)>>,
+}
+
+/// What a running source reports.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// A record was read. Its share of the budget is already taken.
+    Item(SourceItem),
+    /// Partitions are being taken away.
+    Revoke(Revocation),
 }
 
 /// Why a source failed.
@@ -69,30 +106,89 @@ pub enum SourceError {
         /// I/O error.
         source: std::io::Error,
     },
+    /// The Kafka consumer failed.
+    #[error("kafka source ({what}): {message}")]
+    Kafka {
+        /// What it was doing.
+        what: &'static str,
+        /// librdkafka's explanation.
+        message: String,
+        /// Whether the consumer can no longer be used (a new one is needed).
+        fatal: bool,
+    },
 }
 
-/// A source of records. `next` is called from one task until it returns
-/// `Ok(None)` (a bounded source is drained).
+/// How the pipeline drives a running source.
 #[async_trait::async_trait]
-pub trait Source: Send {
-    /// The next item, or `None` when the source is drained.
-    async fn next(&mut self) -> Result<Option<SourceItem>, SourceError>;
+pub trait SourceControl: Send + Sync {
+    /// Makes handled offsets durable upstream (Kafka convention: the next
+    /// offset to read). Called only once every record before those offsets is
+    /// in a sink or in the dead-letter queue. Sources without upstream state
+    /// do nothing.
+    async fn commit(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError>;
 
-    /// Makes the handled prefix of every partition durable upstream (a Kafka
-    /// offset commit). Called only after every record up to that point is in
-    /// a sink or in the dead-letter queue. Sources without upstream state do
-    /// nothing.
-    async fn commit(&mut self, _ledger: &Ledger) -> Result<(), SourceError> {
-        Ok(())
+    /// Stops reading, commits `offsets` and waits for that commit, then
+    /// leaves (a consumer group). The event stream ends after this.
+    async fn close(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError>;
+
+    /// The consumer group metadata to commit offsets within a Kafka
+    /// transaction (exactly-once), if this source is a Kafka consumer.
+    fn group_metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
+        None
     }
 
-    /// A short description for logs and the summary.
+    /// A short description for logs.
     fn describe(&self) -> String;
 }
 
-/// Builds the source a config describes; relative paths resolve against `base`.
-pub fn build(config: &SourceConfig, base: &Path) -> Result<Box<dyn Source>, SourceError> {
+/// A source that is reading.
+pub struct RunningSource {
+    /// Events, in the order they happened. Ends when a bounded source is
+    /// drained, or after [`SourceControl::close`].
+    pub events: mpsc::UnboundedReceiver<Result<SourceEvent, SourceError>>,
+    /// Commit and close.
+    pub control: Arc<dyn SourceControl>,
+}
+
+impl std::fmt::Debug for RunningSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningSource")
+            .field("source", &self.control.describe())
+            .finish()
+    }
+}
+
+/// What a starting source needs from its pipeline.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Pipeline name, for logs and client ids.
+    pub pipeline: String,
+    /// The in-flight budget.
+    pub budget: Arc<Budget>,
+    /// How long a revoked partition may take to drain.
+    pub drain_timeout: std::time::Duration,
+}
+
+/// Checks a source config without side effects (for `sluice check`).
+pub fn validate(config: &SourceConfig, base: &Path) -> Result<(), SourceError> {
     match config {
-        SourceConfig::File(c) => Ok(Box::new(FileSource::open(&c.path, base, c.format)?)),
+        SourceConfig::File(c) => FileSource::open(&c.path, base, c.format).map(|_| ()),
+        SourceConfig::Kafka(c) => kafka::client_config(c, "check").map(|_| ()),
+    }
+}
+
+/// Starts the source a config describes; relative paths resolve against `base`.
+/// Must be called inside a tokio runtime.
+pub fn start(
+    config: &SourceConfig,
+    base: &Path,
+    opts: StartOptions,
+) -> Result<RunningSource, SourceError> {
+    match config {
+        SourceConfig::File(c) => Ok(file::start(
+            FileSource::open(&c.path, base, c.format)?,
+            opts,
+        )),
+        SourceConfig::Kafka(c) => kafka::start(c, opts),
     }
 }

@@ -1,0 +1,136 @@
+//! What the Kafka source and the Kafka sink share: client settings with safe
+//! defaults, librdkafka logs forwarded to `tracing`, and the process's
+//! instance id.
+
+use crate::config::Properties;
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+
+/// Settings a pipeline file may not override, because the delivery
+/// guarantees depend on them; each with the reason.
+const RESERVED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set `bootstrap` instead"),
+    ("group.id", "set `group` instead"),
+    (
+        "enable.auto.commit",
+        "Sluice commits offsets itself, only after records are in a sink or the dead-letter queue",
+    ),
+    (
+        "enable.auto.offset.store",
+        "Sluice commits offsets itself, only after records are in a sink or the dead-letter queue",
+    ),
+    ("isolation.level", "set `isolation` instead"),
+    (
+        "transactional.id",
+        "set `delivery.transactional_id` instead",
+    ),
+    (
+        "enable.idempotence",
+        "the producer is always idempotent, so that retries cannot reorder or duplicate records",
+    ),
+];
+
+/// A client config: `defaults` first, then the user's `properties`, refusing
+/// the settings Sluice owns. `what` names the config table in errors.
+pub fn client_config(
+    bootstrap: &str,
+    defaults: &[(&str, &str)],
+    properties: &Properties,
+    what: &str,
+) -> Result<ClientConfig, String> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (k, v) in defaults {
+        config.set(*k, *v);
+    }
+    for (k, v) in &properties.0 {
+        if let Some((_, why)) = RESERVED.iter().find(|(r, _)| r == k) {
+            return Err(format!(
+                "`{what}.properties`: `{k}` cannot be set here: {why}"
+            ));
+        }
+        config.set(k, v);
+    }
+    Ok(config)
+}
+
+/// This process's instance name: `SLUICE_INSTANCE`, else the host name.
+pub fn instance_id() -> String {
+    if let Ok(id) = std::env::var("SLUICE_INSTANCE")
+        && !id.trim().is_empty()
+    {
+        return id.trim().to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sluice".to_string())
+}
+
+/// A client context that forwards librdkafka's logs and errors to `tracing`.
+#[derive(Debug, Clone)]
+pub struct Logs {
+    /// Client name used in log lines (e.g. `source` or `output default`).
+    pub client: String,
+}
+
+impl ClientContext for Logs {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(&self.client, level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error(&self.client, &error, reason);
+    }
+}
+
+/// Forwards one librdkafka log line.
+pub fn forward_log(client: &str, level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", client, facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", client, facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", client, facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => {
+            tracing::debug!(target: "librdkafka", client, facility = fac, "{message}")
+        }
+    }
+}
+
+/// Forwards one librdkafka client error. Transport errors are retried by
+/// librdkafka itself, so they are warnings; anything fatal surfaces again
+/// where it matters (a poll, a delivery report, a transaction call).
+pub fn forward_error(client: &str, error: &KafkaError, reason: &str) {
+    tracing::warn!(target: "librdkafka", client, %error, "{reason}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_settings_are_refused_with_the_reason() {
+        let mut p = Properties::default();
+        p.0.insert("linger.ms".into(), "20".into());
+        let c =
+            client_config("b:9092", &[("linger.ms", "5")], &p, "outputs.x.kafka").expect("allowed");
+        assert_eq!(c.get("linger.ms"), Some("20"), "the user's value wins");
+        p.0.insert("enable.auto.commit".into(), "true".into());
+        let err = client_config("b:9092", &[], &p, "source.kafka").expect_err("refused");
+        assert!(
+            err.contains("source.kafka.properties") && err.contains("enable.auto.commit"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,462 @@
+//! Delivery: a processed batch's outputs into their sinks and its failures
+//! into the dead-letter queue, then a [`Done`] report to the coordinator,
+//! which alone decides what may be committed.
+//!
+//! - At-least-once ([`run_plain`]): batches are *submitted* one after the
+//!   other (so records keep their order in every sink) and *awaited*
+//!   concurrently, up to a bound. A batch is done when all its outputs and
+//!   dead letters are acknowledged. Transient sink errors are retried with
+//!   exponential backoff and jitter; they never reach the dead-letter queue.
+//! - Exactly-once ([`run_transactional`]): batches are written inside a
+//!   Kafka transaction together with the consumer offsets of their records;
+//!   a batch is done when the transaction commits. Any failure aborts the
+//!   transaction and ends the session, which starts again from the committed
+//!   offsets with a new producer.
+
+use super::PipelineError;
+use super::chain::{ChainResult, source_of};
+use super::summary::StepStats;
+use crate::dlq::{DeadLetter, DlqEntry, Stage};
+use crate::record::{Partition, Record};
+use crate::sink::{KafkaProducer, Pending, Sink, SinkError};
+use crate::source::{SourceControl, SourceItem};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Most batches whose writes are awaited at once (at-least-once).
+const MAX_PENDING_BATCHES: usize = 8;
+/// Most batches in one transaction (exactly-once).
+const MAX_BATCHES_PER_TRANSACTION: usize = 16;
+
+/// A micro-batch of one partition, as cut by the coordinator.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// The partition all items belong to.
+    pub partition: Partition,
+    /// The partition's epoch when the job was cut: a job of an older epoch
+    /// belongs to a revoked assignment and is not committed.
+    pub epoch: u64,
+    /// The items, in source order.
+    pub items: Vec<SourceItem>,
+    /// Bytes of the items (budget accounting).
+    pub bytes: usize,
+}
+
+/// A job after the transform chain.
+#[derive(Debug)]
+pub(crate) struct Processed {
+    /// The job.
+    pub job: Job,
+    /// What the chain made of it.
+    pub chain: ChainResult,
+}
+
+/// Counters of one delivered batch.
+#[derive(Debug, Default)]
+pub(crate) struct BatchReport {
+    /// Records written per output.
+    pub outputs: BTreeMap<String, u64>,
+    /// Dead-letter entries per stage.
+    pub dead: BTreeMap<&'static str, u64>,
+    /// Per-transform counters.
+    pub steps: Vec<StepStats>,
+}
+
+/// A job is finished: delivered, or failed (the session ends).
+#[derive(Debug)]
+pub(crate) struct Done {
+    /// The job.
+    pub job: Job,
+    /// Its outcome.
+    pub outcome: Result<BatchReport, PipelineError>,
+}
+
+/// Name and module digest of each transform, for dead-letter entries.
+#[derive(Debug, Clone)]
+pub(crate) struct TransformInfo {
+    /// Transform name.
+    pub name: String,
+    /// Module digest.
+    pub digest: String,
+}
+
+/// Retry policy for transient sink errors (at-least-once).
+#[derive(Debug, Clone)]
+pub(crate) struct Retry {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Wait before the second attempt.
+    pub initial: Duration,
+    /// Longest wait between attempts.
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 6,
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Retry {
+    /// The wait before attempt `attempt` (2, 3, ...): exponential, capped,
+    /// with full jitter in its upper half.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << attempt.saturating_sub(2).min(16));
+        let capped = exp.min(self.max);
+        let nanos = capped.as_nanos() as u64;
+        let jitter = pseudo_random() % (nanos / 2 + 1);
+        Duration::from_nanos(nanos / 2 + jitter)
+    }
+}
+
+fn pseudo_random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
+}
+
+/// One output's write of one batch.
+struct Write {
+    output: String,
+    sink: Arc<dyn Sink>,
+    records: Vec<Record>,
+    /// Per record: (origin item, emitting transform).
+    meta: Vec<(usize, Option<usize>)>,
+    pending: Pending,
+}
+
+/// A batch whose writes are enqueued.
+struct Submitted {
+    job: Job,
+    steps: Vec<StepStats>,
+    dead: Vec<DlqEntry>,
+    writes: Vec<Write>,
+}
+
+/// The sinks and dead-letter queue of a session.
+pub(crate) struct Delivery {
+    /// Output name → sink.
+    pub sinks: BTreeMap<String, Arc<dyn Sink>>,
+    /// The dead-letter queue.
+    pub dlq: Arc<DeadLetter>,
+    /// Transform names and digests.
+    pub transforms: Arc<Vec<TransformInfo>>,
+    /// Retry policy (at-least-once only).
+    pub retry: Retry,
+}
+
+impl Delivery {
+    /// Phase one, in batch order: enqueue every output of the batch.
+    async fn submit(&self, processed: Processed) -> Result<Submitted, (Job, PipelineError)> {
+        let Processed { job, chain } = processed;
+        let mut writes = Vec::new();
+        for (output, routed) in chain.outputs {
+            if routed.is_empty() {
+                continue;
+            }
+            let Some(sink) = self.sinks.get(&output).cloned() else {
+                return Err((
+                    job,
+                    PipelineError::Internal(format!("no sink for output `{output}`")),
+                ));
+            };
+            let (records, meta): (Vec<Record>, Vec<(usize, Option<usize>)>) = routed
+                .into_iter()
+                .map(|r| (r.record, (r.origin, r.from)))
+                .unzip();
+            let pending = match sink.submit(records.clone()).await {
+                Ok(p) => p,
+                Err(e) => return Err((job, e.into())),
+            };
+            writes.push(Write {
+                output,
+                sink,
+                records,
+                meta,
+                pending,
+            });
+        }
+        Ok(Submitted {
+            job,
+            steps: chain.steps,
+            dead: chain.dead,
+            writes,
+        })
+    }
+
+    /// Awaits one write, trying it again on transient errors when `retry`.
+    async fn await_write(
+        &self,
+        write: &mut Write,
+        retry: bool,
+    ) -> Result<Vec<crate::sink::Reject>, SinkError> {
+        let mut attempt = 1;
+        loop {
+            let pending = std::mem::replace(&mut write.pending, crate::sink::ready(Vec::new()));
+            match pending.await {
+                Ok(rejects) => return Ok(rejects),
+                Err(e) if retry && e.is_transient() && attempt < self.retry.attempts => {
+                    attempt += 1;
+                    let wait = self.retry.backoff(attempt);
+                    tracing::warn!(output = %write.output, sink = %write.sink.describe(), error = %e, attempt, wait_ms = wait.as_millis() as u64, "transient sink error: retrying the batch");
+                    tokio::time::sleep(wait).await;
+                    write.pending = write.sink.submit(write.records.clone()).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Phase two: await the writes, then write the dead letters (the
+    /// transform's failures and the sinks' rejects).
+    async fn finish(&self, submitted: Submitted, retry: bool) -> Done {
+        let Submitted {
+            job,
+            steps,
+            mut dead,
+            writes,
+        } = submitted;
+        let mut report = BatchReport {
+            steps,
+            ..Default::default()
+        };
+        for mut write in writes {
+            let rejects = match self.await_write(&mut write, retry).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return Done {
+                        job,
+                        outcome: Err(e.into()),
+                    };
+                }
+            };
+            *report.outputs.entry(write.output.clone()).or_default() +=
+                (write.records.len() - rejects.len()) as u64;
+            for reject in rejects {
+                let Some(&(origin, from)) = write.meta.get(reject.index) else {
+                    continue;
+                };
+                let (record, position) = source_of(&job.items, origin);
+                let mut entry = DlqEntry::new(
+                    record,
+                    position,
+                    Stage::Sink,
+                    "rejected",
+                    format!("output `{}`: {}", write.output, reject.reason),
+                );
+                if let Some(t) = from.and_then(|i| self.transforms.get(i)) {
+                    entry = entry.in_transform(&t.name, &t.digest);
+                }
+                dead.push(entry);
+            }
+        }
+        let mut attempt = 1;
+        loop {
+            match self.dlq.write(&dead).await {
+                Ok(()) => break,
+                Err(e) if retry && attempt < self.retry.attempts => {
+                    attempt += 1;
+                    let wait = self.retry.backoff(attempt);
+                    tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "dead-letter write failed: retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    return Done {
+                        job,
+                        outcome: Err(e.into()),
+                    };
+                }
+            }
+        }
+        for e in &dead {
+            *report.dead.entry(e.stage.as_str()).or_default() += 1;
+        }
+        Done {
+            job,
+            outcome: Ok(report),
+        }
+    }
+}
+
+type DoneFuture = Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+
+/// At-least-once delivery: submit in order, await concurrently, report each
+/// batch when it is durable everywhere.
+pub(crate) async fn run_plain(
+    delivery: Arc<Delivery>,
+    mut batches: mpsc::UnboundedReceiver<Processed>,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    let mut in_flight: FuturesOrdered<DoneFuture> = FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            next = batches.recv(), if open && in_flight.len() < MAX_PENDING_BATCHES => match next {
+                Some(p) => match delivery.submit(p).await {
+                    Ok(s) => {
+                        let d = delivery.clone();
+                        in_flight.push_back(Box::pin(async move { d.finish(s, true).await }));
+                    }
+                    Err((job, e)) => {
+                        let _ = done.send(Done { job, outcome: Err(e) });
+                    }
+                },
+                None => open = false,
+            },
+            Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
+                let _ = done.send(finished);
+            }
+            else => break,
+        }
+    }
+}
+
+/// Exactly-once delivery: groups of batches in Kafka transactions with their
+/// consumer offsets.
+pub(crate) async fn run_transactional(
+    delivery: Arc<Delivery>,
+    producer: Arc<KafkaProducer>,
+    control: Arc<dyn SourceControl>,
+    mut batches: mpsc::UnboundedReceiver<Processed>,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    while let Some(first) = batches.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_BATCHES_PER_TRANSACTION {
+            match batches.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        match transaction(&delivery, &producer, control.as_ref(), group).await {
+            Ok(finished) => {
+                for d in finished {
+                    let _ = done.send(d);
+                }
+            }
+            Err((job, e)) => {
+                tracing::warn!(error = %e, "transaction failed: aborting");
+                if let Err(abort) = producer.abort().await {
+                    tracing::warn!(error = %abort, "abort failed too");
+                }
+                let _ = done.send(Done {
+                    job,
+                    outcome: Err(e),
+                });
+                // The session ends on this error; nothing more is delivered.
+                return;
+            }
+        }
+    }
+}
+
+async fn transaction(
+    delivery: &Delivery,
+    producer: &Arc<KafkaProducer>,
+    control: &dyn SourceControl,
+    group: Vec<Processed>,
+) -> Result<Vec<Done>, (Job, PipelineError)> {
+    let mut offsets: BTreeMap<Partition, i64> = BTreeMap::new();
+    for p in &group {
+        for item in &p.job.items {
+            let pos = item.position();
+            let next = offsets.entry(pos.partition.clone()).or_insert(0);
+            *next = (*next).max(pos.offset + 1);
+        }
+    }
+    let mut group = group.into_iter();
+    let Some(first) = group.next() else {
+        return Ok(Vec::new());
+    };
+    if let Err(e) = producer.begin().await {
+        return Err((first.job, PipelineError::Transaction(e)));
+    }
+    let mut submitted = Vec::new();
+    for p in std::iter::once(first).chain(group) {
+        submitted.push(delivery.submit(p).await?);
+    }
+    let mut finished = Vec::with_capacity(submitted.len());
+    for s in submitted {
+        let d = delivery.finish(s, false).await;
+        if let Err(e) = d.outcome {
+            return Err((d.job, e));
+        }
+        finished.push(d);
+    }
+    let mut list = TopicPartitionList::new();
+    for (p, o) in &offsets {
+        if let Err(e) = list.add_partition_offset(&p.stream, p.partition, Offset::Offset(*o)) {
+            let job = take_job(&mut finished);
+            return Err((job, PipelineError::Internal(format!("offset list: {e}"))));
+        }
+    }
+    let Some(group_metadata) = control.group_metadata() else {
+        let job = take_job(&mut finished);
+        return Err((
+            job,
+            PipelineError::Internal("the source has no consumer group metadata".into()),
+        ));
+    };
+    if let Err(e) = producer.commit(list, group_metadata).await {
+        let job = take_job(&mut finished);
+        return Err((job, PipelineError::Transaction(e)));
+    }
+    Ok(finished)
+}
+
+fn take_job(finished: &mut Vec<Done>) -> Job {
+    match finished.pop() {
+        Some(d) => d.job,
+        None => Job {
+            partition: Partition {
+                stream: Arc::from("?"),
+                partition: -1,
+            },
+            epoch: 0,
+            items: Vec::new(),
+            bytes: 0,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let r = Retry {
+            attempts: 10,
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        for attempt in 2..12 {
+            let d = r.backoff(attempt);
+            let full = Duration::from_millis(100)
+                .saturating_mul(1 << (attempt - 2))
+                .min(Duration::from_secs(1));
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
+    }
+}

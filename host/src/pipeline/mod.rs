@@ -1,0 +1,357 @@
+//! The pipeline: source → micro-batches → transform chain → sinks and the
+//! dead-letter queue → ledger → commit.
+//!
+//! A batch is handled when every record read for it is either in its sink or
+//! in the dead-letter queue; only then is it marked handled in the ledger and
+//! may the source commit past it. If a sink or the dead-letter queue cannot be
+//! written (after retries), the run stops with an error instead of skipping
+//! records.
+//!
+//! - [`chain`]: one batch through the transforms.
+//! - [`deliver`]: outputs and dead letters into sinks (plain or transactional).
+//! - [`session`]: the coordinator: batchers per partition, workers, ledger,
+//!   commits, rebalances.
+//! - [`summary`]: what a run did.
+
+mod chain;
+mod deliver;
+mod session;
+mod summary;
+
+pub use summary::{StepStats, Summary};
+
+use crate::config::{ConfigError, Guarantee, PipelineConfig};
+use crate::dlq::{DeadLetter, DlqError};
+use crate::engine::build::{BuildError, resolve_module};
+use crate::engine::{
+    Engine, InstanceSpec, LoadError, Module, RefTables, Runner, TableError, TransformError,
+};
+use crate::flow::Budget;
+use crate::sink::{SinkError, SinkOptions, TxnError};
+use crate::source::{SourceError, StartOptions};
+use deliver::{Delivery, Retry, TransformInfo};
+use session::{SessionEnd, SessionParts, WorkerRunners};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a pipeline could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Bad pipeline file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A transform project did not build.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A module was refused.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A reference table could not be loaded.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// A transform refused its configuration or could not start.
+    #[error(transparent)]
+    Transform(#[from] TransformError),
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A sink failed.
+    #[error("{0} (the run stops; records of this batch are not committed)")]
+    Sink(#[from] SinkError),
+    /// The dead-letter queue failed.
+    #[error("{0} (the run stops; records of this batch are not committed)")]
+    Dlq(#[from] DlqError),
+    /// A Kafka transaction failed (exactly-once).
+    #[error("{0}")]
+    Transaction(#[from] TxnError),
+    /// A bug in the host.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PipelineError {
+    /// Whether a new session (new consumer and producer, rewound to the
+    /// committed offsets) may recover from this error.
+    fn restartable(&self) -> bool {
+        match self {
+            PipelineError::Source(SourceError::Kafka { fatal, .. }) => *fatal,
+            PipelineError::Transaction(TxnError::Abort(_) | TxnError::Retriable(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Capture cargo's output when building transform projects (tests).
+    pub quiet_build: bool,
+}
+
+/// A transform of the chain, compiled and configured, ready to instantiate.
+#[derive(Debug, Clone)]
+pub struct PreparedTransform {
+    /// The compiled module.
+    pub module: Arc<Module>,
+    /// Its configuration, tables and limits.
+    pub spec: InstanceSpec,
+}
+
+/// Builds, loads and compiles the transforms of a pipeline (once, whatever
+/// the number of workers).
+pub fn prepare_transforms(
+    config: &PipelineConfig,
+    base: &Path,
+    engine: &Engine,
+    opts: &RunOptions,
+) -> Result<Vec<PreparedTransform>, PipelineError> {
+    let mut prepared = Vec::with_capacity(config.transforms.len());
+    for t in &config.transforms {
+        let module_path = resolve_module(&base.join(&t.module), opts.quiet_build)?;
+        let module = engine.load_file(&module_path)?;
+        let mut tables = RefTables::default();
+        for (name, table) in &t.tables {
+            tables.load(name, &base.join(&table.path), &table.key)?;
+        }
+        let spec = InstanceSpec {
+            name: Arc::from(t.name.as_str()),
+            config: t.config.to_string(),
+            tables: Arc::new(tables),
+            limits: t.limits.clone(),
+        };
+        tracing::info!(pipeline = %config.name, transform = %t.name, module = %module_path.display(), digest = %module.digest(), "transform loaded");
+        prepared.push(PreparedTransform { module, spec });
+    }
+    Ok(prepared)
+}
+
+/// One set of instances of the chain (calls each transform's `init`).
+pub fn instantiate(prepared: &[PreparedTransform]) -> Result<Vec<Runner>, PipelineError> {
+    prepared
+        .iter()
+        .map(|t| Runner::new(t.module.clone(), t.spec.clone()).map_err(PipelineError::from))
+        .collect()
+}
+
+/// A pipeline ready to run.
+pub struct Pipeline {
+    config: PipelineConfig,
+    base: PathBuf,
+    transforms: Arc<Vec<TransformInfo>>,
+    workers: Vec<WorkerRunners>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.config.name)
+            .finish()
+    }
+}
+
+/// Consecutive failed sessions after which the pipeline gives up.
+const MAX_RESTARTS: u32 = 5;
+
+impl Pipeline {
+    /// Loads a pipeline file: builds, compiles and initialises transforms
+    /// (one set of instances per worker). Sources and sinks open in [`run`](Self::run).
+    pub async fn load(path: &Path, opts: &RunOptions) -> Result<Self, PipelineError> {
+        let (config, base) = PipelineConfig::load(path)?;
+        crate::source::validate(&config.source, &base)?;
+        let engine = Engine::new()?;
+        let (result, config, base) = {
+            let opts = opts.clone();
+            tokio::task::spawn_blocking(move || {
+                let workers = prepare_transforms(&config, &base, &engine, &opts).and_then(|p| {
+                    let infos: Vec<TransformInfo> = p
+                        .iter()
+                        .map(|t| TransformInfo {
+                            name: t.spec.name.to_string(),
+                            digest: t.module.digest().to_string(),
+                        })
+                        .collect();
+                    let workers = (0..config.delivery.workers)
+                        .map(|_| instantiate(&p).map(|r| Arc::new(Mutex::new(r))))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((infos, workers))
+                });
+                (workers, config, base)
+            })
+            .await
+            .map_err(|e| PipelineError::Internal(format!("transform loader panicked: {e}")))?
+        };
+        let (infos, workers) = result?;
+        Ok(Pipeline {
+            config,
+            base,
+            transforms: Arc::new(infos),
+            workers,
+        })
+    }
+
+    /// The pipeline's configuration.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// Runs until a bounded source is drained or `shutdown` resolves (then
+    /// stops reading, finishes in-flight batches, commits and returns).
+    /// Sessions that fail in a way a fresh consumer and producer can recover
+    /// from (a Kafka transaction abort, a consumer that failed fatally) are
+    /// started again from the committed offsets, up to a bound.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Summary, PipelineError> {
+        let started = Instant::now();
+        let mut summary = Summary {
+            pipeline: self.config.name.clone(),
+            steps: self
+                .config
+                .transforms
+                .iter()
+                .map(|t| StepStats {
+                    name: t.name.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let shutdown = shutdown;
+        tokio::pin!(shutdown);
+        let mut shutdown: Pin<&mut (dyn Future<Output = ()> + Send)> = shutdown;
+        let mut failures = 0u32;
+        loop {
+            let handled_before = summary.records_in;
+            let result = self.session(&mut summary, &mut shutdown).await;
+            match result {
+                Ok(SessionEnd::Drained | SessionEnd::Shutdown) => break,
+                Err(e) if e.restartable() && failures < MAX_RESTARTS => {
+                    if summary.records_in > handled_before {
+                        failures = 0;
+                    }
+                    failures += 1;
+                    summary.restarts += 1;
+                    let wait = Duration::from_millis(500 * (1 << failures.min(5)));
+                    tracing::warn!(pipeline = %self.config.name, error = %e, wait_ms = wait.as_millis() as u64, "session failed: starting again from the committed offsets");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.as_mut() => break,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        summary.elapsed = started.elapsed();
+        Ok(summary)
+    }
+
+    async fn session(
+        &self,
+        summary: &mut Summary,
+        shutdown: &mut Pin<&mut (dyn Future<Output = ()> + Send)>,
+    ) -> Result<SessionEnd, PipelineError> {
+        let config = &self.config;
+        let d = &config.delivery;
+        let exactly_once = d.guarantee == Guarantee::ExactlyOnce;
+        let budget = Arc::new(Budget::new(
+            d.max_in_flight_records,
+            d.max_in_flight_mb.saturating_mul(1 << 20),
+        ));
+        let transactional_id = exactly_once.then(|| {
+            d.transactional_id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", config.name, crate::kafka::instance_id()))
+        });
+        let sinks = crate::sink::build_all(
+            config,
+            &self.base,
+            &SinkOptions {
+                transactional_id: transactional_id.clone(),
+                transaction_timeout_ms: d.transaction_timeout_ms,
+            },
+        )?;
+        let transactional = match &transactional_id {
+            Some(id) => {
+                let producer = sinks.producers.first().cloned().ok_or_else(|| {
+                    PipelineError::Internal("exactly-once without a Kafka producer".into())
+                })?;
+                tracing::info!(pipeline = %config.name, transactional_id = %id, "initialising transactions (fences older instances with this id)");
+                producer.init_transactions().await?;
+                Some(producer)
+            }
+            None => None,
+        };
+        let source = crate::source::start(
+            &config.source,
+            &self.base,
+            StartOptions {
+                pipeline: config.name.clone(),
+                budget: budget.clone(),
+                drain_timeout: Duration::from_millis(d.drain_timeout_ms),
+            },
+        )?;
+        let outputs: BTreeSet<String> = sinks.outputs.keys().cloned().collect();
+        let delivery = Delivery {
+            sinks: sinks.outputs,
+            dlq: Arc::new(DeadLetter::new(
+                sinks.dead_letter,
+                &config.name,
+                &config.tenant,
+            )),
+            transforms: self.transforms.clone(),
+            retry: Retry::default(),
+        };
+        session::run(
+            SessionParts {
+                source,
+                delivery,
+                transactional,
+                workers: self.workers.clone(),
+                outputs: Arc::new(outputs),
+                budget,
+                policy: config.batch.clone(),
+                guarantee: d.guarantee,
+                drain_timeout: Duration::from_millis(d.drain_timeout_ms),
+                pipeline: config.name.clone(),
+            },
+            summary,
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Loads and runs a pipeline file until its source is drained (or Ctrl-C /
+/// SIGTERM).
+pub async fn run_file(path: &Path, opts: &RunOptions) -> Result<Summary, PipelineError> {
+    let pipeline = Pipeline::load(path, opts).await?;
+    pipeline.run(shutdown_signal()).await
+}

@@ -1,0 +1,542 @@
+//! One session of a pipeline: a running source, its sinks, the workers and
+//! the coordinator that ties them together.
+//!
+//! ```text
+//! source ─events─► coordinator ─jobs─► worker(s) ─processed─► delivery ─done─► coordinator
+//!                  (batchers,           (transform chain,      (sinks, DLQ,       (ledger, budget,
+//!                   per partition)       own instances)         transactions)      commit, revocations)
+//! ```
+//!
+//! The coordinator alone owns the ledger: a record's offset is committed only
+//! after the batch holding it is reported done, and never past a record that
+//! is still in flight. A partition is always handled by the same worker, so
+//! its records keep their order and one key is never processed by two
+//! workers at the same time. A session ends when a bounded source is drained,
+//! on shutdown (after finishing in-flight batches), or on an error.
+
+use super::PipelineError;
+use super::chain::run_chain;
+use super::deliver::{self, Delivery, Done, Job, Processed};
+use super::summary::Summary;
+use crate::batch::{Batcher, ByteSize};
+use crate::config::{BatchPolicy, Guarantee};
+use crate::engine::Runner;
+use crate::flow::Budget;
+use crate::ledger::Ledger;
+use crate::record::Partition;
+use crate::sink::KafkaProducer;
+use crate::source::{Revocation, RunningSource, SourceControl, SourceEvent, SourceItem};
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// The transform instances of one worker.
+pub(crate) type WorkerRunners = Arc<Mutex<Vec<Runner>>>;
+
+/// How a session ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionEnd {
+    /// The bounded source is drained.
+    Drained,
+    /// Shutdown was requested; in-flight work is finished and committed.
+    Shutdown,
+}
+
+/// Everything a session needs.
+pub(crate) struct SessionParts {
+    pub source: RunningSource,
+    pub delivery: Delivery,
+    /// The transactional producer (exactly-once).
+    pub transactional: Option<Arc<KafkaProducer>>,
+    pub workers: Vec<WorkerRunners>,
+    pub outputs: Arc<BTreeSet<String>>,
+    pub budget: Arc<Budget>,
+    pub policy: BatchPolicy,
+    pub guarantee: Guarantee,
+    pub drain_timeout: Duration,
+    pub pipeline: String,
+}
+
+struct PendingRevoke {
+    partitions: Vec<Partition>,
+    done: tokio::sync::oneshot::Sender<Vec<(Partition, i64)>>,
+    deadline: Instant,
+}
+
+struct Coordinator<'a> {
+    summary: &'a mut Summary,
+    control: Arc<dyn SourceControl>,
+    budget: Arc<Budget>,
+    policy: BatchPolicy,
+    guarantee: Guarantee,
+    drain_timeout: Duration,
+    pipeline: String,
+    ledger: Ledger,
+    batchers: HashMap<Partition, Batcher<SourceItem>>,
+    epochs: HashMap<Partition, u64>,
+    in_flight: HashMap<Partition, usize>,
+    jobs_in_flight: usize,
+    committed: HashMap<Partition, i64>,
+    revokes: Vec<PendingRevoke>,
+    workers: Vec<mpsc::UnboundedSender<Job>>,
+}
+
+/// Runs one session to its end.
+pub(crate) async fn run(
+    parts: SessionParts,
+    summary: &mut Summary,
+    shutdown: &mut Pin<&mut (dyn Future<Output = ()> + Send)>,
+) -> Result<SessionEnd, PipelineError> {
+    let SessionParts {
+        source,
+        delivery,
+        transactional,
+        workers,
+        outputs,
+        budget,
+        policy,
+        guarantee,
+        drain_timeout,
+        pipeline,
+    } = parts;
+    let RunningSource {
+        mut events,
+        control,
+    } = source;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let (processed_tx, processed_rx) = mpsc::unbounded_channel::<Processed>();
+    let delivery = Arc::new(delivery);
+    let delivery_task = match &transactional {
+        Some(producer) => tokio::spawn(deliver::run_transactional(
+            delivery,
+            producer.clone(),
+            control.clone(),
+            processed_rx,
+            done_tx.clone(),
+        )),
+        None => tokio::spawn(deliver::run_plain(delivery, processed_rx, done_tx.clone())),
+    };
+    let mut worker_txs = Vec::with_capacity(workers.len());
+    let mut worker_tasks = Vec::with_capacity(workers.len());
+    for runners in workers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        worker_txs.push(tx);
+        worker_tasks.push(tokio::spawn(worker(
+            runners,
+            rx,
+            processed_tx.clone(),
+            done_tx.clone(),
+            outputs.clone(),
+        )));
+    }
+    drop(processed_tx);
+    drop(done_tx);
+
+    let mut c = Coordinator {
+        summary,
+        control: control.clone(),
+        budget,
+        policy,
+        guarantee,
+        drain_timeout,
+        pipeline,
+        ledger: Ledger::new(),
+        batchers: HashMap::new(),
+        epochs: HashMap::new(),
+        in_flight: HashMap::new(),
+        jobs_in_flight: 0,
+        committed: HashMap::new(),
+        revokes: Vec::new(),
+        workers: worker_txs,
+    };
+    let result = c.run(&mut events, &mut done_rx, shutdown).await;
+
+    // Stop the workers and delivery; close the source, committing what is
+    // handled (at-least-once; with exactly-once, offsets are committed in
+    // the transactions).
+    c.workers.clear();
+    for t in worker_tasks {
+        let _ = t.await;
+    }
+    if result.is_err() {
+        delivery_task.abort();
+    }
+    let _ = delivery_task.await;
+    let final_offsets = match c.guarantee {
+        Guarantee::AtLeastOnce => c.committable_changes(),
+        Guarantee::ExactlyOnce => Vec::new(),
+    };
+    for (p, o) in &final_offsets {
+        c.committed.insert(p.clone(), *o);
+    }
+    let closed = control.close(&final_offsets).await;
+    c.summary.committed = {
+        let mut all: Vec<(String, i64)> = c
+            .committed
+            .iter()
+            .map(|(p, o)| (p.to_string(), *o))
+            .collect();
+        all.sort();
+        all
+    };
+    let end = result?;
+    closed?;
+    Ok(end)
+}
+
+async fn worker(
+    runners: WorkerRunners,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    processed: mpsc::UnboundedSender<Processed>,
+    done: mpsc::UnboundedSender<Done>,
+    outputs: Arc<BTreeSet<String>>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let r = runners.clone();
+        let o = outputs.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut runners = r.lock().unwrap_or_else(|e| e.into_inner());
+            let chain = run_chain(&mut runners, &job.items, &o);
+            (job, chain)
+        })
+        .await;
+        match result {
+            Ok((job, chain)) => {
+                if processed.send(Processed { job, chain }).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = done.send(Done {
+                    job: Job {
+                        partition: Partition {
+                            stream: Arc::from("?"),
+                            partition: -1,
+                        },
+                        epoch: 0,
+                        items: Vec::new(),
+                        bytes: 0,
+                    },
+                    outcome: Err(PipelineError::Internal(format!(
+                        "the transform worker failed: {e}"
+                    ))),
+                });
+                return;
+            }
+        }
+    }
+}
+
+fn worker_of(partition: &Partition, workers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: stable for the life of the process.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    partition.hash(&mut h);
+    (h.finish() % workers.max(1) as u64) as usize
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Coordinator<'_> {
+    async fn run(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Result<SourceEvent, crate::source::SourceError>>,
+        done_rx: &mut mpsc::UnboundedReceiver<Done>,
+        shutdown: &mut Pin<&mut (dyn Future<Output = ()> + Send)>,
+    ) -> Result<SessionEnd, PipelineError> {
+        let mut source_open = true;
+        let mut stopping = false;
+        let mut progress = tokio::time::interval(Duration::from_secs(30));
+        progress.tick().await;
+        loop {
+            if (stopping || !source_open) && self.jobs_in_flight == 0 && self.batchers.is_empty() {
+                self.answer_all_revokes();
+                return Ok(if stopping {
+                    SessionEnd::Shutdown
+                } else {
+                    SessionEnd::Drained
+                });
+            }
+            let batch_deadline = self.batchers.values().filter_map(Batcher::deadline).min();
+            let revoke_deadline = self.revokes.iter().map(|r| r.deadline).min();
+            let deadline = match (batch_deadline, revoke_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                biased;
+                finished = done_rx.recv() => match finished {
+                    Some(d) => self.on_done(d).await?,
+                    None => return Err(PipelineError::Internal("delivery stopped".into())),
+                },
+                _ = shutdown.as_mut(), if !stopping => {
+                    tracing::info!(pipeline = %self.pipeline, "shutdown requested: finishing in-flight batches");
+                    stopping = true;
+                    self.flush_all();
+                }
+                event = events.recv(), if source_open => match event {
+                    Some(Ok(SourceEvent::Item(item))) if stopping => {
+                        // Read after the shutdown: not processed, not
+                        // committed; the next owner reads it again.
+                        self.budget.release(1, item.byte_size());
+                    }
+                    Some(Ok(SourceEvent::Item(item))) => self.on_item(item),
+                    Some(Ok(SourceEvent::Revoke(r))) => self.on_revoke(r),
+                    Some(Err(e)) => return Err(e.into()),
+                    None => {
+                        source_open = false;
+                        self.flush_all();
+                    }
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    self.flush_due(Instant::now());
+                    self.check_revokes();
+                }
+                _ = progress.tick() => {
+                    let (records, bytes) = self.budget.in_flight();
+                    tracing::info!(
+                        pipeline = %self.pipeline,
+                        read = self.summary.records_in,
+                        outputs = ?self.summary.outputs,
+                        dead_letter = self.summary.dead_letter_total(),
+                        in_flight_records = records,
+                        in_flight_bytes = bytes,
+                        "progress"
+                    );
+                }
+            }
+        }
+    }
+
+    fn epoch(&self, p: &Partition) -> u64 {
+        self.epochs.get(p).copied().unwrap_or(0)
+    }
+
+    fn on_item(&mut self, item: SourceItem) {
+        let p = item.position().partition.clone();
+        self.ledger.read(&p, item.position().offset);
+        let now = Instant::now();
+        let mut ready = Vec::new();
+        self.batchers
+            .entry(p.clone())
+            .or_insert_with(|| Batcher::new(self.policy.clone()))
+            .push(item, now, &mut ready);
+        for items in ready {
+            self.dispatch(&p, items);
+        }
+    }
+
+    fn dispatch(&mut self, p: &Partition, items: Vec<SourceItem>) {
+        if items.is_empty() {
+            return;
+        }
+        let bytes = items.iter().map(ByteSize::byte_size).sum();
+        let job = Job {
+            partition: p.clone(),
+            epoch: self.epoch(p),
+            items,
+            bytes,
+        };
+        let w = worker_of(p, self.workers.len());
+        *self.in_flight.entry(p.clone()).or_default() += 1;
+        self.jobs_in_flight += 1;
+        if let Some(tx) = self.workers.get(w)
+            && let Err(e) = tx.send(job)
+        {
+            // The worker is gone: the session is ending; count it done.
+            let job = e.0;
+            self.budget.release(job.items.len(), job.bytes);
+            self.finish_job(&job.partition);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let all: Vec<(Partition, Batcher<SourceItem>)> = self.batchers.drain().collect();
+        for (p, mut b) in all {
+            if let Some(items) = b.take() {
+                self.dispatch(&p, items);
+            }
+        }
+    }
+
+    fn flush_due(&mut self, now: Instant) {
+        let due: Vec<Partition> = self
+            .batchers
+            .iter()
+            .filter(|(_, b)| b.deadline().is_some_and(|d| d <= now))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in due {
+            if let Some(mut b) = self.batchers.remove(&p)
+                && let Some(items) = b.take()
+            {
+                self.dispatch(&p, items);
+            }
+        }
+    }
+
+    fn finish_job(&mut self, p: &Partition) {
+        self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
+        if let Some(n) = self.in_flight.get_mut(p) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.in_flight.remove(p);
+            }
+        }
+    }
+
+    async fn on_done(&mut self, done: Done) -> Result<(), PipelineError> {
+        let Done { job, outcome } = done;
+        self.budget.release(job.items.len(), job.bytes);
+        self.finish_job(&job.partition);
+        let report = outcome?;
+        if job.epoch != self.epoch(&job.partition) {
+            // The partition was revoked meanwhile and its work dropped.
+            return Ok(());
+        }
+        for item in &job.items {
+            let pos = item.position();
+            self.ledger.handled(&pos.partition, pos.offset);
+            self.summary.bytes_in += item.byte_size() as u64;
+        }
+        let s = &mut *self.summary;
+        s.records_in += job.items.len() as u64;
+        s.batches += 1;
+        for (total, step) in s.steps.iter_mut().zip(&report.steps) {
+            total.add(step);
+        }
+        for (name, n) in report.outputs {
+            *s.outputs.entry(name).or_default() += n;
+        }
+        for (stage, n) in report.dead {
+            *s.dead_lettered.entry(stage).or_default() += n;
+        }
+        if self.guarantee == Guarantee::AtLeastOnce {
+            let changes = self.committable_changes();
+            if !changes.is_empty() {
+                self.control.commit(&changes).await?;
+                for (p, o) in changes {
+                    self.committed.insert(p, o);
+                }
+            }
+        } else if let Some(o) = self.ledger.committable(&job.partition) {
+            self.committed.insert(job.partition.clone(), o);
+        }
+        self.check_revokes();
+        Ok(())
+    }
+
+    /// Committable offsets that moved since the last commit.
+    fn committable_changes(&self) -> Vec<(Partition, i64)> {
+        self.ledger
+            .partitions()
+            .filter_map(|p| {
+                let o = self.ledger.committable(p)?;
+                (self.committed.get(p) != Some(&o)).then(|| (p.clone(), o))
+            })
+            .collect()
+    }
+
+    fn on_revoke(&mut self, r: Revocation) {
+        for p in &r.partitions {
+            if let Some(mut b) = self.batchers.remove(p)
+                && let Some(items) = b.take()
+            {
+                if r.lost {
+                    self.budget
+                        .release(items.len(), items.iter().map(ByteSize::byte_size).sum());
+                } else {
+                    self.dispatch(p, items);
+                }
+            }
+        }
+        if r.lost {
+            for p in &r.partitions {
+                self.forget(p);
+            }
+            let _ = r.done.send(Vec::new());
+            return;
+        }
+        self.revokes.push(PendingRevoke {
+            partitions: r.partitions,
+            done: r.done,
+            deadline: Instant::now() + self.drain_timeout,
+        });
+        self.check_revokes();
+    }
+
+    /// Drops everything known of a partition: later results of its
+    /// in-flight jobs are ignored.
+    fn forget(&mut self, p: &Partition) {
+        *self.epochs.entry(p.clone()).or_default() += 1;
+        self.ledger.forget(p);
+        self.committed.remove(p);
+    }
+
+    /// Answers revocations whose partitions have nothing in flight (with the
+    /// offsets to commit), and those past their deadline (with none).
+    fn check_revokes(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.revokes.len() {
+            let idle = self.revokes[i]
+                .partitions
+                .iter()
+                .all(|p| !self.in_flight.contains_key(p));
+            if !idle && self.revokes[i].deadline > now {
+                i += 1;
+                continue;
+            }
+            let r = self.revokes.swap_remove(i);
+            let offsets = if idle && self.guarantee == Guarantee::AtLeastOnce {
+                r.partitions
+                    .iter()
+                    .filter_map(|p| Some((p.clone(), self.ledger.committable(p)?)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if !idle {
+                tracing::warn!(pipeline = %self.pipeline, partitions = r.partitions.len(), "revoked partitions did not drain in time: their uncommitted work is dropped");
+            }
+            for p in &r.partitions {
+                self.forget(p);
+            }
+            let _ = r.done.send(offsets);
+        }
+    }
+
+    fn answer_all_revokes(&mut self) {
+        for r in self.revokes.drain(..) {
+            let _ = r.done.send(Vec::new());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_always_maps_to_the_same_worker() {
+        let p = |n| Partition {
+            stream: Arc::from("t"),
+            partition: n,
+        };
+        for n in 0..50 {
+            assert_eq!(worker_of(&p(n), 4), worker_of(&p(n), 4));
+            assert!(worker_of(&p(n), 4) < 4);
+        }
+        let used: BTreeSet<usize> = (0..50).map(|n| worker_of(&p(n), 4)).collect();
+        assert_eq!(used.len(), 4, "partitions spread over the workers");
+    }
+}

@@ -1,0 +1,378 @@
+//! Kafka topics as sinks. Keys, headers and timestamps of output records are
+//! kept; records are partitioned by key with the Java client's murmur2 hash
+//! (so Sluice and JVM producers agree on where a key lives). The producer is
+//! idempotent: librdkafka's retries neither reorder nor duplicate records.
+//!
+//! With exactly-once, every Kafka sink of a pipeline shares one
+//! transactional producer, and the pipeline wraps each group of batches in a
+//! transaction together with the consumer offsets.
+
+use super::{Pending, Reject, Sink, SinkError};
+use crate::config::{Compression, KafkaSinkConfig, Properties};
+use crate::kafka::Logs;
+use crate::record::Record;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long one transaction call may block.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The identity of a producer: sinks with the same key share one.
+pub(super) fn producer_key(bootstrap: &str, c: &KafkaSinkConfig) -> String {
+    format!(
+        "{bootstrap}|{}|{:?}",
+        c.compression.as_str(),
+        c.properties.0
+    )
+}
+
+/// Why a transaction step failed, by what to do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TxnError {
+    /// The producer can no longer be used: most often a newer instance with
+    /// the same transactional id fenced this one. The process must stop.
+    #[error("the transactional producer is fenced or failed fatally: {0}")]
+    Fatal(String),
+    /// The transaction must be aborted; its records are repeated after a
+    /// rewind to the committed offsets.
+    #[error("the transaction must be aborted: {0}")]
+    Abort(String),
+    /// The same call may be tried again.
+    #[error("the transaction call may be retried: {0}")]
+    Retriable(String),
+}
+
+fn txn_error(e: KafkaError) -> TxnError {
+    match &e {
+        KafkaError::Transaction(t) if t.is_fatal() => TxnError::Fatal(e.to_string()),
+        KafkaError::Transaction(t) if t.txn_requires_abort() => TxnError::Abort(e.to_string()),
+        KafkaError::Transaction(t) if t.is_retriable() => TxnError::Retriable(e.to_string()),
+        _ => {
+            let fenced = matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::Fenced
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                )
+            );
+            if fenced {
+                TxnError::Fatal(e.to_string())
+            } else {
+                TxnError::Abort(e.to_string())
+            }
+        }
+    }
+}
+
+/// A producer shared by the Kafka sinks that use the same settings.
+pub struct KafkaProducer {
+    producer: FutureProducer<Logs>,
+    bootstrap: String,
+    compression: Compression,
+    properties: Properties,
+    transactional_id: Option<String>,
+}
+
+impl std::fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProducer")
+            .field("bootstrap", &self.bootstrap)
+            .field("transactional_id", &self.transactional_id)
+            .finish()
+    }
+}
+
+impl KafkaProducer {
+    /// Creates the producer (connections are made lazily).
+    pub fn new(
+        bootstrap: &str,
+        c: &KafkaSinkConfig,
+        pipeline: &str,
+        transactional_id: Option<&str>,
+        transaction_timeout_ms: u64,
+    ) -> Result<Self, SinkError> {
+        let client_id = format!("sluice-{pipeline}");
+        let txn_timeout = transaction_timeout_ms.to_string();
+        let mut defaults = vec![
+            ("client.id", client_id.as_str()),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("compression.type", c.compression.as_str()),
+            ("linger.ms", "5"),
+            ("partitioner", "murmur2_random"),
+            // Bound what librdkafka buffers (its default is 1 GiB).
+            ("queue.buffering.max.kbytes", "65536"),
+        ];
+        if transactional_id.is_some() {
+            defaults.push(("transaction.timeout.ms", txn_timeout.as_str()));
+        }
+        let what = format!("kafka sink `{}`", c.topic);
+        let mut config = crate::kafka::client_config(bootstrap, &defaults, &c.properties, &what)
+            .map_err(|message| SinkError::Config {
+                sink: what.clone(),
+                message,
+            })?;
+        if let Some(id) = transactional_id {
+            config.set("transactional.id", id);
+        }
+        let producer: FutureProducer<Logs> = config
+            .create_with_context(Logs {
+                client: "sink".into(),
+            })
+            .map_err(|e| SinkError::Kafka {
+                sink: what,
+                message: format!("cannot create the producer: {e}"),
+                transient: false,
+            })?;
+        Ok(KafkaProducer {
+            producer,
+            bootstrap: bootstrap.to_string(),
+            compression: c.compression,
+            properties: c.properties.clone(),
+            transactional_id: transactional_id.map(str::to_string),
+        })
+    }
+
+    /// Whether a sink config would get a producer with the same settings.
+    pub fn same_settings(&self, bootstrap: &str, c: &KafkaSinkConfig) -> bool {
+        self.bootstrap == bootstrap
+            && self.compression == c.compression
+            && self.properties == c.properties
+    }
+
+    /// The transactional id, if the producer is transactional.
+    pub fn transactional_id(&self) -> Option<&str> {
+        self.transactional_id.as_deref()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        call: impl FnOnce(&FutureProducer<Logs>) -> Result<T, KafkaError> + Send + 'static,
+    ) -> Result<T, TxnError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || call(&me.producer).map_err(txn_error))
+            .await
+            .map_err(|e| TxnError::Fatal(format!("transaction thread failed: {e}")))?
+    }
+
+    /// Registers the transactional id with the cluster, fencing any older
+    /// instance that used it and aborting its open transaction.
+    pub async fn init_transactions(self: &Arc<Self>) -> Result<(), TxnError> {
+        self.blocking(|p| p.init_transactions(TXN_CALL_TIMEOUT))
+            .await
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(self: &Arc<Self>) -> Result<(), TxnError> {
+        self.blocking(|p| p.begin_transaction()).await
+    }
+
+    /// Adds the consumer offsets to the open transaction and commits it.
+    /// A retriable failure of the commit itself is retried a few times.
+    pub async fn commit(
+        self: &Arc<Self>,
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+    ) -> Result<(), TxnError> {
+        let group = Arc::new(group);
+        let mut attempt = 0;
+        loop {
+            let (o, g) = (offsets.clone(), group.clone());
+            match self
+                .blocking(move |p| p.send_offsets_to_transaction(&o, &g, TXN_CALL_TIMEOUT))
+                .await
+            {
+                Err(TxnError::Retriable(e)) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "sending offsets to the transaction failed; retrying");
+                    continue;
+                }
+                other => other?,
+            }
+            break;
+        }
+        attempt = 0;
+        loop {
+            match self
+                .blocking(|p| p.commit_transaction(TXN_CALL_TIMEOUT))
+                .await
+            {
+                Err(TxnError::Retriable(e)) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "committing the transaction failed; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Aborts the open transaction.
+    pub async fn abort(self: &Arc<Self>) -> Result<(), TxnError> {
+        self.blocking(|p| p.abort_transaction(TXN_CALL_TIMEOUT))
+            .await
+    }
+}
+
+/// Whether a produce error concerns only this record (it goes to the
+/// dead-letter queue) rather than the sink (the write is retried or fails).
+fn record_at_fault(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
+}
+
+/// Whether a produce error may go away if the write is tried again.
+fn transient(e: &KafkaError) -> bool {
+    !matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidArgument
+        )
+    )
+}
+
+/// Writes records to one topic.
+pub struct KafkaSink {
+    producer: Arc<KafkaProducer>,
+    topic: String,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl KafkaSink {
+    /// A sink writing to `topic` through `producer`.
+    pub fn new(producer: Arc<KafkaProducer>, topic: &str) -> Self {
+        KafkaSink {
+            producer,
+            topic: topic.to_string(),
+        }
+    }
+
+    fn error(&self, e: &KafkaError, what: &str) -> SinkError {
+        SinkError::Kafka {
+            sink: self.describe(),
+            message: format!("{what}: {e}"),
+            transient: transient(e),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for KafkaSink {
+    async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError> {
+        let mut rejects = Vec::new();
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (index, r) in records.iter().enumerate() {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic);
+            if let Some(k) = &r.key {
+                record = record.key(&k[..]);
+            }
+            if let Some(v) = &r.value {
+                record = record.payload(&v[..]);
+            }
+            if let Some(t) = r.timestamp {
+                record = record.timestamp(t);
+            }
+            if !r.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+                for h in &r.headers {
+                    headers = headers.insert(Header {
+                        key: &h.name_str(),
+                        value: Some(&h.value[..]),
+                    });
+                }
+                record = record.headers(headers);
+            }
+            loop {
+                match self.producer.producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push((index, delivery));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // librdkafka's buffer is full: wait for deliveries.
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) if record_at_fault(&e) => {
+                        rejects.push(Reject {
+                            index,
+                            reason: format!("topic `{}` refused the record: {e}", self.topic),
+                        });
+                        break;
+                    }
+                    Err((e, _)) => return Err(self.error(&e, "cannot enqueue a record")),
+                }
+            }
+        }
+        let sink = self.describe();
+        let topic = self.topic.clone();
+        Ok(Box::pin(async move {
+            let mut failure: Option<SinkError> = None;
+            for (index, delivery) in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) if record_at_fault(&e) => rejects.push(Reject {
+                        index,
+                        reason: format!("topic `{topic}` refused the record: {e}"),
+                    }),
+                    Ok(Err((e, _))) => {
+                        // Keep awaiting the others: their outcome is needed
+                        // to know the whole batch's, but report the first.
+                        failure.get_or_insert(SinkError::Kafka {
+                            sink: sink.clone(),
+                            message: format!("delivery failed: {e}"),
+                            transient: transient(&e),
+                        });
+                    }
+                    Err(_) => {
+                        failure.get_or_insert(SinkError::Kafka {
+                            sink: sink.clone(),
+                            message: "the producer was closed before delivery".into(),
+                            transient: true,
+                        });
+                    }
+                }
+            }
+            match failure {
+                Some(e) => Err(e),
+                None => {
+                    rejects.sort_by_key(|r| r.index);
+                    Ok(rejects)
+                }
+            }
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka `{}`", self.topic)
+    }
+
+    fn kafka(&self) -> Option<&Arc<KafkaProducer>> {
+        Some(&self.producer)
+    }
+}

@@ -1,0 +1,589 @@
+//! The Kafka source: one consumer-group member, polled on a thread of its
+//! own so that rebalances are served promptly whatever the pipeline does.
+//!
+//! - Offsets are never committed automatically: the pipeline commits what
+//!   its ledger says is handled ([`SourceControl::commit`]).
+//! - Back-pressure: when the pipeline's in-flight budget is spent, the
+//!   assigned partitions are paused (the consumer keeps its group membership
+//!   and heartbeats), and resumed once a quarter of the budget is free.
+//! - Rebalances use the cooperative-sticky protocol. A revoked partition is
+//!   handed to the pipeline as a [`Revocation`]; the rebalance callback waits
+//!   (up to the drain timeout) until the partition's in-flight batches are
+//!   handled, commits their offsets, and only then lets the partition go, so
+//!   the next owner neither loses nor re-processes what this process finished.
+
+use super::{
+    Revocation, RunningSource, SourceControl, SourceError, SourceEvent, SourceItem, StartOptions,
+};
+use crate::batch::ByteSize;
+use crate::config::{Isolation, KafkaSourceConfig, StartPosition, ValueFormat};
+use crate::flow::Budget;
+use crate::record::{Header, Partition, Position, Record, SourceRecord};
+use bytes::Bytes;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, RebalanceProtocol,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long one blocking broker call (committed offsets, offsets for times,
+/// a synchronous commit) may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The consumer settings for a `[source.kafka]` table.
+pub(super) fn client_config(
+    c: &KafkaSourceConfig,
+    pipeline: &str,
+) -> Result<ClientConfig, SourceError> {
+    let client_id = format!("sluice-{pipeline}");
+    let reset = match c.start {
+        StartPosition::Latest => "latest",
+        StartPosition::Earliest | StartPosition::Timestamp(_) => "earliest",
+    };
+    let isolation = match c.isolation {
+        Isolation::ReadCommitted => "read_committed",
+        Isolation::ReadUncommitted => "read_uncommitted",
+    };
+    let defaults = [
+        ("client.id", client_id.as_str()),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", reset),
+        ("isolation.level", isolation),
+        ("partition.assignment.strategy", "cooperative-sticky"),
+        ("enable.partition.eof", "false"),
+        // Bound what librdkafka prefetches (its default is 64 MiB).
+        ("queued.max.messages.kbytes", "16384"),
+        ("fetch.max.bytes", "16777216"),
+    ];
+    let mut config =
+        crate::kafka::client_config(&c.bootstrap, &defaults, &c.properties, "source.kafka")
+            .map_err(|message| SourceError::Kafka {
+                what: "configuration",
+                message,
+                fatal: true,
+            })?;
+    config.set("group.id", &c.group);
+    Ok(config)
+}
+
+fn kafka_err(what: &'static str, e: &KafkaError) -> SourceError {
+    SourceError::Kafka {
+        what,
+        message: e.to_string(),
+        fatal: matches!(e, KafkaError::MessageConsumptionFatal(_)),
+    }
+}
+
+/// Starts the consumer and its polling thread.
+pub(super) fn start(
+    c: &KafkaSourceConfig,
+    opts: StartOptions,
+) -> Result<RunningSource, SourceError> {
+    let config = client_config(c, &opts.pipeline)?;
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let context = SourceContext {
+        events: events_tx,
+        budget: opts.budget.clone(),
+        pending: Mutex::new(VecDeque::new()),
+        stopping: AtomicBool::new(false),
+        assignment_changed: AtomicBool::new(true),
+        drain_timeout: opts.drain_timeout,
+        start: c.start.clone(),
+        format: c.format,
+        topics: Mutex::new(HashMap::new()),
+    };
+    let consumer: BaseConsumer<SourceContext> = config
+        .create_with_context(context)
+        .map_err(|e| kafka_err("create consumer", &e))?;
+    let topics: Vec<&str> = c.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| kafka_err("subscribe", &e))?;
+    let consumer = Arc::new(consumer);
+    let (commands, commands_rx) = std::sync::mpsc::channel();
+    let thread = {
+        let consumer = consumer.clone();
+        std::thread::Builder::new()
+            .name("sluice-kafka-source".into())
+            .spawn(move || poll_loop(&consumer, &commands_rx))
+            .map_err(|e| SourceError::Kafka {
+                what: "start",
+                message: format!("cannot start the polling thread: {e}"),
+                fatal: true,
+            })?
+    };
+    let describe = format!("kafka {} (group `{}`)", c.topics.join(","), c.group);
+    tracing::info!(pipeline = %opts.pipeline, source = %describe, bootstrap = %c.bootstrap, "kafka source started");
+    Ok(RunningSource {
+        events,
+        control: Arc::new(KafkaControl {
+            consumer,
+            commands: Mutex::new(commands),
+            thread: Mutex::new(Some(thread)),
+            describe,
+        }),
+    })
+}
+
+enum Command {
+    Close {
+        offsets: TopicPartitionList,
+        done: oneshot::Sender<Result<(), SourceError>>,
+    },
+}
+
+/// A record read while the budget was spent, waiting for room.
+struct Held {
+    item: SourceItem,
+    bytes: usize,
+}
+
+/// State shared by the polling thread and librdkafka's callbacks (which run
+/// on the polling thread, inside `poll`).
+struct SourceContext {
+    events: mpsc::UnboundedSender<Result<SourceEvent, SourceError>>,
+    budget: Arc<Budget>,
+    pending: Mutex<VecDeque<Held>>,
+    stopping: AtomicBool,
+    assignment_changed: AtomicBool,
+    drain_timeout: Duration,
+    start: StartPosition,
+    format: ValueFormat,
+    topics: Mutex<HashMap<String, Arc<str>>>,
+}
+
+impl SourceContext {
+    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Held>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stream(&self, topic: &str) -> Arc<str> {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        topics
+            .entry(topic.to_string())
+            .or_insert_with(|| Arc::from(topic))
+            .clone()
+    }
+
+    fn convert(&self, msg: &BorrowedMessage<'_>) -> SourceItem {
+        let position = Position {
+            partition: Partition {
+                stream: self.stream(msg.topic()),
+                partition: msg.partition(),
+            },
+            offset: msg.offset(),
+        };
+        let headers = msg
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        Header::new(h.key, Bytes::copy_from_slice(h.value.unwrap_or_default()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let record = Record {
+            key: msg.key().map(Bytes::copy_from_slice),
+            value: msg.payload().map(Bytes::copy_from_slice),
+            headers,
+            timestamp: msg.timestamp().to_millis(),
+        };
+        if self.format == ValueFormat::Json {
+            let check = match record.value.as_deref() {
+                None => Err("the record has no value".to_string()),
+                Some(v) => serde_json::from_slice::<serde::de::IgnoredAny>(v)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = check {
+                return SourceItem::Invalid {
+                    reason: format!("record {position} is not valid JSON: {e}"),
+                    record,
+                    position,
+                };
+            }
+        }
+        SourceItem::Record(SourceRecord { record, position })
+    }
+
+    /// Hands an item to the pipeline if the budget allows, else holds it.
+    fn offer(&self, item: SourceItem) {
+        let bytes = item.byte_size();
+        let mut pending = self.pending();
+        if pending.is_empty() && self.budget.try_acquire(bytes) {
+            drop(pending);
+            let _ = self.events.send(Ok(SourceEvent::Item(item)));
+        } else {
+            pending.push_back(Held { item, bytes });
+        }
+    }
+
+    /// Hands held items over while the budget allows; true when none is left.
+    fn flush_pending(&self) -> bool {
+        let mut pending = self.pending();
+        while let Some(held) = pending.front() {
+            if !self.budget.try_acquire(held.bytes) {
+                return false;
+            }
+            if let Some(held) = pending.pop_front() {
+                let _ = self.events.send(Ok(SourceEvent::Item(held.item)));
+            }
+        }
+        true
+    }
+
+    /// Forgets held items of partitions that are going away.
+    fn drop_pending(&self, partitions: &[Partition]) {
+        self.pending()
+            .retain(|h| !partitions.contains(&h.item.position().partition));
+    }
+
+    /// For a start position given as a time: partitions without a committed
+    /// offset start at the first record at or after that time.
+    fn seek_to_start_time(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        at: i64,
+    ) {
+        let committed = match consumer.committed_offsets(tpl.clone(), CALL_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%e, "cannot read committed offsets; new partitions start at the earliest record");
+                return;
+            }
+        };
+        let mut by_time = TopicPartitionList::new();
+        for el in committed.elements() {
+            if matches!(el.offset(), Offset::Invalid | Offset::Stored)
+                && let Err(e) =
+                    by_time.add_partition_offset(el.topic(), el.partition(), Offset::Offset(at))
+            {
+                tracing::warn!(%e, topic = el.topic(), partition = el.partition(), "cannot look up the start time");
+            }
+        }
+        if by_time.count() == 0 {
+            return;
+        }
+        match consumer.offsets_for_times(by_time, CALL_TIMEOUT) {
+            Ok(found) => {
+                for el in found.elements() {
+                    let offset = match el.offset() {
+                        Offset::Offset(o) => Offset::Offset(o),
+                        // No record at or after the time: start at the end.
+                        _ => Offset::End,
+                    };
+                    if let Err(e) = tpl.set_partition_offset(el.topic(), el.partition(), offset) {
+                        tracing::warn!(%e, topic = el.topic(), partition = el.partition(), "cannot set the start offset");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%e, "cannot look up offsets for the start time; new partitions start at the earliest record")
+            }
+        }
+    }
+
+    /// Hands revoked partitions to the pipeline and waits until their
+    /// in-flight work is handled; returns the offsets to commit.
+    fn drain(&self, partitions: Vec<Partition>, lost: bool) -> Vec<(Partition, i64)> {
+        self.drop_pending(&partitions);
+        let (done, mut answer) = oneshot::channel();
+        let revocation = Revocation {
+            partitions,
+            lost,
+            done,
+        };
+        if self
+            .events
+            .send(Ok(SourceEvent::Revoke(revocation)))
+            .is_err()
+        {
+            return Vec::new();
+        }
+        // The pipeline answers within its drain timeout; allow a margin.
+        let deadline = Instant::now() + self.drain_timeout + Duration::from_secs(5);
+        loop {
+            match answer.try_recv() {
+                Ok(offsets) => return offsets,
+                Err(oneshot::error::TryRecvError::Closed) => return Vec::new(),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "the pipeline did not drain revoked partitions in time; their uncommitted work will be repeated by the next owner"
+                );
+                return Vec::new();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn partitions_of(ctx: &SourceContext, tpl: &TopicPartitionList) -> Vec<Partition> {
+    tpl.elements()
+        .iter()
+        .map(|el| Partition {
+            stream: ctx.stream(el.topic()),
+            partition: el.partition(),
+        })
+        .collect()
+}
+
+fn offsets_list(offsets: &[(Partition, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        if let Err(e) = tpl.add_partition_offset(&p.stream, p.partition, Offset::Offset(*o)) {
+            tracing::warn!(%e, partition = %p, "cannot add an offset to commit");
+        }
+    }
+    tpl
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::kafka::forward_log("source", level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::kafka::forward_error("source", &error, reason);
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let StartPosition::Timestamp(at) = self.start {
+                    self.seek_to_start_time(consumer, tpl, at);
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                let parts: Vec<String> = partitions_of(self, tpl)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                match result {
+                    Ok(()) => tracing::info!(partitions = %parts.join(" "), "partitions assigned"),
+                    Err(e) => {
+                        tracing::error!(%e, partitions = %parts.join(" "), "cannot take the assigned partitions")
+                    }
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                let partitions = partitions_of(self, tpl);
+                let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+                if self.stopping.load(Ordering::SeqCst) {
+                    self.drop_pending(&partitions);
+                } else {
+                    tracing::info!(partitions = %names.join(" "), lost, "partitions revoked: draining");
+                    let offsets = self.drain(partitions, lost);
+                    if !lost && !offsets.is_empty() {
+                        let list = offsets_list(&offsets);
+                        if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+                            tracing::warn!(%e, "cannot commit the offsets of revoked partitions; the next owner repeats their last records");
+                        }
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    tracing::error!(%e, "cannot release the revoked partitions");
+                }
+                tracing::info!(partitions = %names.join(" "), "partitions released");
+            }
+            other => tracing::error!(error = ?other, "rebalance failed"),
+        }
+        self.assignment_changed.store(true, Ordering::SeqCst);
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // Harmless for the guarantees: a later commit covers these offsets,
+            // and at worst the next owner repeats some handled records.
+            tracing::warn!(%e, partitions = offsets.count(), "offset commit failed");
+        }
+    }
+}
+
+fn poll_loop(
+    consumer: &BaseConsumer<SourceContext>,
+    commands: &std::sync::mpsc::Receiver<Command>,
+) {
+    let ctx = consumer.context().clone();
+    let mut paused = false;
+    let mut failed = false;
+    loop {
+        match commands.try_recv() {
+            Ok(Command::Close { offsets, done }) => {
+                let _ = done.send(close(consumer, &ctx, &offsets));
+                return;
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                let _ = close(consumer, &ctx, &TopicPartitionList::new());
+                return;
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+        }
+        if failed {
+            // A fatal consumer error was reported; wait to be closed.
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let drained = ctx.flush_pending();
+        let spent = !drained || ctx.budget.is_spent();
+        let changed = ctx.assignment_changed.swap(false, Ordering::SeqCst);
+        if spent && (!paused || changed) {
+            if let Ok(assignment) = consumer.assignment() {
+                match consumer.pause(&assignment) {
+                    Ok(()) => {
+                        if !paused {
+                            tracing::debug!(
+                                partitions = assignment.count(),
+                                "in-flight budget spent: partitions paused"
+                            );
+                        }
+                        paused = true;
+                    }
+                    Err(e) => tracing::warn!(%e, "cannot pause partitions"),
+                }
+            }
+        } else if paused
+            && drained
+            && ctx.budget.has_room()
+            && let Ok(assignment) = consumer.assignment()
+        {
+            match consumer.resume(&assignment) {
+                Ok(()) => {
+                    tracing::debug!(
+                        partitions = assignment.count(),
+                        "budget has room: partitions resumed"
+                    );
+                    paused = false;
+                }
+                Err(e) => tracing::warn!(%e, "cannot resume partitions"),
+            }
+        }
+        match consumer.poll(Duration::from_millis(if paused { 20 } else { 100 })) {
+            None => {}
+            Some(Ok(msg)) => ctx.offer(ctx.convert(&msg)),
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => {
+                let error = kafka_err("poll", &e);
+                if let SourceError::Kafka { fatal: true, .. } = error {
+                    tracing::error!(%e, "the Kafka consumer failed fatally");
+                    let _ = ctx.events.send(Err(error));
+                    failed = true;
+                } else {
+                    tracing::warn!(%e, "kafka consumer error (retried by librdkafka)");
+                }
+            }
+        }
+    }
+}
+
+fn close(
+    consumer: &BaseConsumer<SourceContext>,
+    ctx: &SourceContext,
+    offsets: &TopicPartitionList,
+) -> Result<(), SourceError> {
+    ctx.stopping.store(true, Ordering::SeqCst);
+    let committed = if offsets.count() > 0 {
+        consumer
+            .commit(offsets, CommitMode::Sync)
+            .map_err(|e| kafka_err("final commit", &e))
+    } else {
+        Ok(())
+    };
+    // Leave the group now rather than when the last handle is dropped.
+    match consumer.close_queue() {
+        Ok(()) => {
+            let deadline = Instant::now() + CALL_TIMEOUT;
+            while !consumer.closed() && Instant::now() < deadline {
+                let _ = consumer.poll(Duration::from_millis(50));
+            }
+        }
+        Err(e) => tracing::warn!(%e, "cannot leave the consumer group cleanly"),
+    }
+    tracing::info!(committed = offsets.count(), "kafka source closed");
+    committed
+}
+
+/// Commits and closes through the consumer shared with the polling thread.
+struct KafkaControl {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    commands: Mutex<std::sync::mpsc::Sender<Command>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    describe: String,
+}
+
+#[async_trait::async_trait]
+impl SourceControl for KafkaControl {
+    async fn commit(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        // Asynchronous: a failure is logged by the commit callback and a later
+        // commit covers it. Synchronous commits happen on revocation and close.
+        self.consumer
+            .commit(&offsets_list(offsets), CommitMode::Async)
+            .map_err(|e| kafka_err("commit", &e))
+    }
+
+    async fn close(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
+        let (done, answer) = oneshot::channel();
+        let sent = self
+            .commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Command::Close {
+                offsets: offsets_list(offsets),
+                done,
+            });
+        let result = if sent.is_ok() {
+            answer.await.unwrap_or(Ok(()))
+        } else {
+            Ok(())
+        };
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result
+    }
+
+    fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        self.consumer.group_metadata()
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
