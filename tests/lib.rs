@@ -1,5 +1,11 @@
-//! Helpers shared by the end-to-end tests: where the workspace is, and the
-//! example and test guests built once per test process.
+//! Helpers shared by the end-to-end tests: where the workspace is, the
+//! example and test guests built once per test process, the Kafka broker
+//! ([`broker`]), the `sluice` process ([`process`]) and the building blocks of
+//! the Kafka scenarios ([`scenario`]).
+
+pub mod broker;
+pub mod process;
+pub mod scenario;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

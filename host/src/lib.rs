@@ -9,6 +9,7 @@
 //! Kafka source and sink share.
 
 pub mod batch;
+pub mod cli;
 pub mod config;
 pub mod dlq;
 pub mod engine;

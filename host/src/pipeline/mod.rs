@@ -60,17 +60,38 @@ pub enum PipelineError {
     #[error(transparent)]
     Source(#[from] SourceError),
     /// A sink failed.
-    #[error("{0} (the run stops; records of this batch are not committed)")]
-    Sink(#[from] SinkError),
+    #[error("{}", sink_message(.0))]
+    Sink(SinkError),
     /// The dead-letter queue failed.
     #[error("{0} (the run stops; records of this batch are not committed)")]
-    Dlq(#[from] DlqError),
+    Dlq(DlqError),
     /// A Kafka transaction failed (exactly-once).
     #[error("{0}")]
     Transaction(#[from] TxnError),
     /// A bug in the host.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn sink_message(e: &SinkError) -> String {
+    match e {
+        SinkError::Config { .. } => e.to_string(),
+        _ => format!("{e} (the run stops; records of this batch are not committed)"),
+    }
+}
+
+// Written out rather than `#[from]`, so that the error is not also reported
+// as its own source (the message already holds it).
+impl From<SinkError> for PipelineError {
+    fn from(e: SinkError) -> Self {
+        PipelineError::Sink(e)
+    }
+}
+
+impl From<DlqError> for PipelineError {
+    fn from(e: DlqError) -> Self {
+        PipelineError::Dlq(e)
+    }
 }
 
 impl PipelineError {
@@ -275,6 +296,13 @@ impl Pipeline {
                 transaction_timeout_ms: d.transaction_timeout_ms,
             },
         )?;
+        for sink in sinks
+            .outputs
+            .values()
+            .chain(std::iter::once(&sinks.dead_letter))
+        {
+            sink.check().await?;
+        }
         let transactional = match &transactional_id {
             Some(id) => {
                 let producer = sinks.producers.first().cloned().ok_or_else(|| {
@@ -317,6 +345,7 @@ impl Pipeline {
                 policy: config.batch.clone(),
                 guarantee: d.guarantee,
                 drain_timeout: Duration::from_millis(d.drain_timeout_ms),
+                commit_interval: Duration::from_millis(d.commit_interval_ms),
                 pipeline: config.name.clone(),
             },
             summary,

@@ -57,6 +57,7 @@ pub(crate) struct SessionParts {
     pub policy: BatchPolicy,
     pub guarantee: Guarantee,
     pub drain_timeout: Duration,
+    pub commit_interval: Duration,
     pub pipeline: String,
 }
 
@@ -80,6 +81,9 @@ struct Coordinator<'a> {
     in_flight: HashMap<Partition, usize>,
     jobs_in_flight: usize,
     committed: HashMap<Partition, i64>,
+    commit_interval: Duration,
+    /// When handled offsets not yet committed must be (at-least-once).
+    commit_due: Option<Instant>,
     revokes: Vec<PendingRevoke>,
     workers: Vec<mpsc::UnboundedSender<Job>>,
 }
@@ -100,6 +104,7 @@ pub(crate) async fn run(
         policy,
         guarantee,
         drain_timeout,
+        commit_interval,
         pipeline,
     } = parts;
     let RunningSource {
@@ -149,6 +154,8 @@ pub(crate) async fn run(
         in_flight: HashMap::new(),
         jobs_in_flight: 0,
         committed: HashMap::new(),
+        commit_interval,
+        commit_due: None,
         revokes: Vec::new(),
         workers: worker_txs,
     };
@@ -268,10 +275,10 @@ impl Coordinator<'_> {
             }
             let batch_deadline = self.batchers.values().filter_map(Batcher::deadline).min();
             let revoke_deadline = self.revokes.iter().map(|r| r.deadline).min();
-            let deadline = match (batch_deadline, revoke_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [batch_deadline, revoke_deadline, self.commit_due]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 biased;
                 finished = done_rx.recv() => match finished {
@@ -298,8 +305,12 @@ impl Coordinator<'_> {
                     }
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => {
-                    self.flush_due(Instant::now());
+                    let now = Instant::now();
+                    self.flush_due(now);
                     self.check_revokes();
+                    if self.commit_due.is_some_and(|d| d <= now) {
+                        self.commit().await?;
+                    }
                 }
                 _ = progress.tick() => {
                     let (records, bytes) = self.budget.in_flight();
@@ -421,17 +432,28 @@ impl Coordinator<'_> {
             *s.dead_lettered.entry(stage).or_default() += n;
         }
         if self.guarantee == Guarantee::AtLeastOnce {
-            let changes = self.committable_changes();
-            if !changes.is_empty() {
-                self.control.commit(&changes).await?;
-                for (p, o) in changes {
-                    self.committed.insert(p, o);
-                }
+            if self.commit_interval.is_zero() {
+                self.commit().await?;
+            } else if self.commit_due.is_none() {
+                self.commit_due = Some(Instant::now() + self.commit_interval);
             }
         } else if let Some(o) = self.ledger.committable(&job.partition) {
             self.committed.insert(job.partition.clone(), o);
         }
         self.check_revokes();
+        Ok(())
+    }
+
+    /// Commits the handled offsets that moved since the last commit.
+    async fn commit(&mut self) -> Result<(), PipelineError> {
+        self.commit_due = None;
+        let changes = self.committable_changes();
+        if !changes.is_empty() {
+            self.control.commit(&changes).await?;
+            for (p, o) in changes {
+                self.committed.insert(p, o);
+            }
+        }
         Ok(())
     }
 

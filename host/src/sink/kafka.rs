@@ -146,6 +146,47 @@ impl KafkaProducer {
             && self.properties == c.properties
     }
 
+    /// Checks that `topic` exists, so that a missing topic is a clear error
+    /// at start rather than records timing out later.
+    pub async fn check_topic(self: &Arc<Self>, topic: &str) -> Result<(), SinkError> {
+        let me = self.clone();
+        let name = topic.to_string();
+        let found = tokio::task::spawn_blocking(move || {
+            me.producer
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(30))
+                .map(|m| {
+                    m.topics().iter().any(|t| {
+                        t.name() == name && t.error().is_none() && !t.partitions().is_empty()
+                    })
+                })
+        })
+        .await
+        .map_err(|e| SinkError::Kafka {
+            sink: format!("kafka `{topic}`"),
+            message: format!("metadata thread failed: {e}"),
+            transient: true,
+        })?;
+        match found {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SinkError::Config {
+                sink: format!("kafka `{topic}`"),
+                message: format!(
+                    "topic `{topic}` does not exist on {} (create it, or enable topic auto-creation on the cluster)",
+                    self.bootstrap
+                ),
+            }),
+            Err(e) => Err(SinkError::Kafka {
+                sink: format!("kafka `{topic}`"),
+                message: format!(
+                    "cannot read the cluster's metadata from {}: {e}",
+                    self.bootstrap
+                ),
+                transient: true,
+            }),
+        }
+    }
+
     /// The transactional id, if the producer is transactional.
     pub fn transactional_id(&self) -> Option<&str> {
         self.transactional_id.as_deref()
@@ -374,5 +415,9 @@ impl Sink for KafkaSink {
 
     fn kafka(&self) -> Option<&Arc<KafkaProducer>> {
         Some(&self.producer)
+    }
+
+    async fn check(&self) -> Result<(), SinkError> {
+        self.producer.check_topic(&self.topic).await
     }
 }

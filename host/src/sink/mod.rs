@@ -102,6 +102,12 @@ pub trait Sink: Send + Sync {
     fn kafka(&self) -> Option<&Arc<KafkaProducer>> {
         None
     }
+
+    /// Checks that the destination exists and is reachable (before any
+    /// record is read), with an error naming what is wrong.
+    async fn check(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// How sinks are built for one run of a pipeline.

@@ -1,0 +1,341 @@
+//! Talking to the Kafka broker the end-to-end tests run against: a real
+//! Kafka-protocol broker on 127.0.0.1:9092 (tansu, started by
+//! `scripts/services start`), or any Kafka given by `SLUICE_KAFKA_BOOTSTRAP`.
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+
+/// The broker's bootstrap address.
+pub fn bootstrap() -> String {
+    std::env::var("SLUICE_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+/// Panics with instructions unless a broker answers at `bootstrap`.
+pub fn require(bootstrap: &str) {
+    let reachable = bootstrap.split(',').any(|hp| {
+        use std::net::ToSocketAddrs;
+        hp.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .is_some_and(|a| {
+                std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok()
+            })
+    });
+    assert!(
+        reachable,
+        "no Kafka broker answers at {bootstrap}: run `scripts/services start` (tansu on 127.0.0.1:9092), or set SLUICE_KAFKA_BOOTSTRAP to a running Kafka"
+    );
+}
+
+/// A name no earlier run used.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
+}
+
+/// Creates a topic and waits until its partitions are visible.
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let result = futures::executor::block_on(admin.create_topics(
+        [&new],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))
+    .expect("create topics");
+    for r in result {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => panic!("cannot create topic {name}: {code}"),
+        }
+    }
+    let consumer = plain_consumer(bootstrap, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| m.topics().first().map(|t| t.partitions().len()))
+            .unwrap_or(0);
+        if seen >= partitions as usize {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "topic {topic} has {seen} of {partitions} partitions after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes records (key, value) and waits until all are acknowledged.
+pub fn produce(
+    bootstrap: &str,
+    topic: &str,
+    records: impl IntoIterator<Item = (Option<String>, Vec<u8>)>,
+) -> usize {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let mut n = 0;
+    for (key, value) in records {
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(&value[..]);
+        if let Some(k) = key.as_deref() {
+            record = record.key(k);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    assert!(
+                        e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        "produce failed: {e}"
+                    );
+                    record = back;
+                    producer.poll(Duration::from_millis(50));
+                }
+            }
+        }
+        n += 1;
+        if n % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+    n
+}
+
+/// One record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Got {
+    /// Key as text.
+    pub key: Option<String>,
+    /// Value bytes.
+    pub value: Vec<u8>,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Headers (name, value).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Got {
+    /// The value as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.value).into_owned()
+    }
+
+    /// The value of header `name`, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Prints librdkafka's logs (with `SLUICE_E2E_DEBUG=fetch,...`).
+#[derive(Debug, Clone, Copy)]
+pub struct Stderr;
+
+impl rdkafka::client::ClientContext for Stderr {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        eprintln!("librdkafka {fac}: {message}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Stderr {}
+
+fn plain_consumer(bootstrap: &str, read_committed: bool) -> BaseConsumer<Stderr> {
+    let mut config = ClientConfig::new();
+    if let Ok(debug) = std::env::var("SLUICE_E2E_DEBUG") {
+        config.set("debug", debug);
+    }
+    // librdkafka's consumer needs a group id even to assign partitions; this
+    // one never commits.
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("sluice-e2e-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create_with_context(Stderr)
+        .expect("consumer")
+}
+
+/// Reads a topic from the beginning of every partition (no consumer group)
+/// until `done` (called with each record read) says so or `timeout` passes;
+/// returns what was read.
+pub fn consume(
+    bootstrap: &str,
+    topic: &str,
+    read_committed: bool,
+    timeout: Duration,
+    mut done: impl FnMut(&Got) -> bool,
+) -> Vec<Got> {
+    let consumer = plain_consumer(bootstrap, read_committed);
+    let meta = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut finished = false;
+    while Instant::now() < deadline && !finished {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => got.push(Got {
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: m.payload().unwrap_or_default().to_vec(),
+                partition: m.partition(),
+                offset: m.offset(),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            Some(Err(e)) => eprintln!("consume {topic}: {e}"),
+            None => continue,
+        }
+        if let Some(last) = got.last() {
+            finished = done(last);
+        }
+    }
+    got
+}
+
+/// Up to `max` records of one partition from `offset` (diagnostics).
+pub fn read_from(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max: usize,
+    timeout: Duration,
+) -> Vec<Got> {
+    let consumer = plain_consumer(bootstrap, false);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .expect("partition");
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    while Instant::now() < deadline && got.len() < max {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            got.push(Got {
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: m.payload().unwrap_or_default().to_vec(),
+                partition: m.partition(),
+                offset: m.offset(),
+                headers: Vec::new(),
+            });
+        }
+    }
+    got
+}
+
+/// Reads a whole topic: until no record has arrived for `idle` (or `max`
+/// passes).
+pub fn consume_all(
+    bootstrap: &str,
+    topic: &str,
+    read_committed: bool,
+    idle: Duration,
+    max: Duration,
+) -> Vec<Got> {
+    let consumer = plain_consumer(bootstrap, read_committed);
+    let meta = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + max;
+    let mut last = Instant::now();
+    let mut got = Vec::new();
+    while Instant::now() < deadline && last.elapsed() < idle {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            last = Instant::now();
+            got.push(Got {
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: m.payload().unwrap_or_default().to_vec(),
+                partition: m.partition(),
+                offset: m.offset(),
+                headers: Vec::new(),
+            });
+        }
+    }
+    got
+}
+
+/// The offsets a consumer group has committed for a topic, per partition.
+pub fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<(i32, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let meta = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    let mut out: Vec<(i32, i64)> = got
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
+        .collect();
+    out.sort();
+    out
+}
