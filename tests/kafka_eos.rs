@@ -9,12 +9,14 @@
 //! (producer ids, epochs, fencing, `EndTxn`) but **accepts consumer offsets
 //! sent in a transaction without storing them, writes no commit or abort
 //! markers and returns no aborted-transaction list**, so a `read_committed`
-//! reader sees aborted records and a restarted consumer starts over. The
+//! reader sees aborted records and a restarted consumer starts over; and it
+//! **gives every `init_transactions` a new producer id**, so a newer instance
+//! does not fence an older one with the same transactional id. The
 //! canary test [`the_mock_cluster_gaps_that_limit_these_tests`] pins those
 //! gaps (and fails, asking for stricter assertions, the day they close).
 //! Against the mock, the tests below assert what it can show: one clean
-//! transactional run writes every record exactly once, a zombie is fenced
-//! and stops, a timed-out transaction is aborted and the session rebuilt,
+//! transactional run writes every record exactly once, a producer the
+//! coordinator fences stops (the fencing answer is injected), a timed-out transaction is aborted and the session rebuilt,
 //! and no record is ever lost. Against a real Kafka they also assert that
 //! every record is committed exactly once, in order per key, across
 //! `kill -9`, fencing and aborts.
@@ -119,9 +121,10 @@ fn the_mock_cluster_gaps_that_limit_these_tests() {
         assert!(std::time::Instant::now() < deadline, "no assignment");
         let _ = member.poll(Duration::from_millis(100));
     }
+    let producer_id = broker::unique("checker");
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &b)
-        .set("transactional.id", broker::unique("checker"))
+        .set("transactional.id", producer_id.as_str())
         .create()
         .expect("producer");
     producer
@@ -157,6 +160,25 @@ fn the_mock_cluster_gaps_that_limit_these_tests() {
                 .expect("abort");
         }
     }
+    // A newer producer with the same transactional id fences the older one.
+    let newer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("transactional.id", producer_id.as_str())
+        .create()
+        .expect("newer producer");
+    newer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init newer");
+    producer.begin_transaction().expect("begin");
+    producer
+        .send(BaseRecord::<str, str>::to(&topic).payload("{\"n\":999}"))
+        .expect("send");
+    let _ = producer.flush(Duration::from_secs(30));
+    let zombie = producer.commit_transaction(Duration::from_secs(30));
+    eprintln!(
+        "{}: the older producer's commit after a newer init: {zombie:?}",
+        cluster.describe()
+    );
     let got = broker::consume_all(
         &b,
         &topic,
@@ -176,6 +198,7 @@ fn the_mock_cluster_gaps_that_limit_these_tests() {
     );
     let committed_only: Vec<usize> = (100..110).collect();
     if real(&cluster) {
+        assert!(zombie.is_err(), "a newer instance fences the older one");
         assert_eq!(seen, committed_only, "aborted records are hidden");
         assert_eq!(
             committed,
@@ -183,9 +206,13 @@ fn the_mock_cluster_gaps_that_limit_these_tests() {
             "offsets committed with the transaction"
         );
     } else {
+        assert!(
+            zombie.is_ok(),
+            "the mock cluster gives a newer instance a new producer id and does not fence the older one; if it fences now, test fencing without injected errors"
+        );
         assert_eq!(
             seen.len(),
-            20,
+            21,
             "the mock cluster shows aborted records to read_committed readers; if it stops doing so, make the exactly-once tests strict on it"
         );
         assert!(
@@ -302,8 +329,17 @@ fn kill_9_at_random_points_loses_nothing_and_is_exactly_once_on_real_kafka() {
     );
 }
 
+/// A zombie (an instance that lost its transactional id to a newer one but
+/// still runs) must stop at its next transactional call, never write again.
+/// On a real Kafka the newer instance fences it by calling
+/// `init_transactions` with the same id. The mock cluster gives each
+/// `init_transactions` a new producer id instead of bumping the epoch (see
+/// the canary test), so there the coordinator's fencing answer
+/// (`PRODUCER_FENCED` on `EndTxn`) is injected, and the newer instance starts
+/// once the zombie is gone.
 #[test]
-fn a_newer_instance_fences_the_zombie_which_stops() {
+fn a_fenced_instance_stops_and_a_newer_one_finishes_the_work() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let _one = heavy();
     let cluster = cluster();
     let b = cluster.bootstrap();
@@ -313,7 +349,7 @@ fn a_newer_instance_fences_the_zombie_which_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = format!("[outputs.default.kafka]\ntopic = \"{}\"", t.output);
     // Both processes claim the same transactional id: the second is the
-    // restarted incarnation of the first, which has not died (a zombie).
+    // restarted incarnation of the first.
     let id = broker::unique("fence-txn");
     let pipeline = kafka_pipeline(dir.path(), &b, &t, &sink, &eos(&id, 60_000));
     let (log_old, log_new) = (dir.path().join("old.log"), dir.path().join("new.log"));
@@ -324,17 +360,21 @@ fn a_newer_instance_fences_the_zombie_which_stops() {
         old.log_tail(30)
     );
     std::thread::sleep(Duration::from_millis(1000));
-    let mut new = Sluice::start(&bin(), &pipeline, &log_new, &[], false);
+    let mut new = match &cluster {
+        Cluster::Mock(mock) => {
+            eprintln!(
+                "mock cluster: fencing simulated by the coordinator answering PRODUCER_FENCED to EndTxn"
+            );
+            mock.request_errors(
+                RDKafkaApiKey::EndTxn,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+            );
+            None
+        }
+        _ => Some(Sluice::start(&bin(), &pipeline, &log_new, &[], false)),
+    };
     let old_status = old.wait(Duration::from_secs(120));
     let old_log = std::fs::read_to_string(&log_old).unwrap_or_default();
-    let done = broker::consume(
-        &b,
-        &t.output,
-        true,
-        Duration::from_secs(240),
-        until_distinct(N),
-    );
-    let new_status = new.terminate(Duration::from_secs(60));
     eprintln!("zombie exited with {old_status:?}");
     assert!(
         old_status.is_some_and(|s| !s.success()),
@@ -346,6 +386,17 @@ fn a_newer_instance_fences_the_zombie_which_stops() {
         "the fenced instance says why:\n{}",
         old.log_tail(30)
     );
+    let mut new = new
+        .take()
+        .unwrap_or_else(|| Sluice::start(&bin(), &pipeline, &log_new, &[], false));
+    let done = broker::consume(
+        &b,
+        &t.output,
+        true,
+        Duration::from_secs(240),
+        until_distinct(N),
+    );
+    let new_status = new.terminate(Duration::from_secs(60));
     assert!(
         distinct(&done) >= N,
         "not all records came through:\n{}",

@@ -18,7 +18,7 @@ use super::chain::{ChainResult, source_of};
 use super::summary::StepStats;
 use crate::dlq::{DeadLetter, DlqEntry, Stage};
 use crate::record::{Partition, Record};
-use crate::sink::{KafkaProducer, Pending, Sink, SinkError};
+use crate::sink::{KafkaProducer, Pending, Sink, SinkError, TxnError};
 use crate::source::{SourceControl, SourceItem};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -389,15 +389,21 @@ async fn transaction(
     if let Err(e) = producer.begin().await {
         return Err((first.job, PipelineError::Transaction(e)));
     }
+    // A write that fails inside a transaction dooms it: abort, and start
+    // again from the committed offsets (unless the producer is fenced).
+    let doomed = |e: PipelineError| match producer.fatal() {
+        Some(fatal) => PipelineError::Transaction(TxnError::Fatal(fatal)),
+        None => PipelineError::Transaction(TxnError::Abort(e.to_string())),
+    };
     let mut submitted = Vec::new();
     for p in std::iter::once(first).chain(group) {
-        submitted.push(delivery.submit(p).await?);
+        submitted.push(delivery.submit(p).await.map_err(|(j, e)| (j, doomed(e)))?);
     }
     let mut finished = Vec::with_capacity(submitted.len());
     for s in submitted {
         let d = delivery.finish(s, false).await;
         if let Err(e) = d.outcome {
-            return Err((d.job, e));
+            return Err((d.job, doomed(e)));
         }
         finished.push(d);
     }

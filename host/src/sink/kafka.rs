@@ -253,6 +253,15 @@ impl KafkaProducer {
         }
     }
 
+    /// The producer's fatal error, if it has one (e.g. it was fenced).
+    pub fn fatal(&self) -> Option<String> {
+        use rdkafka::producer::Producer;
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{reason} ({code:?})"))
+    }
+
     /// Aborts the open transaction.
     pub async fn abort(self: &Arc<Self>) -> Result<(), TxnError> {
         self.blocking(|p| p.abort_transaction(TXN_CALL_TIMEOUT))
