@@ -142,6 +142,23 @@ pub struct Got {
 }
 
 impl Got {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Got {
+        Got {
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: m.payload().unwrap_or_default().to_vec(),
+            partition: m.partition(),
+            offset: m.offset(),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     /// The value as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.value).into_owned()
@@ -219,20 +236,7 @@ pub fn consume(
     let mut finished = false;
     while Instant::now() < deadline && !finished {
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => got.push(Got {
-                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                value: m.payload().unwrap_or_default().to_vec(),
-                partition: m.partition(),
-                offset: m.offset(),
-                headers: m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
+            Some(Ok(m)) => got.push(Got::of(&m)),
             Some(Err(e)) => eprintln!("consume {topic}: {e}"),
             None => continue,
         }
@@ -261,13 +265,7 @@ pub fn read_from(
     let mut got = Vec::new();
     while Instant::now() < deadline && got.len() < max {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            got.push(Got {
-                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                value: m.payload().unwrap_or_default().to_vec(),
-                partition: m.partition(),
-                offset: m.offset(),
-                headers: Vec::new(),
-            });
+            got.push(Got::of(&m));
         }
     }
     got
@@ -300,13 +298,7 @@ pub fn consume_all(
     while Instant::now() < deadline && last.elapsed() < idle {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             last = Instant::now();
-            got.push(Got {
-                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                value: m.payload().unwrap_or_default().to_vec(),
-                partition: m.partition(),
-                offset: m.offset(),
-                headers: Vec::new(),
-            });
+            got.push(Got::of(&m));
         }
     }
     got

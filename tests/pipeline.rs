@@ -375,7 +375,7 @@ fn modules_that_are_not_transforms_are_refused_by_name() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_trapping_batch_goes_to_the_dlq_and_the_run_goes_on() {
+async fn a_trapping_record_is_isolated_by_bisection_and_the_run_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.jsonl");
     let lines: Vec<String> = (0..40)
@@ -403,20 +403,28 @@ async fn a_trapping_batch_goes_to_the_dlq_and_the_run_goes_on() {
         .expect("the run finishes");
     let out = read_lake(&dir.path().join("out"));
     let dlq = read_lake(&dir.path().join("dlq"));
-    assert_eq!(out.len(), 30, "three clean batches of ten pass");
+    assert_eq!(out.len(), 39, "every record but the poison one passes");
     let offsets: Vec<i64> = dlq
         .iter()
         .map(|e| e["source"]["offset"].as_i64().expect("offset"))
         .collect();
-    assert_eq!(
-        offsets,
-        (10..20).collect::<Vec<_>>(),
-        "the whole trapped batch is parked, in order"
-    );
+    assert_eq!(offsets, vec![13], "bisection isolates the poison record");
     assert!(
         dlq.iter()
-            .all(|e| e["error"]["kind"] == "trap" && e["transform"] == "poison")
+            .all(|e| e["error"]["kind"] == "trap" && e["transform"] == "poison"),
+        "{dlq:?}"
     );
+    let numbers: Vec<i64> = out.iter().filter_map(|v| v["n"].as_i64()).collect();
+    let expected: Vec<i64> = (0..40).filter(|i| *i != 13).collect();
+    assert_eq!(numbers, expected, "the others keep their order");
     assert_eq!(summary.steps[0].batch_failures, 1);
-    assert_eq!(summary.dead_lettered.get("transform").copied(), Some(10));
+    assert_eq!(summary.steps[0].isolated, 1);
+    // A batch of 10 splits into 5+5, then 2+3, then 1+2 or 1+1: at most
+    // 2 calls per level, ceil(log2 10) = 4 levels.
+    assert!(
+        summary.steps[0].bisection_calls <= 8,
+        "{:?}",
+        summary.steps[0]
+    );
+    assert_eq!(summary.dead_lettered.get("transform").copied(), Some(1));
 }

@@ -29,6 +29,11 @@ enum Command {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
     },
+    /// Reads a pipeline's dead-letter queue: list, show or replay entries.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Runs a transform against its fixture files and shows a diff on mismatch.
     Test {
         /// A transform project folder (its `fixtures/` are used), a fixtures
@@ -38,6 +43,119 @@ enum Command {
         #[arg(long)]
         bless: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// One line per entry: id, stage, kind, transform, source position, message.
+    List(DlqArgs),
+    /// Every entry in full, one JSON object per line.
+    Show(DlqArgs),
+    /// Runs the entries' original records through the pipeline (its current
+    /// transforms, e.g. a fixed module) into its sinks; records that fail
+    /// again go back to the dead-letter queue. Each replayed record carries
+    /// a `sluice.replay.of` header naming its entry.
+    Replay {
+        #[command(flatten)]
+        args: DlqArgs,
+        /// Only say what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DlqArgs {
+    /// The pipeline file whose `[dead_letter]` sink is read.
+    pipeline: PathBuf,
+    /// Only entries of this stage (decode, transform, route, sink).
+    #[arg(long)]
+    stage: Option<String>,
+    /// Only entries with this error kind (e.g. trap, deadline, poison).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only entries failed by this transform.
+    #[arg(long)]
+    transform: Option<String>,
+    /// Only entries that last failed at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// Only entries that last failed before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<chrono::DateTime<chrono::FixedOffset>>,
+}
+
+impl DlqArgs {
+    fn read(
+        &self,
+    ) -> anyhow::Result<(
+        crate::config::PipelineConfig,
+        Vec<crate::replay::DeadLetterRecord>,
+    )> {
+        let (config, base) = crate::config::PipelineConfig::load(&self.pipeline)?;
+        let filter = crate::replay::Filter {
+            stage: self.stage.clone(),
+            kind: self.kind.clone(),
+            transform: self.transform.clone(),
+            since: self.since.map(|t| t.with_timezone(&chrono::Utc)),
+            until: self.until.map(|t| t.with_timezone(&chrono::Utc)),
+        };
+        let entries = crate::replay::read(&config, &base, &filter)?;
+        Ok((config, entries))
+    }
+}
+
+fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
+    match action {
+        DlqAction::List(args) => {
+            let (_, entries) = args.read()?;
+            for e in &entries {
+                let mut message = e.message.replace('\n', " ");
+                if message.chars().count() > 100 {
+                    message = message.chars().take(99).collect::<String>() + "…";
+                }
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    e.id,
+                    e.stage,
+                    e.kind,
+                    e.transform.as_deref().unwrap_or("-"),
+                    e.source_text().unwrap_or_else(|| "-".into()),
+                    message
+                );
+            }
+            eprintln!("{} entries", entries.len());
+        }
+        DlqAction::Show(args) => {
+            let (_, entries) = args.read()?;
+            for e in &entries {
+                println!("{}", e.to_json());
+            }
+            eprintln!("{} entries", entries.len());
+        }
+        DlqAction::Replay { args, dry_run } => {
+            let (config, entries) = args.read()?;
+            if dry_run || entries.is_empty() {
+                eprintln!(
+                    "{} entries would be replayed through pipeline `{}`",
+                    entries.len(),
+                    config.name
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let stream = format!("replay of {}", args.pipeline.display());
+            let items = crate::replay::items(&config, &stream, &entries);
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let summary = rt.block_on(async {
+                let p = pipeline::Pipeline::load(&args.pipeline, &RunOptions::default()).await?;
+                p.with_items(stream, items)
+                    .run(pipeline::shutdown_signal())
+                    .await
+            })?;
+            eprintln!("{summary}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs the command line with the process arguments.
@@ -93,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("pipeline `{}` is valid", config.name);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dlq { action } => dlq(action),
         Command::Test { paths, bless } => {
             let paths = if paths.is_empty() {
                 vec![PathBuf::from(".")]

@@ -65,6 +65,34 @@ pub struct PipelineConfig {
     /// Delivery guarantee, parallelism and in-flight bounds.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Stops the pipeline when a transform fails too many records.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+/// `[circuit_breaker]`: when a transform fails more than `failure_ratio` of
+/// the last `window_records` records, the pipeline stops before delivering
+/// the batch that crossed the line (nothing past it is committed) and says
+/// why, rather than sending a whole topic to the dead-letter queue.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    /// Whether the breaker is armed (default true).
+    pub enabled: bool,
+    /// Largest tolerated share of failed records, 0 to 1 (default 0.5).
+    pub failure_ratio: f64,
+    /// Records the share is measured over (default 1000).
+    pub window_records: u64,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            enabled: true,
+            failure_ratio: 0.5,
+            window_records: 1000,
+        }
+    }
 }
 
 fn default_tenant() -> String {
@@ -454,6 +482,10 @@ impl PipelineConfig {
     fn validate(&self) -> Result<(), String> {
         if self.name.trim().is_empty() {
             return Err("`name` must not be empty".into());
+        }
+        let cb = &self.circuit_breaker;
+        if !(0.0..=1.0).contains(&cb.failure_ratio) || cb.window_records == 0 {
+            return Err("`circuit_breaker`: failure_ratio must be within 0 and 1, window_records at least 1".into());
         }
         if !self.outputs.contains_key("default") {
             return Err(

@@ -20,7 +20,10 @@
 //!     expect: drop
 //! ```
 //!
-//! All records of a file go to the transform as one batch. A failure's
+//! All records of a file go to the transform as one batch; when the call
+//! fails as a whole (a trap, the deadline), the batch is bisected as in a
+//! pipeline and the records at fault fail alone, with kind `trap`,
+//! `deadline`, `out-of-memory` or `contract`. A failure's
 //! `message` matches when it is a substring of the actual message, or, with
 //! `message_regex`, when the regex matches. `sluice test --bless` rewrites the
 //! expectations from what the transform actually did.
@@ -469,8 +472,10 @@ fn run_fixture(
         })
         .collect();
     let inputs: Vec<(&Record, &Position)> = records.iter().zip(&positions).collect();
-    let actual: Vec<Expect> = match runner.process(&inputs) {
-        Ok(processed) => processed
+    // A batch that fails as a whole is bisected as in a pipeline, so a
+    // fixture can assert which record traps and how.
+    let actual: Vec<Expect> = match runner.process_isolating(&inputs) {
+        Ok((processed, _)) => processed
             .outcomes
             .iter()
             .map(|o| match o {

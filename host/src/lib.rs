@@ -19,5 +19,6 @@ pub mod kafka;
 pub mod ledger;
 pub mod pipeline;
 pub mod record;
+pub mod replay;
 pub mod sink;
 pub mod source;

@@ -8,10 +8,12 @@
 //! empty context (no env, args, files, sockets; stdio discarded; clocks frozen).
 
 mod abi;
+mod bisect;
 pub mod build;
 mod host_api;
 
 pub use abi::{Failure, Outcome, Output, Processed};
+pub use bisect::Bisection;
 pub use host_api::{LogLine, RefTables, TableError};
 
 use crate::record::{Position, Record};

@@ -106,13 +106,21 @@ pub(crate) fn run_chain(
                 (&r.record, position)
             })
             .collect();
-        let processed = runner.process(&inputs);
+        let processed = runner.process_isolating(&inputs);
         drop(inputs);
         let processed = match processed {
-            Ok(p) => p,
+            Ok((p, bisection)) => {
+                if bisection.split {
+                    stats.batch_failures += 1;
+                    stats.bisection_calls += bisection.extra_calls;
+                    stats.isolated += bisection.isolated;
+                    tracing::info!(transform = %name, records = current.len(), isolated = bisection.isolated, extra_calls = bisection.extra_calls, depth = bisection.depth, "poison records isolated");
+                }
+                p
+            }
             Err(error) => {
-                // The whole batch failed (trap, deadline, contract breach):
-                // every record goes to the DLQ with the reason.
+                // No instance could be created: nothing can be isolated, so
+                // every record of the batch goes to the DLQ with the reason.
                 tracing::warn!(transform = %name, records = current.len(), %error, "batch failed");
                 stats.batch_failures += 1;
                 stats.failed += current.len() as u64;

@@ -13,6 +13,7 @@
 //!   commits, rebalances.
 //! - [`summary`]: what a run did.
 
+mod breaker;
 mod chain;
 mod deliver;
 mod session;
@@ -68,6 +69,9 @@ pub enum PipelineError {
     /// A Kafka transaction failed (exactly-once).
     #[error("{0}")]
     Transaction(#[from] TxnError),
+    /// A transform failed too many records: the pipeline stops.
+    #[error(transparent)]
+    CircuitOpen(#[from] breaker::CircuitOpen),
     /// A bug in the host.
     #[error("internal error: {0}")]
     Internal(String),
@@ -164,6 +168,8 @@ pub struct Pipeline {
     base: PathBuf,
     transforms: Arc<Vec<TransformInfo>>,
     workers: Vec<WorkerRunners>,
+    /// Items to run instead of the configured source (`sluice dlq replay`).
+    replay: Option<(String, Vec<crate::source::SourceItem>)>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -211,7 +217,21 @@ impl Pipeline {
             base,
             transforms: Arc::new(infos),
             workers,
+            replay: None,
         })
+    }
+
+    /// Runs `items` through the pipeline instead of its configured source
+    /// (a replay): same transforms, sinks and dead-letter queue; nothing is
+    /// committed upstream. Exactly-once pipelines replay at-least-once (the
+    /// items come from no consumer group to commit in a transaction).
+    pub fn with_items(mut self, describe: String, items: Vec<crate::source::SourceItem>) -> Self {
+        if self.config.delivery.guarantee == Guarantee::ExactlyOnce {
+            tracing::warn!(pipeline = %self.config.name, "replaying at-least-once: replayed items belong to no consumer group");
+            self.config.delivery.guarantee = Guarantee::AtLeastOnce;
+        }
+        self.replay = Some((describe, items));
+        self
     }
 
     /// The pipeline's configuration.
@@ -314,15 +334,17 @@ impl Pipeline {
             }
             None => None,
         };
-        let source = crate::source::start(
-            &config.source,
-            &self.base,
-            StartOptions {
-                pipeline: config.name.clone(),
-                budget: budget.clone(),
-                drain_timeout: Duration::from_millis(d.drain_timeout_ms),
-            },
-        )?;
+        let start = StartOptions {
+            pipeline: config.name.clone(),
+            budget: budget.clone(),
+            drain_timeout: Duration::from_millis(d.drain_timeout_ms),
+        };
+        let source = match &self.replay {
+            Some((describe, items)) => {
+                crate::source::start_items(describe.clone(), items.clone(), start)
+            }
+            None => crate::source::start(&config.source, &self.base, start)?,
+        };
         let outputs: BTreeSet<String> = sinks.outputs.keys().cloned().collect();
         let delivery = Delivery {
             sinks: sinks.outputs,
@@ -347,6 +369,7 @@ impl Pipeline {
                 drain_timeout: Duration::from_millis(d.drain_timeout_ms),
                 commit_interval: Duration::from_millis(d.commit_interval_ms),
                 pipeline: config.name.clone(),
+                breaker: Arc::new(breaker::Breaker::new(config.circuit_breaker.clone())),
             },
             summary,
             shutdown,

@@ -15,6 +15,7 @@
 //! on shutdown (after finishing in-flight batches), or on an error.
 
 use super::PipelineError;
+use super::breaker::Breaker;
 use super::chain::run_chain;
 use super::deliver::{self, Delivery, Done, Job, Processed};
 use super::summary::Summary;
@@ -59,6 +60,7 @@ pub(crate) struct SessionParts {
     pub drain_timeout: Duration,
     pub commit_interval: Duration,
     pub pipeline: String,
+    pub breaker: Arc<Breaker>,
 }
 
 struct PendingRevoke {
@@ -106,6 +108,7 @@ pub(crate) async fn run(
         drain_timeout,
         commit_interval,
         pipeline,
+        breaker,
     } = parts;
     let RunningSource {
         mut events,
@@ -135,6 +138,7 @@ pub(crate) async fn run(
             processed_tx.clone(),
             done_tx.clone(),
             outputs.clone(),
+            breaker.clone(),
         )));
     }
     drop(processed_tx);
@@ -200,6 +204,7 @@ async fn worker(
     processed: mpsc::UnboundedSender<Processed>,
     done: mpsc::UnboundedSender<Done>,
     outputs: Arc<BTreeSet<String>>,
+    breaker: Arc<Breaker>,
 ) {
     while let Some(job) = jobs.recv().await {
         let r = runners.clone();
@@ -212,6 +217,14 @@ async fn worker(
         .await;
         match result {
             Ok((job, chain)) => {
+                if let Err(open) = breaker.observe(&chain.steps) {
+                    tracing::error!(error = %open, "circuit breaker open");
+                    let _ = done.send(Done {
+                        job,
+                        outcome: Err(open.into()),
+                    });
+                    return;
+                }
                 if processed.send(Processed { job, chain }).is_err() {
                     return;
                 }

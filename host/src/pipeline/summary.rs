@@ -14,8 +14,13 @@ pub struct StepStats {
     pub dropped: u64,
     /// Records it failed (to the DLQ).
     pub failed: u64,
-    /// Batches that failed as a whole (trap, deadline, ...).
+    /// Batches that failed as a whole (trap, deadline, ...) and were
+    /// bisected to isolate the records at fault.
     pub batch_failures: u64,
+    /// Extra `process` calls spent on bisection.
+    pub bisection_calls: u64,
+    /// Records isolated by bisection (failed alone; in the DLQ).
+    pub isolated: u64,
 }
 
 impl StepStats {
@@ -25,6 +30,8 @@ impl StepStats {
         self.dropped += other.dropped;
         self.failed += other.failed;
         self.batch_failures += other.batch_failures;
+        self.bisection_calls += other.bisection_calls;
+        self.isolated += other.isolated;
     }
 }
 
@@ -83,11 +90,19 @@ impl std::fmt::Display for Summary {
             }
         )?;
         for s in &self.steps {
-            writeln!(
+            write!(
                 f,
-                "  step {:<10} in {:>8}  dropped {:>6}  failed {:>6}  failed batches {}",
-                s.name, s.records_in, s.dropped, s.failed, s.batch_failures
+                "  step {:<10} in {:>8}  dropped {:>6}  failed {:>6}",
+                s.name, s.records_in, s.dropped, s.failed
             )?;
+            if s.batch_failures > 0 {
+                write!(
+                    f,
+                    "  (failed batches {}: {} records isolated in {} extra calls)",
+                    s.batch_failures, s.isolated, s.bisection_calls
+                )?;
+            }
+            writeln!(f)?;
         }
         for (name, n) in &self.outputs {
             writeln!(f, "  out:      {name:<10} {n} records")?;

@@ -9,6 +9,7 @@
 
 mod file;
 mod kafka;
+mod memory;
 
 use crate::batch::ByteSize;
 use crate::config::SourceConfig;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 pub use file::FileSource;
+pub use memory::start_items;
 
 /// One item read from a source.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,171 @@
+//! Poison isolation: when a whole `process` call fails (trap, out of memory,
+//! deadline, broken contract), the batch is run again on fresh instances,
+//! split in halves, until the records that make the guest fail stand alone.
+//! Those fail individually (to the dead-letter queue, with the error); every
+//! other record gets its normal outcome.
+//!
+//! Work is bounded: the split depth is at most ⌈log2(batch)⌉, so a batch of
+//! `n` records with `k` poison records costs at most `2·k·⌈log2 n⌉` extra
+//! calls, and a clean half is never split again.
+
+use super::{Failure, Outcome, Processed, Runner, TransformError};
+use crate::record::{Position, Record};
+
+/// What isolating cost, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Bisection {
+    /// Whether the first call failed and the batch was split.
+    pub split: bool,
+    /// Extra `process` calls made after the first failed.
+    pub extra_calls: u64,
+    /// Deepest split level reached (0 when not split).
+    pub depth: u32,
+    /// Records that failed on their own and were isolated.
+    pub isolated: u64,
+}
+
+impl Runner {
+    /// Processes a batch, isolating poison records by bisection when the call
+    /// fails as a whole. Fails only when no instance can be created at all
+    /// (then nothing can be isolated).
+    pub fn process_isolating(
+        &mut self,
+        records: &[(&Record, &Position)],
+    ) -> Result<(Processed, Bisection), TransformError> {
+        let mut merged = Processed {
+            outcomes: Vec::with_capacity(records.len()),
+            outputs: Vec::new(),
+            output_names: vec![String::new()],
+        };
+        let mut stats = Bisection::default();
+        self.bisect(records, &mut merged, &mut stats, 0)?;
+        Ok((merged, stats))
+    }
+
+    fn bisect(
+        &mut self,
+        records: &[(&Record, &Position)],
+        merged: &mut Processed,
+        stats: &mut Bisection,
+        depth: u32,
+    ) -> Result<(), TransformError> {
+        if depth > 0 {
+            stats.extra_calls += 1;
+            stats.depth = stats.depth.max(depth);
+        }
+        match self.process(records) {
+            Ok(part) => {
+                append(merged, part);
+                Ok(())
+            }
+            Err(e @ (TransformError::Instantiate { .. } | TransformError::Init { .. })) => Err(e),
+            Err(e) if records.len() <= 1 => {
+                for _ in records {
+                    stats.isolated += 1;
+                    merged.outcomes.push(Outcome::Fail(Failure {
+                        kind: e.kind().to_string(),
+                        message: e.to_string(),
+                    }));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if depth == 0 {
+                    stats.split = true;
+                    tracing::warn!(transform = %self.name(), records = records.len(), error = %e, "batch failed: isolating the records at fault by bisection");
+                }
+                let (left, right) = records.split_at(records.len() / 2);
+                self.bisect(left, merged, stats, depth + 1)?;
+                self.bisect(right, merged, stats, depth + 1)
+            }
+        }
+    }
+}
+
+/// Appends the result of a sub-batch: output spans are shifted and output
+/// slots renumbered into `merged`'s names.
+fn append(merged: &mut Processed, part: Processed) {
+    let shift = merged.outputs.len();
+    let slots: Vec<u32> = part
+        .output_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            if i == 0 {
+                return 0;
+            }
+            match merged.output_names.iter().position(|n| n == name) {
+                Some(p) => p as u32,
+                None => {
+                    merged.output_names.push(name.clone());
+                    (merged.output_names.len() - 1) as u32
+                }
+            }
+        })
+        .collect();
+    for outcome in part.outcomes {
+        merged.outcomes.push(match outcome {
+            Outcome::Emit { start, end } => Outcome::Emit {
+                start: start + shift,
+                end: end + shift,
+            },
+            other => other,
+        });
+    }
+    for mut out in part.outputs {
+        out.slot = slots.get(out.slot as usize).copied().unwrap_or(0);
+        merged.outputs.push(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Output;
+
+    fn out(slot: u32, v: &str) -> Output {
+        Output {
+            slot,
+            record: Record {
+                value: Some(v.as_bytes().to_vec().into()),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn append_shifts_spans_and_renumbers_slots() {
+        let mut merged = Processed {
+            outcomes: Vec::new(),
+            outputs: Vec::new(),
+            output_names: vec![String::new()],
+        };
+        append(
+            &mut merged,
+            Processed {
+                outcomes: vec![Outcome::Emit { start: 0, end: 2 }, Outcome::Drop],
+                outputs: vec![out(0, "a"), out(1, "b")],
+                output_names: vec![String::new(), "alerts".into()],
+            },
+        );
+        append(
+            &mut merged,
+            Processed {
+                outcomes: vec![Outcome::Emit { start: 0, end: 2 }],
+                outputs: vec![out(1, "c"), out(2, "d")],
+                output_names: vec![String::new(), "audit".into(), "alerts".into()],
+            },
+        );
+        assert_eq!(merged.output_names, vec!["", "alerts", "audit"]);
+        assert_eq!(
+            merged.outcomes,
+            vec![
+                Outcome::Emit { start: 0, end: 2 },
+                Outcome::Drop,
+                Outcome::Emit { start: 2, end: 4 }
+            ]
+        );
+        let slots: Vec<u32> = merged.outputs.iter().map(|o| o.slot).collect();
+        assert_eq!(slots, vec![0, 1, 2, 1]);
+    }
+}

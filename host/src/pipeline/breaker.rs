@@ -1,0 +1,146 @@
+//! The circuit breaker: when a transform fails more than a set share of the
+//! records over a window (a bad deploy), the pipeline stops before that batch
+//! is delivered, instead of filling the dead-letter queue with a whole
+//! topic. Nothing past the batch that tripped it is committed; the records
+//! are read again once the transform is fixed and the pipeline restarted.
+
+use super::summary::StepStats;
+use crate::config::CircuitBreakerConfig;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+/// Why the breaker opened.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "circuit breaker open: transform `{transform}` failed {failed} of the last {records} records ({:.0} % > {:.0} % allowed); the pipeline stops without committing this batch — fix the transform (see the dead-letter queue) and start it again",
+    100.0 * *failed as f64 / (*records).max(1) as f64,
+    100.0 * limit
+)]
+pub struct CircuitOpen {
+    /// The transform at fault.
+    pub transform: String,
+    /// Records it failed in the window.
+    pub failed: u64,
+    /// Records in the window.
+    pub records: u64,
+    /// The allowed failure share.
+    pub limit: f64,
+}
+
+/// Failure shares per transform over a sliding window of recent batches.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    config: CircuitBreakerConfig,
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    batches: VecDeque<(u64, u64)>,
+    records: u64,
+    failed: u64,
+}
+
+impl Breaker {
+    pub fn new(config: CircuitBreakerConfig) -> Self {
+        Breaker {
+            config,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Adds one batch's counters; errors when a transform's failure share
+    /// over a full window is above the limit.
+    pub fn observe(&self, steps: &[StepStats]) -> Result<(), CircuitOpen> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let size = self.config.window_records.max(1);
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        for s in steps {
+            if s.records_in == 0 {
+                continue;
+            }
+            let w = windows.entry(s.name.clone()).or_default();
+            w.batches.push_back((s.records_in, s.failed));
+            w.records += s.records_in;
+            w.failed += s.failed;
+            // Keep the newest batches that cover the window.
+            while let Some(&(r, f)) = w.batches.front() {
+                if w.records - r < size {
+                    break;
+                }
+                w.records -= r;
+                w.failed -= f;
+                w.batches.pop_front();
+            }
+            if w.records >= size && w.failed as f64 > self.config.failure_ratio * w.records as f64 {
+                return Err(CircuitOpen {
+                    transform: s.name.clone(),
+                    failed: w.failed,
+                    records: w.records,
+                    limit: self.config.failure_ratio,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(records_in: u64, failed: u64) -> Vec<StepStats> {
+        vec![StepStats {
+            name: "t".into(),
+            records_in,
+            failed,
+            ..Default::default()
+        }]
+    }
+
+    fn breaker() -> Breaker {
+        Breaker::new(CircuitBreakerConfig {
+            enabled: true,
+            failure_ratio: 0.5,
+            window_records: 1000,
+        })
+    }
+
+    #[test]
+    fn opens_only_over_a_full_window_above_the_share() {
+        let b = breaker();
+        // 600 of 900 failed: the window is not full yet.
+        assert!(b.observe(&step(900, 600)).is_ok());
+        // 1,000 records, 600 failed: open.
+        let open = b.observe(&step(100, 0)).expect_err("open");
+        assert_eq!((open.failed, open.records), (600, 1000));
+        assert!(
+            open.to_string()
+                .contains("transform `t` failed 600 of the last 1000")
+        );
+    }
+
+    #[test]
+    fn old_failures_slide_out_of_the_window() {
+        let b = breaker();
+        assert!(b.observe(&step(400, 400)).is_ok());
+        for _ in 0..20 {
+            assert!(b.observe(&step(100, 10)).is_ok(), "10 % of recent records");
+        }
+    }
+
+    #[test]
+    fn a_steady_share_at_the_limit_stays_closed_and_disabled_never_opens() {
+        let b = breaker();
+        for _ in 0..30 {
+            assert!(b.observe(&step(100, 50)).is_ok());
+        }
+        let off = Breaker::new(CircuitBreakerConfig {
+            enabled: false,
+            ..CircuitBreakerConfig::default()
+        });
+        assert!(off.observe(&step(5000, 5000)).is_ok());
+    }
+}
