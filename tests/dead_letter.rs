@@ -346,3 +346,119 @@ fn poison_records_go_to_the_dlq_and_replay_through_a_fix_with_the_kafka_source()
         assert!(of.starts_with(&format!("{}/0@", t.dlq)), "{of}");
     }
 }
+
+#[test]
+fn a_dead_letter_queue_that_cannot_be_written_stops_the_pipeline_without_committing_past_the_record()
+ {
+    let cluster = Cluster::broker();
+    let b = cluster.bootstrap();
+    let t = cluster.topics("dlq-down", 1);
+    broker::produce(
+        &b,
+        &t.input,
+        (0..1000).map(|i| (None, value_clean(i).into_bytes())),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let errors = dir.path().join("errors");
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"dlq-down\"\n[batch]\nmax_records = 100\nmax_wait_ms = 100\n[delivery]\ncommit_interval_ms = 100\n[source.kafka]\nbootstrap = \"{b}\"\ntopics = [\"{}\"]\ngroup = \"{}\"\nformat = \"json\"\nproperties = {{ \"session.timeout.ms\" = \"15000\", \"heartbeat.interval.ms\" = \"1000\" }}\n{}[outputs.default.kafka]\ntopic = \"{}\"\n[dead_letter.local]\npath = {}\n",
+            t.input,
+            t.group,
+            poison_transform(),
+            t.output,
+            toml_path(&errors)
+        ),
+    )
+    .expect("write");
+    let log = dir.path().join("sluice.log");
+    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let _ = broker::consume(
+        &b,
+        &t.output,
+        false,
+        Duration::from_secs(120),
+        until_count(1000),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while broker::committed(&b, &t.group, &t.input) != vec![(0, 1000)] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first 1,000 are committed: {:?}\n{}",
+            broker::committed(&b, &t.group, &t.input),
+            s.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The dead-letter "directory" becomes a file: writes under it fail.
+    let _ = std::fs::remove_dir_all(&errors);
+    std::fs::write(&errors, "not a directory").expect("block the DLQ");
+    broker::produce(
+        &b,
+        &t.input,
+        std::iter::once((None, br#"{"n":1000,"poison":"fail"}"#.to_vec()))
+            .chain((1001..2000).map(|i| (None, value_clean(i).into_bytes()))),
+    );
+    let status = s.wait(Duration::from_secs(120));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the pipeline stops with an error: {status:?}\n{}",
+        s.log_tail(30)
+    );
+    assert!(
+        text.contains("dead-letter") || text.contains("dead letter"),
+        "the error names the dead-letter queue:\n{}",
+        s.log_tail(30)
+    );
+    assert_eq!(
+        broker::committed(&b, &t.group, &t.input),
+        vec![(0, 1000)],
+        "nothing committed past the record that could not be dead-lettered"
+    );
+}
+
+fn value_clean(i: usize) -> String {
+    format!("{{\"n\":{i}}}")
+}
+
+#[test]
+fn the_circuit_breaker_stops_a_pipeline_whose_transform_fails_most_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The first 1,000 records are fine; from then on every record fails.
+    let lines: Vec<String> = (0..5000)
+        .map(|i| {
+            if i < 1000 {
+                value_clean(i)
+            } else {
+                format!("{{\"n\":{i},\"poison\":\"fail\"}}")
+            }
+        })
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).expect("write");
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"breaker\"\n[source.file]\npath = \"in.jsonl\"\n[batch]\nmax_records = 100\n[circuit_breaker]\nfailure_ratio = 0.5\nwindow_records = 1000\n{}[outputs.default.local]\npath = \"out\"\n[dead_letter.local]\npath = \"errors\"\n",
+            poison_transform()
+        ),
+    )
+    .expect("write");
+    let (ok, _, err) = sluice(&["run", path_arg(&pipeline)]);
+    assert!(!ok, "the pipeline stops:\n{err}");
+    assert!(
+        err.contains("circuit breaker open: transform `poison` failed"),
+        "and says why:\n{err}"
+    );
+    let dead = read_lake(&dir.path().join("errors")).len();
+    let out = read_lake(&dir.path().join("out")).len();
+    eprintln!("breaker: {out} delivered, {dead} dead-lettered before it opened");
+    assert_eq!(out, 1000, "the good records were delivered");
+    assert!(
+        dead <= 500,
+        "the breaker opened before the DLQ filled with the topic: {dead} entries"
+    );
+}
