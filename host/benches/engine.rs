@@ -165,12 +165,62 @@ fn summary(engine: &Engine) {
     }
 }
 
+/// A batch of 1,000 where record 500 traps the guest, and the same batch clean.
+fn bisection_inputs() -> (Input, Input) {
+    let clean: Vec<Vec<u8>> = (0..1000)
+        .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+        .collect();
+    let mut poisoned = clean.clone();
+    poisoned[500] = br#"{"n":500,"poison":"boom"}"#.to_vec();
+    (Input::new(&clean), Input::new(&poisoned))
+}
+
+fn bench_bisection(c: &mut Criterion, engine: &Engine) {
+    let mut poison = runner(engine, "tests/guests/poison", "{}");
+    let (clean, poisoned) = bisection_inputs();
+    let (clean, poisoned) = (clean.pairs(), poisoned.pairs());
+    let mut group = c.benchmark_group("bisection");
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("clean-1000", |b| {
+        b.iter(|| black_box(poison.process_isolating(&clean).expect("clean")))
+    });
+    group.bench_function("one-trap-in-1000", |b| {
+        b.iter(|| black_box(poison.process_isolating(&poisoned).expect("isolated")))
+    });
+    group.finish();
+}
+
+fn summary_bisection(engine: &Engine) {
+    let mut poison = runner(engine, "tests/guests/poison", "{}");
+    let (clean, poisoned) = bisection_inputs();
+    let (clean, poisoned) = (clean.pairs(), poisoned.pairs());
+    let mut calls = 0;
+    let ok = time_per_call(15, 20, || {
+        black_box(poison.process_isolating(&clean).expect("clean"));
+    });
+    let bad = time_per_call(15, 5, || {
+        let (p, b) = poison.process_isolating(&poisoned).expect("isolated");
+        calls = b.extra_calls;
+        black_box(p);
+    });
+    println!();
+    println!("bisection, batch of 1,000 (median of 15 rounds, same process)");
+    println!(
+        "  clean batch {:.3} ms; one trapping record {:.3} ms ({calls} extra calls, fresh instance after each trap) = {:.1}x",
+        ok.as_secs_f64() * 1e3,
+        bad.as_secs_f64() * 1e3,
+        bad.as_secs_f64() / ok.as_secs_f64()
+    );
+}
+
 fn main() {
     let engine = Engine::new().expect("engine");
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c, &engine);
+    bench_bisection(&mut c, &engine);
     c.final_summary();
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
         summary(&engine);
+        summary_bisection(&engine);
     }
 }

@@ -226,3 +226,39 @@ fn check_validates_without_processing() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_hostile_fixture_asserts_the_one_trapping_record_of_a_thousand() {
+    let out = sluice(&["test", "tests/guests/poison"], None);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("(1000 records)") && stdout.contains("1 passed, 0 failed"),
+        "{stdout}"
+    );
+
+    // Expecting the wrong kind for the trapping record fails, naming it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original =
+        std::fs::read_to_string(root().join("tests/guests/poison/fixtures/one-trap-in-1000.json"))
+            .expect("fixture");
+    let changed = original.replacen("\"kind\": \"trap\"", "\"kind\": \"deadline\"", 1);
+    assert_ne!(changed, original);
+    let mut doc: serde_json::Value = serde_json::from_str(&changed).expect("json");
+    doc["module"] = root()
+        .join("tests/guests/poison")
+        .display()
+        .to_string()
+        .into();
+    let fixture = dir.path().join("wrong.json");
+    std::fs::write(&fixture, doc.to_string()).expect("write");
+    let out = sluice(&["test", fixture.to_str().expect("utf8")], None);
+    let stdout = text(&out.stdout);
+    assert!(!out.status.success(), "must fail:\n{stdout}");
+    assert!(stdout.contains("record 500 `traps`"), "{stdout}");
+    assert!(stdout.contains("1 failed"), "{stdout}");
+}
