@@ -126,6 +126,53 @@ pub fn produce(
     n
 }
 
+/// Copies `n` records from `from` to `to` with a plain consumer and producer
+/// (the raw broker limit a pipeline is compared with).
+pub fn copy(bootstrap: &str, from: &str, to: &str, n: usize) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("copy"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[from]).expect("subscribe");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer");
+    let mut copied = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while copied < n && Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(to).payload(m.payload().unwrap_or_default());
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        while let Err((e, back)) = producer.send(record) {
+            assert!(
+                e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                "produce failed: {e}"
+            );
+            record = back;
+            producer.poll(Duration::from_millis(10));
+        }
+        copied += 1;
+        if copied % 1000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+}
+
 /// One record read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Got {

@@ -384,6 +384,45 @@ pub struct KafkaSinkConfig {
     /// Values are redacted in logs.
     #[serde(default)]
     pub properties: Properties,
+    /// How transient write errors are retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// `retry`: how a sink's transient errors (a timeout, a broker or store away)
+/// are retried — exponential backoff with jitter, bounded. While retries
+/// remain, nothing goes to the dead-letter queue and no offset advances;
+/// when they run out the pipeline stops (at-least-once delivery never skips).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included (default 6).
+    pub attempts: u32,
+    /// Wait before the second attempt, in ms (default 100).
+    pub initial_backoff_ms: u64,
+    /// Longest wait between attempts, in ms (default 10000).
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 6,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+impl SinkConfig {
+    /// The sink's retry policy (stdout has no transient errors: the default).
+    pub fn retry(&self) -> RetryConfig {
+        match self {
+            SinkConfig::Local(c) => c.retry,
+            SinkConfig::Kafka(c) => c.retry,
+            SinkConfig::Stdout(_) => RetryConfig::default(),
+        }
+    }
 }
 
 /// Kafka compression codec.
@@ -425,6 +464,9 @@ pub struct LocalSinkConfig {
     /// What a line holds (default `value`).
     #[serde(default)]
     pub format: RecordFormat,
+    /// How transient write errors are retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
 }
 
 /// `stdout`: one line per record on standard output.
@@ -482,6 +524,22 @@ impl PipelineConfig {
     fn validate(&self) -> Result<(), String> {
         if self.name.trim().is_empty() {
             return Err("`name` must not be empty".into());
+        }
+        for (name, sink) in self
+            .outputs
+            .iter()
+            .map(|(n, s)| (format!("outputs.{n}"), s))
+            .chain(std::iter::once((
+                "dead_letter".to_string(),
+                &self.dead_letter,
+            )))
+        {
+            let r = sink.retry();
+            if r.attempts == 0 || r.initial_backoff_ms > r.max_backoff_ms {
+                return Err(format!(
+                    "`{name}.retry`: attempts must be at least 1 and initial_backoff_ms at most max_backoff_ms"
+                ));
+            }
         }
         let cb = &self.circuit_breaker;
         if !(0.0..=1.0).contains(&cb.failure_ratio) || cb.window_records == 0 {
@@ -648,6 +706,30 @@ config = { mapping = { a = "$.a" } }
 path = "lake"
 [dead_letter.stdout]
 "#;
+
+    #[test]
+    fn retry_policies_and_the_circuit_breaker_are_configurable_and_checked() {
+        let c = PipelineConfig::parse(GOOD, Path::new("p.toml")).expect("valid");
+        assert_eq!(c.outputs["default"].retry(), RetryConfig::default());
+        assert_eq!(c.circuit_breaker, CircuitBreakerConfig::default());
+        let custom = GOOD.replace(
+            "path = \"lake\"",
+            "path = \"lake\"\nretry = { attempts = 3, initial_backoff_ms = 50, max_backoff_ms = 200 }",
+        ) + "[circuit_breaker]\nfailure_ratio = 0.9\n";
+        let c = PipelineConfig::parse(&custom, Path::new("p.toml")).expect("valid");
+        assert_eq!(c.outputs["default"].retry().attempts, 3);
+        assert_eq!(c.circuit_breaker.failure_ratio, 0.9);
+        let zero = custom.replace("attempts = 3", "attempts = 0");
+        let err = PipelineConfig::parse(&zero, Path::new("p.toml"))
+            .expect_err("no attempts")
+            .to_string();
+        assert!(err.contains("outputs.default.retry"), "{err}");
+        let ratio = custom.replace("failure_ratio = 0.9", "failure_ratio = 1.5");
+        let err = PipelineConfig::parse(&ratio, Path::new("p.toml"))
+            .expect_err("ratio")
+            .to_string();
+        assert!(err.contains("circuit_breaker"), "{err}");
+    }
 
     #[test]
     fn parses_with_defaults() {

@@ -5,6 +5,7 @@
 //! kafka-tool produce <topic> <records> [partitions] [value-bytes]
 //! kafka-tool count <topic> <records> [timeout-s]       # reads until <records> are seen
 //! kafka-tool raw <records> [partitions] [value-bytes]  # produce + consume, records/s and MB/s
+//! kafka-tool copy <records> [partitions] [value-bytes] # consume one topic into another, no Sluice
 //! ```
 
 use sluice_e2e::broker;
@@ -110,8 +111,36 @@ fn main() -> ExitCode {
             );
             rate("raw consume", got.len(), got.len() * size, t.elapsed());
         }
+        Some("copy") => {
+            // The raw broker limit for a pipeline: a plain librdkafka loop that
+            // consumes a topic and produces every record to another (same
+            // producer settings as Sluice's sink: idempotent, acks=all, lz4),
+            // timed until a third client has read them all back.
+            let n = arg(&args, 2, 200_000usize);
+            let partitions = arg(&args, 3, 4);
+            let size = arg(&args, 4, 100);
+            let (input, output) = (broker::unique("copy-in"), broker::unique("copy-out"));
+            broker::create_topic(&bootstrap, &input, partitions);
+            broker::create_topic(&bootstrap, &output, partitions);
+            broker::produce(&bootstrap, &input, numbered(n, size));
+            let t = Instant::now();
+            let (b, o) = (bootstrap.clone(), output.clone());
+            let counter = std::thread::spawn(move || {
+                broker::consume(
+                    &b,
+                    &o,
+                    true,
+                    Duration::from_secs(600),
+                    sluice_e2e::scenario::until_count(n),
+                )
+                .len()
+            });
+            broker::copy(&bootstrap, &input, &output, n);
+            let counted = counter.join().unwrap_or(0);
+            rate("raw copy", counted, counted * size, t.elapsed());
+        }
         _ => {
-            eprintln!("usage: kafka-tool produce|count|raw ... (see the source)");
+            eprintln!("usage: kafka-tool produce|count|raw|copy ... (see the source)");
             return ExitCode::from(2);
         }
     }

@@ -107,6 +107,16 @@ impl Default for Retry {
     }
 }
 
+impl From<crate::config::RetryConfig> for Retry {
+    fn from(c: crate::config::RetryConfig) -> Self {
+        Retry {
+            attempts: c.attempts.max(1),
+            initial: Duration::from_millis(c.initial_backoff_ms),
+            max: Duration::from_millis(c.max_backoff_ms),
+        }
+    }
+}
+
 impl Retry {
     /// The wait before attempt `attempt` (2, 3, ...): exponential, capped,
     /// with full jitter in its upper half.
@@ -159,8 +169,10 @@ pub(crate) struct Delivery {
     pub dlq: Arc<DeadLetter>,
     /// Transform names and digests.
     pub transforms: Arc<Vec<TransformInfo>>,
-    /// Retry policy (at-least-once only).
-    pub retry: Retry,
+    /// Retry policy per output (at-least-once only); missing: the default.
+    pub retries: BTreeMap<String, Retry>,
+    /// Retry policy of the dead-letter queue.
+    pub dlq_retry: Retry,
 }
 
 impl Delivery {
@@ -208,14 +220,15 @@ impl Delivery {
         write: &mut Write,
         retry: bool,
     ) -> Result<Vec<crate::sink::Reject>, SinkError> {
+        let policy = self.retries.get(&write.output).cloned().unwrap_or_default();
         let mut attempt = 1;
         loop {
             let pending = std::mem::replace(&mut write.pending, crate::sink::ready(Vec::new()));
             match pending.await {
                 Ok(rejects) => return Ok(rejects),
-                Err(e) if retry && e.is_transient() && attempt < self.retry.attempts => {
+                Err(e) if retry && e.is_transient() && attempt < policy.attempts => {
                     attempt += 1;
-                    let wait = self.retry.backoff(attempt);
+                    let wait = policy.backoff(attempt);
                     tracing::warn!(output = %write.output, sink = %write.sink.describe(), error = %e, attempt, wait_ms = wait.as_millis() as u64, "transient sink error: retrying the batch");
                     tokio::time::sleep(wait).await;
                     write.pending = write.sink.submit(write.records.clone()).await?;
@@ -272,9 +285,9 @@ impl Delivery {
         loop {
             match self.dlq.write(&dead).await {
                 Ok(()) => break,
-                Err(e) if retry && attempt < self.retry.attempts => {
+                Err(e) if retry && attempt < self.dlq_retry.attempts => {
                     attempt += 1;
-                    let wait = self.retry.backoff(attempt);
+                    let wait = self.dlq_retry.backoff(attempt);
                     tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "dead-letter write failed: retrying");
                     tokio::time::sleep(wait).await;
                 }

@@ -354,7 +354,12 @@ impl Pipeline {
                 &config.tenant,
             )),
             transforms: self.transforms.clone(),
-            retry: Retry::default(),
+            retries: config
+                .outputs
+                .iter()
+                .map(|(name, sink)| (name.clone(), Retry::from(sink.retry())))
+                .collect(),
+            dlq_retry: Retry::from(config.dead_letter.retry()),
         };
         session::run(
             SessionParts {
