@@ -2,7 +2,7 @@
 //! or standard input. Each non-blank line is a record; its position is the
 //! file path (stream) and the 0-based line number (offset).
 
-use super::{RunningSource, SourceControl, SourceError, SourceEvent, SourceItem, StartOptions};
+use super::{RunningSource, SourceError, SourceEvent, SourceItem, StartOptions, TaskControl};
 use crate::batch::ByteSize;
 use crate::config::LineFormat;
 use crate::record::{Partition, Position, Record, SourceRecord};
@@ -146,36 +146,7 @@ pub(super) fn start(mut source: FileSource, opts: StartOptions) -> RunningSource
     });
     RunningSource {
         events,
-        control: Arc::new(FileControl {
-            describe,
-            task: std::sync::Mutex::new(Some(task)),
-        }),
-    }
-}
-
-/// Files have no upstream state: commits do nothing; closing stops the reader.
-struct FileControl {
-    describe: String,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-#[async_trait::async_trait]
-impl SourceControl for FileControl {
-    async fn commit(&self, _offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
-        Ok(())
-    }
-
-    async fn close(&self, _offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
-        }
-        Ok(())
-    }
-
-    fn describe(&self) -> String {
-        self.describe.clone()
+        control: Arc::new(TaskControl::new(describe, task)),
     }
 }
 

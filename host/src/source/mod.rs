@@ -143,6 +143,42 @@ pub trait SourceControl: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// The control of a source read by one task, with no upstream state (files,
+/// replay items): commits do nothing; closing stops the task.
+pub(crate) struct TaskControl {
+    describe: String,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl TaskControl {
+    pub(crate) fn new(describe: String, task: tokio::task::JoinHandle<()>) -> Self {
+        TaskControl {
+            describe,
+            task: std::sync::Mutex::new(Some(task)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SourceControl for TaskControl {
+    async fn commit(&self, _offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    async fn close(&self, _offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
 /// A source that is reading.
 pub struct RunningSource {
     /// Events, in the order they happened. Ends when a bounded source is
