@@ -593,6 +593,12 @@ impl PipelineConfig {
                     "`transforms[{i}].limits`: memory_mb and timeout_ms must be at least 1"
                 ));
             }
+            if t.limits.memory_mb > crate::engine::MAX_MEMORY_MB {
+                return Err(format!(
+                    "`transforms[{i}].limits.memory_mb`: at most {} MiB",
+                    crate::engine::MAX_MEMORY_MB
+                ));
+            }
         }
         Ok(())
     }

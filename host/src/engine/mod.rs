@@ -34,6 +34,10 @@ wasmtime::component::bindgen!({
 /// The WIT package version this host implements.
 pub const WIT_PACKAGE: &str = "sluice:transform@0.1.0";
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Tenant instances an engine's pool holds by default (`SLUICE_INSTANCE_SLOTS`).
+pub const DEFAULT_INSTANCE_SLOTS: u32 = 1100;
+/// The largest linear memory a tenant may be given (`limits.memory_mb`).
+pub const MAX_MEMORY_MB: u32 = 256;
 
 /// Limits for one transform instance. Every field has a safe default.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -212,6 +216,7 @@ pub struct Engine {
     inner: wasmtime::Engine,
     linker: Arc<Linker<HostState>>,
     max_module_bytes: u64,
+    pooled: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -223,12 +228,52 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Creates the engine and starts its epoch ticker thread.
     pub fn new() -> Result<Self, LoadError> {
-        let mut cfg = wasmtime::Config::new();
-        cfg.epoch_interruption(true)
-            .concurrency_support(false)
-            .max_wasm_stack(512 << 10)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let inner = wasmtime::Engine::new(&cfg).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let slots = std::env::var("SLUICE_INSTANCE_SLOTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_INSTANCE_SLOTS);
+        Self::with_slots(slots)
+    }
+
+    /// An engine whose pooling allocator holds `slots` live tenant instances
+    /// (linear memories of at most [`MAX_MEMORY_MB`] each). Instantiating a
+    /// tenant then reuses a pre-reserved slot with a copy-on-write image of
+    /// the module's memory (microseconds). If the address space for the pool
+    /// cannot be reserved, falls back to allocating on demand.
+    pub fn with_slots(slots: u32) -> Result<Self, LoadError> {
+        let configure = |pooling: bool| {
+            let mut cfg = wasmtime::Config::new();
+            cfg.epoch_interruption(true)
+                .concurrency_support(false)
+                .max_wasm_stack(512 << 10)
+                .memory_init_cow(true)
+                .cranelift_opt_level(wasmtime::OptLevel::Speed);
+            if pooling {
+                let n = slots.max(1);
+                let mut pool = wasmtime::PoolingAllocationConfig::new();
+                pool.total_component_instances(n)
+                    .total_core_instances(n.saturating_mul(4))
+                    .total_memories(n)
+                    .total_tables(n.saturating_mul(2))
+                    .max_memory_size((MAX_MEMORY_MB as usize) << 20)
+                    .max_core_instances_per_component(64)
+                    .max_memories_per_component(16)
+                    .max_tables_per_component(64)
+                    .table_elements(1 << 20)
+                    .max_unused_warm_slots(n.min(100));
+                cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+            }
+            cfg
+        };
+        let (inner, pooled) = match wasmtime::Engine::new(&configure(true)) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                tracing::warn!(slots, error = %e, "cannot reserve the instance pool: allocating instances on demand");
+                let engine = wasmtime::Engine::new(&configure(false))
+                    .map_err(|e| LoadError::Engine(e.to_string()))?;
+                (engine, false)
+            }
+        };
         let mut linker = Linker::<HostState>::new(&inner);
         Transform::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
@@ -252,7 +297,13 @@ impl Engine {
             inner,
             linker: Arc::new(linker),
             max_module_bytes: 256 << 20,
+            pooled,
         })
+    }
+
+    /// Whether instances come from the pooling allocator (else on demand).
+    pub fn pooled(&self) -> bool {
+        self.pooled
     }
 
     /// Loads, compiles and links a component file.
