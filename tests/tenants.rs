@@ -93,7 +93,11 @@ fn a_thousand_tenant_transforms_load_and_process_a_batch_each() {
             let v: serde_json::Value =
                 serde_json::from_slice(out.outputs[3].record.value.as_deref().unwrap_or_default())
                     .expect("json-map output is JSON");
-            assert_eq!(v, serde_json::json!({"customer": "C-3", "amount": 3.5}), "tenant {i}");
+            assert_eq!(
+                v,
+                serde_json::json!({"customer": "C-3", "amount": 3.5}),
+                "tenant {i}"
+            );
         }
     }
     let process = started.elapsed();

@@ -10,6 +10,7 @@
 mod abi;
 mod bisect;
 pub mod build;
+mod cache;
 mod host_api;
 
 pub use abi::{Failure, Outcome, Output, Processed};
@@ -217,6 +218,7 @@ pub struct Engine {
     linker: Arc<Linker<HostState>>,
     max_module_bytes: u64,
     pooled: bool,
+    cache: Option<cache::ComponentCache>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -298,6 +300,7 @@ impl Engine {
             linker: Arc::new(linker),
             max_module_bytes: 256 << 20,
             pooled,
+            cache: cache::ComponentCache::from_env(),
         })
     }
 
@@ -345,7 +348,15 @@ impl Engine {
         if bytes[6..8] == [0, 0] {
             return Err(LoadError::NotComponent { path: path_buf });
         }
-        let component = Component::new(&self.inner, bytes).map_err(|e| LoadError::Invalid {
+        let digest_hex = hex::encode(Sha256::digest(bytes));
+        let component = match &self.cache {
+            Some(cache) => cache.load(&self.inner, &digest_hex, bytes).map(|(c, hit)| {
+                tracing::debug!(module = %path.display(), cached = hit, "component loaded");
+                c
+            }),
+            None => Component::new(&self.inner, bytes),
+        }
+        .map_err(|e| LoadError::Invalid {
             path: path_buf.clone(),
             message: format!("{e:#}"),
         })?;
@@ -364,7 +375,7 @@ impl Engine {
             path: path_buf.clone(),
             message: format!("{e:#}"),
         })?;
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let digest = format!("sha256:{digest_hex}");
         Ok(Arc::new(Module {
             path: path_buf,
             digest,
