@@ -163,6 +163,17 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// What a transform asked of the host in one batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Log lines written.
+    pub logs: u32,
+    /// Log lines dropped over the limit.
+    pub logs_dropped: u64,
+    /// Lookups asked for (those over the limit returned nothing).
+    pub lookups: u64,
+}
+
 /// Per-store state.
 pub(crate) struct HostState {
     wasi: WasiCtx,
@@ -174,6 +185,7 @@ pub(crate) struct HostState {
     max_lookups: u64,
     logs_this_batch: u32,
     pub(crate) logs_dropped: u64,
+    logs_dropped_this_batch: u64,
     lookups_this_batch: u64,
     /// Last error-level line the guest logged (SDKs log panics this way).
     pub(crate) last_error: Option<String>,
@@ -227,14 +239,25 @@ impl HostState {
             max_lookups: l.max_lookups_per_batch,
             logs_this_batch: 0,
             logs_dropped: 0,
+            logs_dropped_this_batch: 0,
             lookups_this_batch: 0,
             last_error: None,
             logs: Vec::new(),
         }
     }
 
+    /// Host calls of the current (or last) batch.
+    pub(crate) fn usage(&self) -> Usage {
+        Usage {
+            logs: self.logs_this_batch,
+            logs_dropped: self.logs_dropped_this_batch,
+            lookups: self.lookups_this_batch,
+        }
+    }
+
     pub(crate) fn begin_batch(&mut self) {
         self.logs_this_batch = 0;
+        self.logs_dropped_this_batch = 0;
         self.lookups_this_batch = 0;
         self.last_error = None;
     }
@@ -267,6 +290,7 @@ impl Host for HostState {
         }
         if self.logs_this_batch >= self.max_logs {
             self.logs_dropped += 1;
+            self.logs_dropped_this_batch += 1;
             return;
         }
         self.logs_this_batch += 1;

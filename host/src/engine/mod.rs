@@ -15,7 +15,7 @@ mod host_api;
 
 pub use abi::{Failure, Outcome, Output, Processed};
 pub use bisect::Bisection;
-pub use host_api::{LogLine, RefTables, TableError};
+pub use host_api::{LogLine, RefTables, TableError, Usage};
 
 use crate::record::{Position, Record};
 use host_api::HostState;
@@ -37,6 +37,9 @@ pub const WIT_PACKAGE: &str = "sluice:transform@0.1.0";
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Tenant instances an engine's pool holds by default (`SLUICE_INSTANCE_SLOTS`).
 pub const DEFAULT_INSTANCE_SLOTS: u32 = 1100;
+/// The largest module the host loads, in MiB (a Python or JavaScript
+/// component is 12–35 MiB).
+pub const MAX_MODULE_MB: u64 = 128;
 /// The largest linear memory a tenant may be given (`limits.memory_mb`).
 pub const MAX_MEMORY_MB: u32 = 256;
 
@@ -298,7 +301,7 @@ impl Engine {
         Ok(Engine {
             inner,
             linker: Arc::new(linker),
-            max_module_bytes: 256 << 20,
+            max_module_bytes: MAX_MODULE_MB << 20,
             pooled,
             cache: cache::ComponentCache::from_env(),
         })
@@ -521,6 +524,14 @@ impl Runner {
     /// How many instances were created so far (1 + re-creations after failures).
     pub fn instantiations(&self) -> u64 {
         self.instantiations
+    }
+
+    /// Host calls of the last batch (logs written and dropped, lookups).
+    pub fn usage(&self) -> Usage {
+        self.instance
+            .as_ref()
+            .map(|i| i.store.data().usage())
+            .unwrap_or_default()
     }
 
     /// Log lines the guest wrote during the last call (for the fixture runner).

@@ -3,16 +3,25 @@
 //! - `boom`: panics (a trap, with the panic message logged by the SDK);
 //! - `spin`: loops forever (the host's deadline must stop it);
 //! - `hog`: grows memory without bound (the host's memory limit must stop it);
-//! - `fail`: fails the record normally (`kind: poison`).
-//!   Config `{"init_error": "..."}` makes `init` fail with that message.
+//! - `fail`: fails the record normally (`kind: poison`);
+//! - `deep`: recurses without end (the host's stack limit must stop it);
+//! - `outbomb`: emits a million outputs for one input (output limits);
+//! - `bigvalue`: emits one 1 GiB value (memory limit);
+//! - `logflood`: writes 200,000 log lines (the host's log rate limit);
+//! - `lookupflood`: makes 1.5 million lookups (the host's lookup limit).
+//!   Config `{"init_error": "..."}` makes `init` fail with that message;
+//!   `{"init_trap": true}` makes it panic.
 
-use sluice_guest::{Config, Emit, Error, Output, Record, Transform, export_transform};
+use sluice_guest::{Config, Emit, Error, Level, Output, Record, Transform, export_transform};
 
 /// The hostile transform.
 pub struct Poison;
 
 impl Transform for Poison {
     fn init(config: Config) -> Result<Self, String> {
+        if config.value().get("init_trap").is_some() {
+            panic!("init trap asked for by the configuration");
+        }
         match config.value().get("init_error").and_then(|v| v.as_str()) {
             Some(message) => Err(message.to_string()),
             None => Ok(Poison),
@@ -38,12 +47,46 @@ impl Transform for Poison {
                 std::hint::black_box(&hoard);
             }
         }
+        if has(b"deep") {
+            return Err(Error::new("unreachable", recurse(1).to_string()));
+        }
+        if has(b"outbomb") {
+            for _ in 0..1_000_000 {
+                out.emit(&Output::new(b"{}"));
+            }
+            return Ok(());
+        }
+        if has(b"bigvalue") {
+            let big = vec![b'x'; 1 << 30];
+            out.emit(&Output::new(&big));
+            return Ok(());
+        }
+        if has(b"logflood") {
+            for i in 0..200_000 {
+                sluice_guest::log(Level::Info, &format!("flood {i}"));
+            }
+        }
+        if has(b"lookupflood") {
+            let mut found = 0u64;
+            for i in 0..1_500_000u64 {
+                if sluice_guest::lookup("t", &i.to_string()).is_some() {
+                    found += 1;
+                }
+            }
+            std::hint::black_box(found);
+        }
         if has(b"fail") {
             return Err(Error::new("poison", "record asked to fail"));
         }
         out.emit(&Output::from_record(record));
         Ok(())
     }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 64]);
+    recurse(frame[0].wrapping_add(1)).wrapping_add(frame[63])
 }
 
 export_transform!(Poison);
