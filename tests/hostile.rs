@@ -190,6 +190,23 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         "{e:?}"
     );
 
+    // No ambient authority: frozen clock, no entropy, no env, args or files.
+    let ambient = |name: &str| -> serde_json::Value {
+        let mut r = Runner::new(poison.clone(), spec(name, "{}", limits.clone())).expect("init");
+        let out = run(&mut r, "ambient").expect("ambient");
+        serde_json::from_slice(out.outputs[0].record.value.as_deref().unwrap_or_default())
+            .expect("json")
+    };
+    let (one, two) = (ambient("tenant-a"), ambient("tenant-b"));
+    assert_eq!(one["time"], 0, "the clock is frozen at the epoch: {one}");
+    assert_eq!(one["env"], 0, "{one}");
+    assert_eq!(one["args"], 0, "{one}");
+    assert_eq!(one["root"], false, "no file system: {one}");
+    assert_eq!(
+        one["hash"], two["hash"],
+        "no entropy: every instance sees the same seed"
+    );
+
     // A 200 MiB module is refused before it is read.
     let dir = tempfile::tempdir().expect("tempdir");
     let huge = dir.path().join("huge.wasm");

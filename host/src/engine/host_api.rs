@@ -221,13 +221,19 @@ impl HostState {
         l: &Limits,
     ) -> Self {
         // No env, no args, no preopens, no sockets, stdin empty, stdout and
-        // stderr discarded, clocks frozen at the epoch.
+        // stderr discarded, clocks frozen at the epoch, and "random" bytes
+        // from a fixed seed (language runtimes ask for some at start-up; a
+        // transform gets no entropy unless a later grant gives it).
+        use rand::SeedableRng;
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
+            .secure_random(rand::rngs::StdRng::seed_from_u64(0x51u64))
+            .insecure_random(rand::rngs::StdRng::seed_from_u64(0x52u64))
+            .insecure_random_seed(0x53)
             .build();
         HostState {
             wasi,

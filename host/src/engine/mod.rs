@@ -5,7 +5,8 @@
 //! tenant transform gets its own [`Runner`]: one `Store` and instance, with its
 //! own limits, re-created after any trap. Guests get no ambient authority:
 //! the WASI imports language runtimes touch at start-up are served from an
-//! empty context (no env, args, files, sockets; stdio discarded; clocks frozen).
+//! empty context (no env, args, files, sockets; stdio discarded; clocks frozen;
+//! random bytes from a fixed seed).
 
 mod abi;
 mod bisect;
