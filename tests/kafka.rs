@@ -134,8 +134,8 @@ fn last_assignment_empty(log: &std::path::Path) -> bool {
     let plain = strip_ansi(&text);
     plain
         .lines()
-        .filter(|l| l.contains("partitions assigned"))
-        .last()
+        .rev()
+        .find(|l| l.contains("partitions assigned"))
         .is_some_and(|l| l.trim_end().ends_with("partitions="))
 }
 
