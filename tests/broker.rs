@@ -104,19 +104,7 @@ pub fn produce(
         if let Some(k) = key.as_deref() {
             record = record.key(k);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, back)) => {
-                    assert!(
-                        e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        "produce failed: {e}"
-                    );
-                    record = back;
-                    producer.poll(Duration::from_millis(50));
-                }
-            }
-        }
+        send(&producer, record);
         n += 1;
         if n % 10_000 == 0 {
             producer.poll(Duration::ZERO);
@@ -124,6 +112,21 @@ pub fn produce(
     }
     producer.flush(Duration::from_secs(120)).expect("flush");
     n
+}
+
+/// Enqueues one record, waiting while the producer's queue is full.
+fn send<K: rdkafka::message::ToBytes + ?Sized, V: rdkafka::message::ToBytes + ?Sized>(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, K, V>,
+) {
+    while let Err((e, back)) = producer.send(record) {
+        assert!(
+            e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+            "produce failed: {e}"
+        );
+        record = back;
+        producer.poll(Duration::from_millis(20));
+    }
 }
 
 /// Copies `n` records from `from` to `to` with a plain consumer and producer
@@ -157,14 +160,7 @@ pub fn copy(bootstrap: &str, from: &str, to: &str, n: usize) {
         if let Some(k) = m.key() {
             record = record.key(k);
         }
-        while let Err((e, back)) = producer.send(record) {
-            assert!(
-                e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                "produce failed: {e}"
-            );
-            record = back;
-            producer.poll(Duration::from_millis(10));
-        }
+        send(&producer, record);
         copied += 1;
         if copied % 1000 == 0 {
             producer.poll(Duration::ZERO);
