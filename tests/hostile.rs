@@ -1,14 +1,24 @@
 //! The hostile-guest suite: each attack ends with a specific error naming the
 //! limit, the tenant and the module; the host stays up; and a neighbour
-//! tenant keeps processing batches on another thread the whole time. The
-//! neighbour's p99 batch latency is measured alone and under attack and
-//! printed (not asserted: timings belong to benches, not tests).
+//! tenant keeps processing batches on another thread the whole time (checked
+//! after every attack). The neighbour's p99 batch latency is measured alone
+//! and under attack and printed (not asserted: timings belong to benches,
+//! not tests).
+//!
+//! Attackers are Rust guests (`tests/guests/poison`, `tests/guests/ambient`)
+//! and hand-written components (`sluice_e2e::wat_guest`) for what no
+//! toolchain would emit: a lying `cabi_realloc`, wrong outcome counts, list
+//! lengths and result pointers outside memory, imports of anything.
 
-use sluice::engine::{Engine, InstanceSpec, Limits, LoadError, RefTables, Runner, TransformError};
+use sluice::engine::{
+    Engine, Grants, InstanceSpec, Limits, LoadError, RefTables, Runner, TransformError, Ungranted,
+};
 use sluice::record::{Partition, Position, Record};
 use sluice_e2e::module;
+use sluice_e2e::wat_guest::{self, Process, Realloc};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn spec(name: &str, config: &str, limits: Limits) -> InstanceSpec {
@@ -17,6 +27,7 @@ fn spec(name: &str, config: &str, limits: Limits) -> InstanceSpec {
         config: config.to_string(),
         tables: RefTables::empty(),
         limits,
+        grants: Default::default(),
     }
 }
 
@@ -53,8 +64,12 @@ fn p99(mut v: Vec<Duration>) -> Duration {
 }
 
 /// The neighbour: an identity tenant processing batches of 100 until told
-/// to stop; returns its batch latencies.
-fn neighbour(engine: &Engine, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Duration>> {
+/// to stop; counts its batches in `done` and returns their latencies.
+fn neighbour(
+    engine: &Engine,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Vec<Duration>> {
     let m = engine
         .load_file(&module("transforms/identity"))
         .expect("identity");
@@ -71,10 +86,50 @@ fn neighbour(engine: &Engine, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<
             let out = r.process(&inputs).expect("the neighbour is never hurt");
             latencies.push(t.elapsed());
             assert_eq!(out.outputs.len(), 100, "the neighbour's batch is whole");
+            done.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(1));
         }
         latencies
     })
+}
+
+/// Watches the neighbour: after each attack, its batch count must have
+/// moved on (it gets up to 10 s, far more than a batch needs).
+struct Watch {
+    done: Arc<AtomicU64>,
+    seen: u64,
+}
+
+impl Watch {
+    fn still_flowing(&mut self, case: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.done.load(Ordering::Relaxed);
+            if now > self.seen {
+                self.seen = now;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the neighbour stopped processing during `{case}` ({now} batches)"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Asserts that an error's text names the tenant and the module.
+fn names(e: &impl std::fmt::Display, tenant: &str, module: &str) {
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("`{tenant}`")) && text.contains(module),
+        "the error must name tenant `{tenant}` and module `{module}`: {text}"
+    );
+}
+
+fn wat(engine: &Engine, name: &str, realloc: Realloc, process: Process, imports: &[&str]) -> Result<Arc<sluice::engine::Module>, LoadError> {
+    let bytes = wat_guest::component(realloc, process, imports);
+    engine.load_bytes(Path::new(name), &bytes)
 }
 
 #[test]
@@ -83,17 +138,21 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
     let poison = engine
         .load_file(&module("tests/guests/poison"))
         .expect("poison guest");
+    let poison_path = poison.path().display().to_string();
 
     // The neighbour alone.
     let stop = Arc::new(AtomicBool::new(false));
-    let alone = neighbour(&engine, stop.clone());
+    let alone = neighbour(&engine, stop.clone(), Arc::new(AtomicU64::new(0)));
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     let alone = alone.join().expect("neighbour alone");
 
     // The neighbour while the attacker runs every attack.
     let stop = Arc::new(AtomicBool::new(false));
-    let attacked = neighbour(&engine, stop.clone());
+    let done = Arc::new(AtomicU64::new(0));
+    let attacked = neighbour(&engine, stop.clone(), done.clone());
+    let mut watch = Watch { done, seen: 0 };
+    watch.still_flowing("start");
     let limits = Limits {
         memory_mb: 16,
         timeout_ms: 500,
@@ -104,22 +163,26 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         spec("tenant-attacker", "{}", limits.clone()),
     )
     .expect("init");
-    let module_path = poison.path().display().to_string();
 
     let e = run(&mut a, "spin").expect_err("infinite loop");
     assert_eq!(
         e,
         TransformError::Deadline {
             transform: "tenant-attacker".into(),
+            module: poison_path.clone(),
             timeout_ms: 500
         }
     );
+    names(&e, "tenant-attacker", &poison_path);
+    watch.still_flowing("infinite loop");
 
     let e = run(&mut a, "hog").expect_err("memory growth bomb");
     assert!(
         matches!(&e, TransformError::OutOfMemory { transform, limit_mb: 16, .. } if transform == "tenant-attacker"),
         "{e:?}"
     );
+    names(&e, "tenant-attacker", &poison_path);
+    watch.still_flowing("memory growth bomb");
 
     // Rust guests keep big frames on a shadow stack in linear memory, which
     // overflows into an out-of-bounds access; small frames exhaust the wasm
@@ -131,6 +194,8 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
                 && message.contains("recurse")),
         "{e:?}"
     );
+    names(&e, "tenant-attacker", &poison_path);
+    watch.still_flowing("stack overflow");
 
     let e = run(&mut a, "outbomb").expect_err("output bomb");
     assert!(
@@ -138,6 +203,8 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
             || matches!(&e, TransformError::OutOfMemory { .. }),
         "{e:?}"
     );
+    names(&e, "tenant-attacker", &poison_path);
+    watch.still_flowing("output bomb");
 
     let e = run(&mut a, "bigvalue").expect_err("1 GiB value");
     assert!(
@@ -145,6 +212,8 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
             || matches!(&e, TransformError::Trap { message, .. } if message.contains("memory allocation")),
         "{e:?}"
     );
+    names(&e, "tenant-attacker", &poison_path);
+    watch.still_flowing("1 GiB value");
 
     // Floods of host calls: a generous deadline, so that the per-batch
     // limits (not the deadline) are what stops them.
@@ -170,10 +239,12 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         "the rest is counted and dropped"
     );
     assert!(f.take_logs().len() <= 100, "no more than the limit is kept");
+    watch.still_flowing("log flood");
 
     let out = run(&mut f, "lookupflood").expect("a lookup flood is cut, not fatal");
     assert_eq!(out.outputs.len(), 1);
     assert_eq!(f.usage().lookups, 1_500_000, "every lookup is counted");
+    watch.still_flowing("lookup flood");
 
     // After all that, the attacker's next clean batch is served by a fresh instance.
     let out = run(&mut a, "fine").expect("the attacker's own clean records still work");
@@ -186,29 +257,177 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
     )
     .expect_err("trap inside init");
     assert!(
-        matches!(&e, TransformError::Init { transform, message } if transform == "tenant-init-trap" && message.contains("init trap asked for")),
+        matches!(&e, TransformError::Init { transform, message, .. } if transform == "tenant-init-trap" && message.contains("init trap asked for")),
         "{e:?}"
     );
+    names(&e, "tenant-init-trap", &poison_path);
+    watch.still_flowing("trap inside init");
 
-    // No ambient authority: frozen clock, no entropy, no env, args or files.
-    let ambient = |name: &str| -> serde_json::Value {
-        let mut r = Runner::new(poison.clone(), spec(name, "{}", limits.clone())).expect("init");
-        let out = run(&mut r, "ambient").expect("ambient");
+    // Hand-written components that break the canonical ABI. The control: the
+    // same component with an honest allocator and outcome count works.
+    let honest = wat(&engine, "honest.wasm", Realloc::Bump, Process::Drops(1), &[]).expect("load");
+    let mut h = Runner::new(honest, spec("tenant-honest", "{}", limits.clone())).expect("init");
+    let out = run(&mut h, "x").expect("the honest hand-written component works");
+    assert_eq!(out.outcomes.len(), 1);
+    let abi_cases: [(&str, Realloc, Process, &str); 7] = [
+        ("realloc-out-of-bounds.wasm", Realloc::OutOfBounds, Process::Drops(1), "broke the canonical ABI: realloc return: beyond end of memory"),
+        ("realloc-huge.wasm", Realloc::Huge, Process::Drops(1), "broke the canonical ABI: realloc return: beyond end of memory"),
+        ("realloc-misaligned.wasm", Realloc::Misaligned, Process::Drops(1), "broke the canonical ABI: realloc return: result not aligned"),
+        ("more-outcomes.wasm", Realloc::Bump, Process::Drops(5), "returned 5 outcomes for 1 records"),
+        ("fewer-outcomes.wasm", Realloc::Bump, Process::Drops(0), "returned 0 outcomes for 1 records"),
+        ("huge-length.wasm", Realloc::Bump, Process::HugeLength, "broke the canonical ABI: list pointer/length out of bounds of memory"),
+        ("result-out-of-bounds.wasm", Realloc::Bump, Process::ResultOutOfBounds, "broke the canonical ABI: pointer out of bounds of memory"),
+    ];
+    for (file, realloc, process, want) in abi_cases {
+        let m = wat(&engine, file, realloc, process, &[]).expect("load");
+        let mut r = Runner::new(m, spec("tenant-abi", "{}", limits.clone())).expect("init");
+        let e = run(&mut r, "x").expect_err(file);
+        assert!(
+            matches!(&e, TransformError::Contract { message, .. } if message == want),
+            "{file}: {e:?}"
+        );
+        names(&e, "tenant-abi", file);
+        // The broken instance was discarded; the next batch gets a fresh one
+        // (which breaks the same way: the module is at fault, not the data).
+        assert!(run(&mut r, "x").is_err());
+        assert_eq!(r.instantiations(), 2, "{file}: a fresh instance per failed batch");
+        watch.still_flowing(file);
+    }
+
+    // Imports it was not granted: refused before it runs, naming the import.
+    for (import, grant) in [
+        ("wasi:filesystem/types@0.2.6", "`files`"),
+        ("wasi:filesystem/preopens@0.2.6", "`files`"),
+        ("wasi:clocks/wall-clock@0.2.6", "`wall_clock`"),
+        ("wasi:clocks/monotonic-clock@0.2.6", "`monotonic_clock`"),
+        ("wasi:random/random@0.2.6", "`random`"),
+        ("wasi:sockets/tcp@0.2.6", "never granted"),
+        ("wasi:sockets/ip-name-lookup@0.2.6", "never granted"),
+    ] {
+        let m = wat(&engine, "importer.wasm", Realloc::Bump, Process::Drops(1), &[import]).expect("loads: links inert if asked");
+        let e = Runner::new(m.clone(), spec("tenant-importer", "{}", limits.clone()))
+            .expect_err(import);
+        assert!(
+            matches!(&e, TransformError::NotGranted { import: i, message, .. } if i == import && message.contains(grant)),
+            "{import}: {e:?}"
+        );
+        assert_eq!(e.kind(), "not-granted");
+        names(&e, "tenant-importer", "importer.wasm");
+        // A language runtime's blanket import links when asked for, inert.
+        let inert = InstanceSpec {
+            grants: Grants {
+                ungranted_wasi: Ungranted::Inert,
+                ..Grants::default()
+            },
+            ..spec("tenant-runtime", "{}", limits.clone())
+        };
+        Runner::new(m, inert).unwrap_or_else(|e| panic!("{import} inert: {e}"));
+        watch.still_flowing(import);
+    }
+    // What Sluice does not provide at all is refused at load, for everyone.
+    for import in ["wasi:http/outgoing-handler@0.2.6", "acme:vault/secrets@1.0.0", "wasi:cli/environment@0.3.0"] {
+        let e = wat(&engine, "foreign.wasm", Realloc::Bump, Process::Drops(1), &[import])
+            .expect_err(import);
+        assert!(
+            matches!(&e, LoadError::WrongWorld { .. }) && e.to_string().contains(&format!("`{import}`")),
+            "{import}: {e}"
+        );
+        assert!(e.to_string().contains("foreign.wasm"), "{e}");
+    }
+    // The environment is a WASI basic: it links, and is empty (below).
+    wat(&engine, "env.wasm", Realloc::Bump, Process::Drops(1), &["wasi:cli/environment@0.2.6"])
+        .map(|m| Runner::new(m, spec("tenant-env", "{}", limits.clone())))
+        .expect("load")
+        .expect("the environment links");
+    watch.still_flowing("imports");
+
+    // A guest that uses the file system, clocks and entropy: refused without
+    // grants; with `ungranted_wasi = "inert"` it sees nothing.
+    let ambient = engine
+        .load_file(&module("tests/guests/ambient"))
+        .expect("ambient guest");
+    let e = Runner::new(ambient.clone(), spec("tenant-nosy", "{}", limits.clone()))
+        .expect_err("ungranted imports");
+    assert_eq!(e.kind(), "not-granted", "{e}");
+    names(&e, "tenant-nosy", &ambient.path().display().to_string());
+    let probe = |grants: Grants, tenant: &str, command: &str| -> serde_json::Value {
+        let mut r = Runner::new(
+            ambient.clone(),
+            InstanceSpec {
+                grants,
+                ..spec(tenant, "{}", limits.clone())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{tenant}: {e}"));
+        let out = run(&mut r, command).unwrap_or_else(|e| panic!("{command}: {e}"));
         serde_json::from_slice(out.outputs[0].record.value.as_deref().unwrap_or_default())
             .expect("json")
     };
-    let (one, two) = (ambient("tenant-a"), ambient("tenant-b"));
-    assert_eq!(one["time"], 0, "the clock is frozen at the epoch: {one}");
-    assert_eq!(one["env"], 0, "{one}");
-    assert_eq!(one["args"], 0, "{one}");
-    assert_eq!(one["root"], false, "no file system: {one}");
-    assert_eq!(
-        one["hash"], two["hash"],
-        "no entropy: every instance sees the same seed"
+    let inert = Grants {
+        ungranted_wasi: Ungranted::Inert,
+        ..Grants::default()
+    };
+    let clock = probe(inert.clone(), "tenant-inert", "clock");
+    assert_eq!(clock["wall_secs"], 0, "the wall clock is frozen at the epoch: {clock}");
+    assert_eq!(clock["monotonic_advances"], false, "the monotonic clock is frozen: {clock}");
+    let env = probe(inert.clone(), "tenant-inert", "env");
+    assert_eq!((env["env"].as_u64(), env["args"].as_u64()), (Some(0), Some(0)), "{env}");
+    let (r1, r2) = (
+        probe(inert.clone(), "tenant-inert-1", "random"),
+        probe(inert.clone(), "tenant-inert-2", "random"),
     );
+    assert_eq!(r1["random"], r2["random"], "no entropy: every instance gets the same bytes");
+    for command in ["list:/", "read:/etc/passwd", "list:."] {
+        let seen = probe(inert.clone(), "tenant-inert", command);
+        assert!(seen.get("error").is_some(), "{command} without a grant: {seen}");
+    }
+    watch.still_flowing("ambient, inert");
+
+    // Granted: one read-only directory, the clocks, entropy.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("ref")).expect("mkdir");
+    std::fs::write(dir.path().join("ref/rates.csv"), "EUR,1.0\n").expect("write");
+    std::fs::write(dir.path().join("secret.txt"), "outside the grant").expect("write");
+    let granted = Grants {
+        files: Some(dir.path().join("ref")),
+        monotonic_clock: true,
+        wall_clock: true,
+        random: true,
+        ..Grants::default()
+    };
+    let seen = probe(granted.clone(), "tenant-granted", "read:/data/rates.csv");
+    assert_eq!(seen["read"], "EUR,1.0\n", "{seen}");
+    let seen = probe(granted.clone(), "tenant-granted", "list:/data");
+    assert_eq!(seen["entries"], serde_json::json!(["rates.csv"]), "{seen}");
+    let seen = probe(granted.clone(), "tenant-granted", "write:/data/rates.csv");
+    assert!(seen.get("error").is_some(), "the grant is read-only: {seen}");
+    let seen = probe(granted.clone(), "tenant-granted", "write:/data/new.txt");
+    assert!(seen.get("error").is_some(), "no new files either: {seen}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ref/rates.csv")).expect("read"),
+        "EUR,1.0\n"
+    );
+    assert!(!dir.path().join("ref/new.txt").exists());
+    for escape in ["read:/data/../secret.txt", "read:/secret.txt", "read:/etc/passwd"] {
+        let seen = probe(granted.clone(), "tenant-granted", escape);
+        assert!(seen.get("error").is_some(), "{escape} must not escape the grant: {seen}");
+    }
+    let clock = probe(granted.clone(), "tenant-granted", "clock");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let wall = clock["wall_secs"].as_u64().unwrap_or(0);
+    assert!(wall.abs_diff(now) < 60, "the granted wall clock is real: {clock}");
+    assert_eq!(clock["monotonic_advances"], true, "{clock}");
+    let (r1, r2) = (
+        probe(granted.clone(), "tenant-granted-1", "random"),
+        probe(granted, "tenant-granted-2", "random"),
+    );
+    assert_ne!(r1["random"], r2["random"], "granted entropy differs per instance");
+    watch.still_flowing("ambient, granted");
 
     // A 200 MiB module is refused before it is read.
-    let dir = tempfile::tempdir().expect("tempdir");
     let huge = dir.path().join("huge.wasm");
     let f = std::fs::File::create(&huge).expect("create");
     f.set_len(200 << 20).expect("size");
@@ -218,18 +437,15 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         "{e:?}"
     );
     assert!(e.to_string().contains("huge.wasm"), "{e}");
+    watch.still_flowing("200 MiB module");
 
     stop.store(true, Ordering::Relaxed);
     let attacked = attacked.join().expect("neighbour under attack");
     eprintln!(
-        "neighbour p99 batch latency (100 records): alone {:?} over {} batches; while the attacker runs {:?} over {} batches (attacker module {module_path})",
+        "neighbour p99 batch latency (100 records): alone {:?} over {} batches; while the attacker runs {:?} over {} batches",
         p99(alone.clone()),
         alone.len(),
         p99(attacked.clone()),
         attacked.len()
-    );
-    assert!(
-        !attacked.is_empty(),
-        "the neighbour kept processing during the attack"
     );
 }

@@ -70,3 +70,142 @@ pub fn read_lake(dir: &Path) -> Vec<serde_json::Value> {
     }
     out
 }
+
+/// Hand-written hostile components (WebAssembly text), for attacks a
+/// language toolchain would never produce: a `cabi_realloc` that lies, an
+/// outcome list of the wrong length, a list length larger than memory, a
+/// result pointer outside memory, imports of anything.
+pub mod wat_guest {
+    /// What `cabi_realloc` returns when the host asks for guest memory. The
+    /// first call (for `init`'s configuration) is always answered correctly,
+    /// so that the attack lands on a batch.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Realloc {
+        /// A correct bump allocator.
+        Bump,
+        /// A pointer past the end of memory.
+        OutOfBounds,
+        /// `0xffff_fff8`: the top of the 32-bit address space.
+        Huge,
+        /// A pointer that is not aligned as asked.
+        Misaligned,
+    }
+
+    /// What `process` returns.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Process {
+        /// `n` outcomes (all `drop`): correct for a batch of `n` records.
+        Drops(u32),
+        /// A `kinds` list whose length (`0x7fff_ffff`) runs past memory.
+        HugeLength,
+        /// A result pointer past the end of memory.
+        ResultOutOfBounds,
+    }
+
+    /// A component implementing the transform world's exports by hand.
+    /// `imports` are extra instance imports (each with an empty type), e.g.
+    /// `wasi:sockets/tcp@0.2.6`.
+    pub fn component(realloc: Realloc, process: Process, imports: &[&str]) -> Vec<u8> {
+        // Memory: 4 pages (256 KiB). Static data: `init`'s ok result at 16,
+        // `process`'s result at 2048, outcome kinds at 3072, output ends at
+        // 4096 (room for 256), the one output name at 5120, the heap from
+        // 8192.
+        let lie = match realloc {
+            Realloc::Bump => "",
+            Realloc::OutOfBounds => "(if (global.get $calls) (then (return (i32.const 0x40000))))",
+            Realloc::Huge => "(if (global.get $calls) (then (return (i32.const 0xfffffff8))))",
+            Realloc::Misaligned => {
+                "(if (global.get $calls) (then (return (i32.add (global.get $next) (i32.const 1)))))"
+            }
+        };
+        let realloc_body = format!(
+            "(local $p i32)
+             {lie}
+             (global.set $calls (i32.const 1))
+             (local.set $p (i32.and (i32.add (global.get $next) (i32.sub (local.get 2) (i32.const 1)))
+                                    (i32.sub (i32.const 0) (local.get 2))))
+             (global.set $next (i32.add (local.get $p) (local.get 3)))
+             (local.get $p)"
+        );
+        let (kinds_len, result_ptr) = match process {
+            Process::Drops(n) => (n, 2048u32),
+            Process::HugeLength => (0x7fff_ffff, 2048),
+            Process::ResultOutOfBounds => (0, 0x7fff_fff0),
+        };
+        let mut result = vec![0u8; 4]; // discriminant `ok`, padded to 4
+        let lists: [(u32, u32); 10] = [
+            (3072, kinds_len),           // kinds
+            (4096, kinds_len.min(256)),  // output-ends (zeros)
+            (0, 0),                      // failures
+            (5120, 1),                   // output-names: [""]
+            (0, 0),                      // arena
+            (0, 0),                      // spans
+            (0, 0),                      // timestamps
+            (0, 0),                      // header-ends
+            (0, 0),                      // header-spans
+            (0, 0),                      // output-index
+        ];
+        for (ptr, len) in lists {
+            result.extend_from_slice(&ptr.to_le_bytes());
+            result.extend_from_slice(&len.to_le_bytes());
+        }
+        let drops = vec![1u8; kinds_len.min(256) as usize];
+        let empty_name = [0u8; 8]; // (ptr 0, len 0)
+        let import_decls: String = imports
+            .iter()
+            .map(|name| format!("(import \"{name}\" (instance))\n"))
+            .collect();
+        let text = format!(
+            r#"(component
+  {import_decls}
+  (core module $m
+    (memory (export "memory") 4)
+    (global $next (mut i32) (i32.const 8192))
+    (global $calls (mut i32) (i32.const 0))
+    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+      {realloc_body})
+    (func (export "init") (param i32 i32) (result i32) (i32.const 16))
+    (func (export "process")
+      (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+      (i32.const {result_ptr}))
+    (data (i32.const 2048) "{result}")
+    (data (i32.const 3072) "{drops}")
+    (data (i32.const 5120) "{empty_name}")
+  )
+  (core instance $i (instantiate $m))
+  (type $source' (record (field "stream" string) (field "partition" s32)))
+  (export $source "source" (type $source'))
+  (type $batch' (record
+    (field "arena" (list u8)) (field "spans" (list u32)) (field "timestamps" (list s64))
+    (field "header-ends" (list u32)) (field "header-spans" (list u32))
+    (field "sources" (list $source)) (field "source-index" (list u32)) (field "offsets" (list s64))))
+  (export $batch "batch" (type $batch'))
+  (type $kind' (enum "emit" "drop" "fail"))
+  (export $kind "outcome-kind" (type $kind'))
+  (type $failure' (record (field "kind" string) (field "message" string)))
+  (export $failure "failure" (type $failure'))
+  (type $outcomes' (record
+    (field "kinds" (list $kind)) (field "output-ends" (list u32)) (field "failures" (list $failure))
+    (field "output-names" (list string)) (field "arena" (list u8)) (field "spans" (list u32))
+    (field "timestamps" (list s64)) (field "header-ends" (list u32)) (field "header-spans" (list u32))
+    (field "output-index" (list u32))))
+  (export $outcomes "outcomes" (type $outcomes'))
+  (func (export "init") (param "config" string) (result (result (error string)))
+    (canon lift (core func $i "init") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc"))))
+  (func (export "process") (param "batch" $batch) (result (result $outcomes (error string)))
+    (canon lift (core func $i "process") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc"))))
+)"#,
+            result = escape(&result),
+            drops = escape(&drops),
+            empty_name = escape(&empty_name),
+        );
+        match wat::parse_str(&text) {
+            Ok(bytes) => bytes,
+            Err(e) => panic!("the test's WAT does not parse: {e}\n{text}"),
+        }
+    }
+
+    fn escape(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("\\{b:02x}")).collect()
+    }
+}

@@ -219,6 +219,7 @@ fn spec(name: &str, config: &str, limits: Limits) -> InstanceSpec {
         config: config.to_string(),
         tables: RefTables::empty(),
         limits,
+        grants: Default::default(),
     }
 }
 
@@ -251,15 +252,22 @@ fn a_trap_fails_the_batch_and_a_fresh_instance_takes_the_next() {
     let m = engine
         .load_file(&module("tests/guests/poison"))
         .expect("load");
+    let module_path = m.path().display().to_string();
     let mut runner = Runner::new(m, spec("poison", "{}", Limits::default())).expect("init");
     let ok = run(&mut runner, &["a", "b"]).expect("clean batch");
     assert_eq!(ok.outputs.len(), 2);
 
     let err = run(&mut runner, &["a", "boom"]).expect_err("panics");
-    let TransformError::Trap { transform, message } = &err else {
+    let TransformError::Trap {
+        transform,
+        module,
+        message,
+    } = &err
+    else {
         panic!("want a trap, got {err:?}")
     };
     assert_eq!(transform, "poison");
+    assert_eq!(module, &module_path);
     assert!(
         message.contains("poison record at offset Some(1)"),
         "panic message reaches the host: {message}"
@@ -284,6 +292,7 @@ fn an_endless_loop_hits_the_deadline_and_a_memory_bomb_hits_the_limit() {
         memory_mb: 16,
         ..Limits::default()
     };
+    let module_path = m.path().display().to_string();
     let mut runner = Runner::new(m, spec("hostile", "{}", limits)).expect("init");
 
     let started = std::time::Instant::now();
@@ -292,6 +301,7 @@ fn an_endless_loop_hits_the_deadline_and_a_memory_bomb_hits_the_limit() {
         err,
         TransformError::Deadline {
             transform: "hostile".into(),
+            module: module_path,
             timeout_ms: 200
         }
     );
@@ -325,6 +335,7 @@ fn init_errors_keep_the_transform_from_deploying() {
     let m = engine
         .load_file(&module("tests/guests/poison"))
         .expect("load");
+    let module_path = m.path().display().to_string();
     let err = Runner::new(
         m,
         spec(
@@ -338,6 +349,7 @@ fn init_errors_keep_the_transform_from_deploying() {
         err,
         TransformError::Init {
             transform: "p".into(),
+            module: module_path,
             message: "no table named `x`".into()
         }
     );

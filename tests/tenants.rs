@@ -52,6 +52,7 @@ fn a_thousand_tenant_transforms_load_and_process_a_batch_each() {
                 config: config.to_string(),
                 tables: RefTables::empty(),
                 limits: Limits::default(),
+                grants: Default::default(),
             };
             Runner::new(m, spec).unwrap_or_else(|e| panic!("tenant {i}: {e}"))
         })

@@ -46,6 +46,7 @@ fn runner(engine: &Engine, project: &str, config: &str) -> Runner {
         config: config.into(),
         tables: RefTables::empty(),
         limits: Limits::default(),
+        grants: Default::default(),
     };
     Runner::new(module, spec).expect("init")
 }

@@ -199,14 +199,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let engine = Engine::new()?;
             let prepared =
                 pipeline::prepare_transforms(&config, &base, &engine, &RunOptions::default())?;
+            // What each module imports and how it is served, so that an
+            // admin sees every refused import at once, not just the first.
+            for t in &prepared {
+                eprintln!(
+                    "transform `{}`: {} ({}); granted: {}",
+                    t.spec.name,
+                    t.module.path().display(),
+                    t.module.digest(),
+                    t.spec.grants.summary()
+                );
+                for import in t.module.imports() {
+                    let how = match t.spec.grants.check_import(import) {
+                        Ok(linked) => linked.describe().to_string(),
+                        Err(refusal) => format!("REFUSED: {}", refusal.explain(import)),
+                    };
+                    eprintln!("  import {import}: {how}");
+                }
+            }
             let runners = pipeline::instantiate(&prepared)?;
             for r in &runners {
-                eprintln!(
-                    "ok: transform `{}` ({}, {})",
-                    r.name(),
-                    r.module().path().display(),
-                    r.module().digest()
-                );
+                eprintln!("ok: transform `{}` initialised", r.name());
             }
             eprintln!("pipeline `{}` is valid", config.name);
             Ok(ExitCode::SUCCESS)

@@ -4,7 +4,7 @@
 //! Unknown fields are refused, and every error names the file, the line and
 //! the field at fault.
 
-use crate::engine::Limits;
+use crate::engine::{Grants, Limits};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -334,6 +334,10 @@ pub struct TransformConfig {
     /// Resource limits of the transform's instance.
     #[serde(default)]
     pub limits: Limits,
+    /// What the transform may reach beyond its memory: a read-only
+    /// directory, clocks, entropy. Nothing by default.
+    #[serde(default)]
+    pub grants: Grants,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -592,6 +596,19 @@ impl PipelineConfig {
                 return Err(format!(
                     "`transforms[{i}].limits`: memory_mb and timeout_ms must be at least 1"
                 ));
+            }
+            let g = &t.grants;
+            if let Some(mount) = &g.files_mount {
+                if g.files.is_none() {
+                    return Err(format!(
+                        "`transforms[{i}].grants.files_mount` is set but `files` is not"
+                    ));
+                }
+                if !mount.starts_with('/') || mount.split('/').any(|c| c == "..") {
+                    return Err(format!(
+                        "`transforms[{i}].grants.files_mount`: `{mount}` must be an absolute guest path without `..`"
+                    ));
+                }
             }
             if t.limits.memory_mb > crate::engine::MAX_MEMORY_MB {
                 return Err(format!(

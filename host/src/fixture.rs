@@ -30,7 +30,7 @@
 
 use crate::engine::build::{BuildError, resolve_module};
 use crate::engine::{
-    Engine, InstanceSpec, Limits, LoadError, Outcome, RefTables, Runner, TableError, TransformError,
+    Engine, Grants, InstanceSpec, Limits, LoadError, Outcome, RefTables, Runner, TableError, TransformError,
 };
 use crate::record::{Header, Partition, Position, Record};
 use serde::{Deserialize, Serialize};
@@ -83,6 +83,9 @@ pub struct FixtureFile {
     /// Limits for the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<serde_json::Value>,
+    /// Grants for the instance (`files` relative to the fixture file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<serde_json::Value>,
     /// Expected `init` failure (substring); when set, `records` are not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_init_error: Option<String>,
@@ -421,7 +424,17 @@ fn run_fixture(
         })?,
         None => Limits::default(),
     };
+    let grants: Grants = match &fixture.grants {
+        Some(v) => serde_json::from_value::<Grants>(v.clone())
+            .map_err(|e| FixtureError::File {
+                path: path.into(),
+                message: format!("grants: {e}"),
+            })?
+            .resolved(dir),
+        None => Grants::default(),
+    };
     let spec = InstanceSpec {
+        grants,
         name: Arc::from(
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())

@@ -58,7 +58,11 @@ impl Runner {
                 append(merged, part);
                 Ok(())
             }
-            Err(e @ (TransformError::Instantiate { .. } | TransformError::Init { .. })) => Err(e),
+            Err(
+                e @ (TransformError::Instantiate { .. }
+                | TransformError::Init { .. }
+                | TransformError::NotGranted { .. }),
+            ) => Err(e),
             Err(e) if records.len() <= 1 => {
                 for _ in records {
                     stats.isolated += 1;

@@ -1,7 +1,7 @@
 //! What the host gives each instance: the `host` interface (log, lookup),
 //! an empty WASI context, and per-batch counters that enforce the limits.
 
-use super::Limits;
+use super::{Grants, Limits};
 use super::sluice::transform::host::{Host, Level};
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 /// Longest log message kept; longer ones are cut.
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -214,28 +214,56 @@ impl HostMonotonicClock for FrozenClock {
 }
 
 impl HostState {
+    /// The state of one instance. Fails only when a granted directory
+    /// cannot be opened (the message names it).
     pub(crate) fn new(
         name: Arc<str>,
         tables: Arc<RefTables>,
         limits: StoreLimits,
         l: &Limits,
-    ) -> Self {
-        // No env, no args, no preopens, no sockets, stdin empty, stdout and
-        // stderr discarded, clocks frozen at the epoch, and "random" bytes
-        // from a fixed seed (language runtimes ask for some at start-up; a
-        // transform gets no entropy unless a later grant gives it).
+        grants: &Grants,
+    ) -> Result<Self, String> {
+        // By default: no env, no args, no preopens, no sockets, stdin empty,
+        // stdout and stderr discarded, clocks frozen at the epoch, and
+        // "random" bytes from a fixed seed (language runtimes ask for some at
+        // start-up). Grants replace a piece of this with the real thing; the
+        // import check (`Grants::check_import`) has already refused any
+        // component importing what it was not granted, unless it asked for
+        // inert WASI.
         use rand::SeedableRng;
-        let wasi = WasiCtx::builder()
+        let mut builder = WasiCtx::builder();
+        builder
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .wall_clock(FrozenClock)
-            .monotonic_clock(FrozenClock)
-            .secure_random(rand::rngs::StdRng::seed_from_u64(0x51u64))
-            .insecure_random(rand::rngs::StdRng::seed_from_u64(0x52u64))
             .insecure_random_seed(0x53)
-            .build();
-        HostState {
+            .allow_blocking_current_thread(true);
+        if !grants.wall_clock {
+            builder.wall_clock(FrozenClock);
+        }
+        if !grants.monotonic_clock {
+            builder.monotonic_clock(FrozenClock);
+        }
+        if !grants.random {
+            builder
+                .secure_random(rand::rngs::StdRng::seed_from_u64(0x51u64))
+                .insecure_random(rand::rngs::StdRng::seed_from_u64(0x52u64));
+        }
+        if let Some(dir) = &grants.files {
+            // Opened through cap-std: the guest can reach nothing outside
+            // `dir` (no `..`, no absolute paths, symlinks resolved inside),
+            // and only for reading.
+            builder
+                .preopened_dir(dir, grants.mount(), FsPerms::ReadOnly)
+                .map_err(|e| {
+                    format!(
+                        "cannot open the granted directory `{}`: {e:#}",
+                        dir.display()
+                    )
+                })?;
+        }
+        let wasi = builder.build();
+        Ok(HostState {
             wasi,
             table: ResourceTable::new(),
             limits,
@@ -249,7 +277,7 @@ impl HostState {
             lookups_this_batch: 0,
             last_error: None,
             logs: Vec::new(),
-        }
+        })
     }
 
     /// Host calls of the current (or last) batch.

@@ -12,9 +12,11 @@ mod abi;
 mod bisect;
 pub mod build;
 mod cache;
+pub mod grants;
 mod host_api;
 
 pub use abi::{Failure, Outcome, Output, Processed};
+pub use grants::{Grants, Ungranted};
 pub use bisect::Bisection;
 pub use host_api::{LogLine, RefTables, TableError, Usage};
 
@@ -141,66 +143,115 @@ pub enum LoadError {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TransformError {
     /// `init` returned an error: the transform is not deployed.
-    #[error("transform `{transform}` refused its configuration: {message}")]
+    #[error("transform `{transform}` (module `{module}`) refused its configuration: {message}")]
     Init {
         /// Transform name.
         transform: String,
+        /// The module file it runs.
+        module: String,
         /// The guest's message.
         message: String,
     },
     /// The guest trapped (panic, out-of-bounds access, ...).
-    #[error("transform `{transform}` trapped: {message}")]
+    #[error("transform `{transform}` (module `{module}`) trapped: {message}")]
     Trap {
         /// Transform name.
         transform: String,
+        /// The module file it runs.
+        module: String,
         /// The trap and, when the guest logged one, its panic message.
         message: String,
     },
     /// The call ran past its time budget.
-    #[error("transform `{transform}` exceeded its deadline of {timeout_ms} ms")]
+    #[error("transform `{transform}` (module `{module}`) exceeded its deadline of {timeout_ms} ms")]
     Deadline {
         /// Transform name.
         transform: String,
+        /// The module file it runs.
+        module: String,
         /// The budget.
         timeout_ms: u64,
     },
     /// The guest tried to grow its memory past its limit.
-    #[error("transform `{transform}` ran out of memory (limit {limit_mb} MiB): {message}")]
+    #[error("transform `{transform}` (module `{module}`) ran out of memory (limit {limit_mb} MiB): {message}")]
     OutOfMemory {
         /// Transform name.
         transform: String,
+        /// The module file it runs.
+        module: String,
         /// The limit.
         limit_mb: u32,
         /// wasmtime's message.
         message: String,
     },
     /// `process` returned an error for the whole batch.
-    #[error("transform `{transform}` failed the batch: {message}")]
+    #[error("transform `{transform}` (module `{module}`) failed the batch: {message}")]
     Batch {
         /// Transform name.
         transform: String,
+        /// The module file it runs.
+        module: String,
         /// The guest's message.
         message: String,
     },
     /// The guest broke the contract (wrong outcome count, bad spans, limits).
-    #[error("transform `{transform}` broke the contract: {message}")]
+    #[error("transform `{transform}` (module `{module}`) broke the contract: {message}")]
     Contract {
         /// Transform name.
         transform: String,
+        /// The module file it runs.
+        module: String,
         /// What was wrong.
         message: String,
     },
+    /// The component imports something the transform was not granted; it
+    /// is refused before it runs.
+    #[error("transform `{transform}` (module `{module}`) is refused: {message}")]
+    NotGranted {
+        /// Transform name.
+        transform: String,
+        /// The module file it runs.
+        module: String,
+        /// The import at fault.
+        import: String,
+        /// Why, and what to change.
+        message: String,
+    },
     /// The host could not create an instance.
-    #[error("cannot instantiate transform `{transform}`: {message}")]
+    #[error("cannot instantiate transform `{transform}` (module `{module}`): {message}")]
     Instantiate {
         /// Transform name.
         transform: String,
+        /// The module file it runs.
+        module: String,
         /// wasmtime's message.
         message: String,
     },
 }
 
 impl TransformError {
+    /// What went wrong, without the transform and module names.
+    pub fn reason(&self) -> String {
+        match self {
+            TransformError::Init { message, .. } => format!("refused its configuration: {message}"),
+            TransformError::Trap { message, .. } => format!("trapped: {message}"),
+            TransformError::Deadline { timeout_ms, .. } => {
+                format!("exceeded its deadline of {timeout_ms} ms")
+            }
+            TransformError::OutOfMemory {
+                limit_mb, message, ..
+            } => format!("ran out of memory (limit {limit_mb} MiB): {message}"),
+            TransformError::Batch { message, .. } => format!("failed the batch: {message}"),
+            TransformError::Contract { message, .. } => {
+                format!("broke the contract: {message}")
+            }
+            TransformError::NotGranted { message, .. } => format!("is refused: {message}"),
+            TransformError::Instantiate { message, .. } => {
+                format!("could not be instantiated: {message}")
+            }
+        }
+    }
+
     /// Short machine-readable kind, used in the dead-letter queue.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -211,6 +262,7 @@ impl TransformError {
             TransformError::Batch { .. } => "batch-failed",
             TransformError::Contract { .. } => "contract",
             TransformError::Instantiate { .. } => "instantiate",
+            TransformError::NotGranted { .. } => "not-granted",
         }
     }
 }
@@ -380,9 +432,15 @@ impl Engine {
             message: format!("{e:#}"),
         })?;
         let digest = format!("sha256:{digest_hex}");
+        let imports = component
+            .component_type()
+            .imports(&self.inner)
+            .map(|(name, _)| name.to_string())
+            .collect();
         Ok(Arc::new(Module {
             path: path_buf,
             digest,
+            imports,
             pre,
             engine: self.inner.clone(),
         }))
@@ -422,10 +480,16 @@ fn check_world(engine: &wasmtime::Engine, component: &Component) -> Result<(), S
                     "it imports `{name}`, built against another version of the contract; this host provides {WIT_PACKAGE}"
                 ));
             }
-        } else if !name.starts_with("wasi:") {
-            return Err(format!(
-                "it imports `{name}`, which Sluice does not provide"
-            ));
+        } else {
+            // Whatever no grant can ever satisfy is refused here, for every
+            // transform; the rest is checked against each transform's grants.
+            let anything = Grants {
+                ungranted_wasi: Ungranted::Inert,
+                ..Grants::default()
+            };
+            if let Err(refusal) = anything.check_import(name) {
+                return Err(refusal.explain(name));
+            }
         }
     }
     Ok(())
@@ -435,6 +499,7 @@ fn check_world(engine: &wasmtime::Engine, component: &Component) -> Result<(), S
 pub struct Module {
     path: PathBuf,
     digest: String,
+    imports: Vec<String>,
     pre: TransformPre<HostState>,
     engine: wasmtime::Engine,
 }
@@ -458,10 +523,27 @@ impl Module {
     pub fn digest(&self) -> &str {
         &self.digest
     }
+
+    /// The component's imports (interface names with versions).
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// Checks every import against `grants`: the first one refused is
+    /// returned with the reason. This is the link-time check a transform
+    /// passes before it is instantiated.
+    pub fn check_grants(&self, grants: &Grants) -> Result<(), (String, grants::Refusal)> {
+        for import in &self.imports {
+            grants
+                .check_import(import)
+                .map_err(|refusal| (import.clone(), refusal))?;
+        }
+        Ok(())
+    }
 }
 
-/// What one instance of a transform needs: its name, configuration, tables
-/// and limits.
+/// What one instance of a transform needs: its name, configuration, tables,
+/// limits and grants.
 #[derive(Debug, Clone)]
 pub struct InstanceSpec {
     /// Transform name (from the pipeline), used in every error and log line.
@@ -472,6 +554,8 @@ pub struct InstanceSpec {
     pub tables: Arc<RefTables>,
     /// Limits.
     pub limits: Limits,
+    /// What it may reach beyond its memory (nothing by default).
+    pub grants: Grants,
 }
 
 struct Instance {
@@ -502,6 +586,14 @@ impl Runner {
     /// Creates the runner and its first instance, calling `init`: a bad
     /// configuration is reported here, before any record flows.
     pub fn new(module: Arc<Module>, spec: InstanceSpec) -> Result<Self, TransformError> {
+        if let Err((import, refusal)) = module.check_grants(&spec.grants) {
+            return Err(TransformError::NotGranted {
+                transform: spec.name.to_string(),
+                module: module.path.display().to_string(),
+                message: refusal.explain(&import),
+                import,
+            });
+        }
         let mut runner = Runner {
             module,
             spec,
@@ -553,12 +645,14 @@ impl Runner {
             .as_mut()
             .ok_or_else(|| TransformError::Instantiate {
                 transform: self.spec.name.to_string(),
+                module: self.module.path.display().to_string(),
                 message: "instance vanished".into(),
             })
     }
 
     fn instantiate(&self) -> Result<Instance, TransformError> {
         let name = self.spec.name.to_string();
+        let module = self.module.path.display().to_string();
         let limits = &self.spec.limits;
         let store_limits = StoreLimitsBuilder::new()
             .memory_size((limits.memory_mb as usize) << 20)
@@ -573,7 +667,13 @@ impl Runner {
             self.spec.tables.clone(),
             store_limits,
             limits,
-        );
+            &self.spec.grants,
+        )
+        .map_err(|message| TransformError::Instantiate {
+            transform: name.clone(),
+            module: module.clone(),
+            message,
+        })?;
         let mut store = Store::new(&self.module.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(ticks(limits.timeout_ms));
@@ -582,20 +682,22 @@ impl Runner {
             .module
             .pre
             .instantiate(&mut store)
-            .map_err(|e| classify(&self.spec, &mut store, e))?;
+            .map_err(|e| classify(&self.spec, &module, &mut store, e))?;
         match bindings.call_init(&mut store, &self.spec.config) {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
                 return Err(TransformError::Init {
                     transform: name,
+                    module,
                     message,
                 });
             }
             Err(e) => {
-                let err = classify(&self.spec, &mut store, e);
+                let err = classify(&self.spec, &module, &mut store, e);
                 return Err(TransformError::Init {
                     transform: name,
-                    message: err.to_string(),
+                    module,
+                    message: err.reason(),
                 });
             }
         }
@@ -634,12 +736,18 @@ impl Runner {
         records: &[(&Record, &Position)],
     ) -> Result<Processed, TransformError> {
         self.ensure_instance()?;
-        let Runner { spec, instance, .. } = self;
+        let Runner {
+            spec,
+            instance,
+            module,
+            ..
+        } = self;
         let limits = &spec.limits;
         let name = spec.name.to_string();
         let Some(instance) = instance.as_mut() else {
             return Err(TransformError::Instantiate {
                 transform: name,
+                module: module.path.display().to_string(),
                 message: "instance vanished".into(),
             });
         };
@@ -656,13 +764,18 @@ impl Runner {
             Ok(Err(message)) => {
                 return Err(TransformError::Batch {
                     transform: name,
+                    module: module.path.display().to_string(),
                     message,
                 });
             }
-            Err(e) => return Err(classify(spec, &mut instance.store, e)),
+            Err(e) => {
+                let module = module.path.display().to_string();
+                return Err(classify(spec, &module, &mut instance.store, e));
+            }
         };
         abi::decode(wire_out, records, limits).map_err(|message| TransformError::Contract {
             transform: name,
+            module: module.path.display().to_string(),
             message,
         })
     }
@@ -671,10 +784,12 @@ impl Runner {
 /// Turns a wasmtime error from a guest call into a [`TransformError`].
 fn classify(
     spec: &InstanceSpec,
+    module: &str,
     store: &mut Store<HostState>,
     e: wasmtime::Error,
 ) -> TransformError {
     let transform = spec.name.to_string();
+    let module = module.to_string();
     let panic = store.data_mut().last_error.take();
     let root = e.root_cause().to_string();
     // Where it happened: the innermost guest frames, without hashes.
@@ -697,21 +812,38 @@ fn classify(
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return TransformError::Deadline {
             transform,
+            module,
             timeout_ms: spec.limits.timeout_ms,
         };
     }
     if text.contains("forcing trap when growing memory") {
         return TransformError::OutOfMemory {
             transform,
+            module,
             limit_mb: spec.limits.memory_mb,
             message: text,
+        };
+    }
+    if e.downcast_ref::<Trap>().is_none() && e.downcast_ref::<wasmtime::WasmBacktrace>().is_none()
+    {
+        // Not a trap in guest code: wasmtime refused what the guest handed
+        // over the boundary (a `cabi_realloc` result or a list pointer or
+        // length outside its memory, a misaligned pointer, invalid UTF-8).
+        return TransformError::Contract {
+            transform,
+            module,
+            message: format!("broke the canonical ABI: {text}"),
         };
     }
     let message = match panic {
         Some(p) => format!("{text} (guest said: {p})"),
         None => text,
     };
-    TransformError::Trap { transform, message }
+    TransformError::Trap {
+        transform,
+        module,
+        message,
+    }
 }
 
 /// `foo::h0123456789abcdef` → `foo`.

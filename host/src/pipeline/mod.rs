@@ -142,13 +142,27 @@ pub fn prepare_transforms(
         for (name, table) in &t.tables {
             tables.load(name, &base.join(&table.path), &table.key)?;
         }
+        let grants = t.grants.clone().resolved(base);
+        if let Some(dir) = &grants.files
+            && !dir.is_dir()
+        {
+            return Err(PipelineError::Config(crate::config::ConfigError::Invalid {
+                path: base.to_path_buf(),
+                message: format!(
+                    "`grants.files` of transform `{}`: `{}` is not a directory",
+                    t.name,
+                    dir.display()
+                ),
+            }));
+        }
         let spec = InstanceSpec {
             name: Arc::from(t.name.as_str()),
             config: t.config.to_string(),
             tables: Arc::new(tables),
             limits: t.limits.clone(),
+            grants,
         };
-        tracing::info!(pipeline = %config.name, transform = %t.name, module = %module_path.display(), digest = %module.digest(), "transform loaded");
+        tracing::info!(pipeline = %config.name, transform = %t.name, module = %module_path.display(), digest = %module.digest(), grants = %spec.grants.summary(), "transform loaded");
         prepared.push(PreparedTransform { module, spec });
     }
     Ok(prepared)

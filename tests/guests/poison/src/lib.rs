@@ -8,11 +8,12 @@
 //! - `outbomb`: emits a million outputs for one input (output limits);
 //! - `bigvalue`: emits one 1 GiB value (memory limit);
 //! - `logflood`: writes 200,000 log lines (the host's log rate limit);
-//! - `lookupflood`: makes 1.5 million lookups (the host's lookup limit);
-//! - `ambient`: emits what it can learn of its environment: the time, a
-//!   random hash seed, environment variables, arguments, the root directory.
-//!   Config `{"init_error": "..."}` makes `init` fail with that message;
-//!   `{"init_trap": true}` makes it panic.
+//! - `lookupflood`: makes 1.5 million lookups (the host's lookup limit).
+//!
+//! What a guest can reach of its environment is probed by the separate
+//! `ambient` test guest, which needs grants to load.
+//! Config `{"init_error": "..."}` makes `init` fail with that message;
+//! `{"init_trap": true}` makes it panic.
 
 use sluice_guest::{Config, Emit, Error, Level, Output, Record, Transform, export_transform};
 
@@ -48,24 +49,6 @@ impl Transform for Poison {
                 hoard.push(vec![1u8; 1 << 20]);
                 std::hint::black_box(&hoard);
             }
-        }
-        if has(b"ambient") {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write(b"x");
-            let seen = format!(
-                "{{\"time\":{},\"hash\":{},\"env\":{},\"args\":{},\"root\":{}}}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(u64::MAX),
-                h.finish(),
-                std::env::vars().count(),
-                std::env::args().count(),
-                std::fs::read_dir("/").is_ok(),
-            );
-            out.emit(&Output::new(seen.as_bytes()));
-            return Ok(());
         }
         if has(b"deep") {
             return Err(Error::new("unreachable", recurse(1).to_string()));
