@@ -221,8 +221,89 @@ fn check_validates_without_processing() {
     let stderr = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("transform `map` refused its configuration")
+        stderr.contains("transform `map` (module `")
+            && stderr.contains("refused its configuration")
             && stderr.contains("mapping `who`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_lists_every_import_and_refuses_what_is_not_granted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("ref")).expect("mkdir");
+    std::fs::write(dir.path().join("ref/codes.txt"), "A=1").expect("write");
+    let module = root().join("tests/guests/ambient");
+    let pipeline = |grants: &str| {
+        format!(
+            "name = \"x\"\n[source.file]\npath = \"-\"\nformat = \"lines\"\n[[transforms]]\nname = \"nosy\"\nmodule = {:?}\n{grants}[outputs.default.stdout]\n[dead_letter.stdout]\n",
+            module.display().to_string()
+        )
+    };
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(&bare, pipeline("")).expect("write");
+    let out = sluice(&["check", bare.to_str().expect("utf8")], None);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for refused in [
+        "import wasi:filesystem/types@0.2.6: REFUSED",
+        "import wasi:filesystem/preopens@0.2.6: REFUSED",
+        "import wasi:clocks/wall-clock@0.2.6: REFUSED",
+        "import wasi:clocks/monotonic-clock@0.2.6: REFUSED",
+        "import wasi:random/random@0.2.6: REFUSED",
+    ] {
+        assert!(stderr.contains(refused), "`{refused}` in {stderr}");
+    }
+    assert!(
+        stderr.contains("import wasi:cli/environment@0.2.6: WASI basic, served empty"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: transform `nosy` (module `") && stderr.contains("is refused"),
+        "{stderr}"
+    );
+
+    let granted = dir.path().join("granted.toml");
+    std::fs::write(
+        &granted,
+        pipeline("[transforms.grants]\nfiles = \"ref\"\nmonotonic_clock = true\nwall_clock = true\nrandom = true\n"),
+    )
+    .expect("write");
+    let out = sluice(&["check", granted.to_str().expect("utf8")], None);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("import wasi:filesystem/types@0.2.6: granted")
+            && stderr.contains("(read-only, at /data)"),
+        "{stderr}"
+    );
+    // And a run reads the granted file, and only that.
+    let out = sluice(
+        &["run", granted.to_str().expect("utf8")],
+        Some("read:/data/codes.txt\nwrite:/data/codes.txt\nread:/data/../granted.toml\n"),
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0]["read"], "A=1", "{stdout}");
+    assert!(lines[1].get("error").is_some(), "read-only: {stdout}");
+    assert!(lines[2].get("error").is_some(), "no escape: {stdout}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ref/codes.txt")).expect("read"),
+        "A=1"
+    );
+
+    let missing = dir.path().join("missing.toml");
+    std::fs::write(&missing, pipeline("[transforms.grants]\nfiles = \"nope\"\n")).expect("write");
+    let out = sluice(&["check", missing.to_str().expect("utf8")], None);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("transform `nosy`: the granted directory") && stderr.contains("nope"),
         "{stderr}"
     );
 }

@@ -57,6 +57,14 @@ pub enum PipelineError {
     /// A transform refused its configuration or could not start.
     #[error(transparent)]
     Transform(#[from] TransformError),
+    /// A granted directory does not exist.
+    #[error("transform `{transform}`: the granted directory `{path}` (`grants.files`) is not a directory")]
+    Grant {
+        /// The transform.
+        transform: String,
+        /// The resolved path.
+        path: PathBuf,
+    },
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -146,14 +154,10 @@ pub fn prepare_transforms(
         if let Some(dir) = &grants.files
             && !dir.is_dir()
         {
-            return Err(PipelineError::Config(crate::config::ConfigError::Invalid {
-                path: base.to_path_buf(),
-                message: format!(
-                    "`grants.files` of transform `{}`: `{}` is not a directory",
-                    t.name,
-                    dir.display()
-                ),
-            }));
+            return Err(PipelineError::Grant {
+                transform: t.name.clone(),
+                path: dir.clone(),
+            });
         }
         let spec = InstanceSpec {
             name: Arc::from(t.name.as_str()),
