@@ -11,7 +11,7 @@
 //! lengths and result pointers outside memory, imports of anything.
 
 use sluice::engine::{
-    Engine, Grants, InstanceSpec, Limits, LoadError, RefTables, Runner, TransformError, Ungranted,
+    Engine, EngineOptions, Grants, InstanceSpec, Limits, LoadError, RefTables, Runner, TransformError, Ungranted,
 };
 use sluice::record::{Partition, Position, Record};
 use sluice_e2e::module;
@@ -134,7 +134,12 @@ fn wat(engine: &Engine, name: &str, realloc: Realloc, process: Process, imports:
 
 #[test]
 fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
-    let engine = Engine::new().expect("engine");
+    // A host whose pipelines set `fuel_per_call` counts fuel.
+    let engine = Engine::with_options(EngineOptions {
+        fuel: true,
+        ..EngineOptions::default()
+    })
+    .expect("engine");
     let poison = engine
         .load_file(&module("tests/guests/poison"))
         .expect("poison guest");
@@ -175,6 +180,58 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
     );
     names(&e, "tenant-attacker", &poison_path);
     watch.still_flowing("infinite loop");
+
+    // The same loop under a fuel limit: stopped by fuel, deterministically,
+    // long before its (generous) deadline; an ordinary record fits.
+    let mut fueled = Runner::new(
+        poison.clone(),
+        spec(
+            "tenant-fuel",
+            "{}",
+            Limits {
+                fuel_per_call: 50_000_000,
+                timeout_ms: 60_000,
+                ..limits.clone()
+            },
+        ),
+    )
+    .expect("init within its fuel");
+    run(&mut fueled, "fine").expect("an ordinary record fits its fuel");
+    let started = Instant::now();
+    let e = run(&mut fueled, "spin").expect_err("infinite loop, metered");
+    assert_eq!(
+        e,
+        TransformError::OutOfFuel {
+            transform: "tenant-fuel".into(),
+            module: poison_path.clone(),
+            fuel: 50_000_000
+        }
+    );
+    assert_eq!(e.kind(), "out-of-fuel");
+    assert!(started.elapsed() < Duration::from_secs(60), "fuel, not the deadline");
+    names(&e, "tenant-fuel", &poison_path);
+    watch.still_flowing("infinite loop, metered");
+    // A fuel limit on a host that counts no fuel is refused, not ignored.
+    let unmetered = Engine::with_options(EngineOptions {
+        fuel: false,
+        ..EngineOptions::default()
+    })
+    .expect("engine");
+    let e = Runner::new(
+        unmetered
+            .load_file(&module("tests/guests/poison"))
+            .expect("load"),
+        spec(
+            "tenant-fuel",
+            "{}",
+            Limits {
+                fuel_per_call: 1000,
+                ..limits.clone()
+            },
+        ),
+    )
+    .expect_err("fuel without metering");
+    assert!(e.to_string().contains("counts no fuel"), "{e}");
 
     let e = run(&mut a, "hog").expect_err("memory growth bomb");
     assert!(

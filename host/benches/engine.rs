@@ -6,7 +6,7 @@
 //! measured in this same process.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use sluice::engine::{Engine, InstanceSpec, Limits, RefTables, Runner};
+use sluice::engine::{Engine, EngineOptions, InstanceSpec, Limits, RefTables, Runner};
 use sluice::record::{Partition, Position, Record};
 use sluice_guest::Transform;
 use std::hint::black_box;
@@ -214,6 +214,45 @@ fn summary_bisection(engine: &Engine) {
     );
 }
 
+/// What fuel metering costs: the same modules on the default engine (no
+/// fuel, the baseline) and on one that counts fuel (unlimited, or limited
+/// per call).
+fn summary_fuel(unmetered: &Engine) {
+    let metered = &Engine::with_options(EngineOptions {
+        fuel: true,
+        ..EngineOptions::default()
+    })
+    .expect("engine counting fuel");
+    let values = sample(1000);
+    let input = Input::new(&values);
+    let pairs = input.pairs();
+    println!();
+    println!("fuel metering, batch of 1,000 (median of 15 rounds, same process)");
+    for (project, config) in [("transforms/identity", "{}"), ("transforms/json-map", MAPPING)] {
+        let mut base = runner(unmetered, project, config);
+        let mut counted = runner(metered, project, config);
+        let mut limited = runner(metered, project, config);
+        limited
+            .set_fuel_per_call(1_000_000_000)
+            .expect("a metered engine");
+        let t = |r: &mut Runner| {
+            time_per_call(15, 40, || {
+                black_box(r.process(&pairs).expect("process"));
+            })
+        };
+        let (b, c, l) = (t(&mut base), t(&mut counted), t(&mut limited));
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / 1000.0;
+        println!(
+            "  {project:<22} no fuel {:.3} µs/rec; fuel counted {:.3} ({:.2}x); limited to 1e9 per call {:.3} ({:.2}x)",
+            per(b),
+            per(c),
+            c.as_secs_f64() / b.as_secs_f64(),
+            per(l),
+            l.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     let engine = Engine::new().expect("engine");
     let mut c = Criterion::default().configure_from_args();
@@ -223,5 +262,6 @@ fn main() {
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
         summary(&engine);
         summary_bisection(&engine);
+        summary_fuel(&engine);
     }
 }

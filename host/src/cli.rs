@@ -196,7 +196,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { pipeline } => {
             let (config, base) = crate::config::PipelineConfig::load(&pipeline)?;
             crate::source::validate(&config.source, &base)?;
-            let engine = Engine::new()?;
+            let engine = Engine::with_options(crate::engine::EngineOptions::for_limits(
+                config.transforms.iter().map(|t| &t.limits),
+            ))?;
             let prepared =
                 pipeline::prepare_transforms(&config, &base, &engine, &RunOptions::default())?;
             // What each module imports and how it is served, so that an
@@ -231,7 +233,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 paths
             };
-            let mut runner = crate::fixture::FixtureRunner::new(Engine::new()?, false);
+            let mut runner = crate::fixture::FixtureRunner::new(
+                // Fixtures may set `fuel_per_call`: count fuel.
+                Engine::with_options(crate::engine::EngineOptions {
+                    fuel: true,
+                    ..Default::default()
+                })?,
+                false,
+            );
             let (mut passed, mut failed) = (0usize, 0usize);
             for path in &paths {
                 for file in crate::fixture::discover(path)? {

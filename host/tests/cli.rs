@@ -297,6 +297,26 @@ fn check_lists_every_import_and_refuses_what_is_not_granted() {
         "A=1"
     );
 
+    // Inert WASI and a fuel limit (the host then counts fuel).
+    let inert = dir.path().join("inert.toml");
+    std::fs::write(
+        &inert,
+        pipeline("limits = { fuel_per_call = 100000000 }\n[transforms.grants]\nungranted_wasi = \"inert\"\n"),
+    )
+    .expect("write");
+    let out = sluice(
+        &["run", inert.to_str().expect("utf8")],
+        Some("env\nread:/data/codes.txt\n"),
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines[0], serde_json::json!({"env": 0, "args": 0}), "{stdout}");
+    assert!(lines[1].get("error").is_some(), "nothing granted: {stdout}");
+
     let missing = dir.path().join("missing.toml");
     std::fs::write(&missing, pipeline("[transforms.grants]\nfiles = \"nope\"\n")).expect("write");
     let out = sluice(&["check", missing.to_str().expect("utf8")], None);

@@ -64,6 +64,11 @@ pub struct Limits {
     /// Lookups a transform may make per batch before they return nothing
     /// (default 1,000,000).
     pub max_lookups_per_batch: u64,
+    /// Fuel (about one unit per wasm instruction) one `init` or `process`
+    /// call may burn; 0 = unmetered, the deadline alone bounds the call
+    /// (default 0). Unlike the deadline, fuel is deterministic: the same
+    /// batch fails the same way on a busy or an idle host.
+    pub fuel_per_call: u64,
 }
 
 impl Default for Limits {
@@ -75,6 +80,7 @@ impl Default for Limits {
             max_output_mb: 64,
             max_log_lines_per_batch: 100,
             max_lookups_per_batch: 1_000_000,
+            fuel_per_call: 0,
         }
     }
 }
@@ -184,6 +190,16 @@ pub enum TransformError {
         /// wasmtime's message.
         message: String,
     },
+    /// The call burnt all its fuel (`limits.fuel_per_call`).
+    #[error("transform `{transform}` (module `{module}`) ran out of fuel (limit {fuel} per call)")]
+    OutOfFuel {
+        /// Transform name.
+        transform: String,
+        /// The module file it runs.
+        module: String,
+        /// The limit.
+        fuel: u64,
+    },
     /// `process` returned an error for the whole batch.
     #[error("transform `{transform}` (module `{module}`) failed the batch: {message}")]
     Batch {
@@ -241,6 +257,9 @@ impl TransformError {
             TransformError::OutOfMemory {
                 limit_mb, message, ..
             } => format!("ran out of memory (limit {limit_mb} MiB): {message}"),
+            TransformError::OutOfFuel { fuel, .. } => {
+                format!("ran out of fuel (limit {fuel} per call)")
+            }
             TransformError::Batch { message, .. } => format!("failed the batch: {message}"),
             TransformError::Contract { message, .. } => {
                 format!("broke the contract: {message}")
@@ -259,6 +278,7 @@ impl TransformError {
             TransformError::Trap { .. } => "trap",
             TransformError::Deadline { .. } => "deadline",
             TransformError::OutOfMemory { .. } => "out-of-memory",
+            TransformError::OutOfFuel { .. } => "out-of-fuel",
             TransformError::Batch { .. } => "batch-failed",
             TransformError::Contract { .. } => "contract",
             TransformError::Instantiate { .. } => "instantiate",
@@ -274,7 +294,43 @@ pub struct Engine {
     linker: Arc<Linker<HostState>>,
     max_module_bytes: u64,
     pooled: bool,
+    fuel: bool,
     cache: Option<cache::ComponentCache>,
+}
+
+/// How an [`Engine`] is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Tenant instances the pooling allocator holds.
+    pub slots: u32,
+    /// Whether compiled code counts fuel, so that `limits.fuel_per_call`
+    /// can be enforced. Off by default (`SLUICE_FUEL=1` turns it on): it
+    /// costs about a quarter of a JSON transform's throughput, so a host
+    /// turns it on only when a pipeline sets `fuel_per_call`
+    /// ([`EngineOptions::for_limits`]).
+    pub fuel: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            slots: std::env::var("SLUICE_INSTANCE_SLOTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_INSTANCE_SLOTS),
+            fuel: std::env::var("SLUICE_FUEL").is_ok_and(|v| v == "1" || v == "true"),
+        }
+    }
+}
+
+impl EngineOptions {
+    /// The default options, with fuel counted if any of `limits` sets
+    /// `fuel_per_call`.
+    pub fn for_limits<'a>(limits: impl IntoIterator<Item = &'a Limits>) -> Self {
+        let mut options = EngineOptions::default();
+        options.fuel |= limits.into_iter().any(|l| l.fuel_per_call > 0);
+        options
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -286,11 +342,7 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Creates the engine and starts its epoch ticker thread.
     pub fn new() -> Result<Self, LoadError> {
-        let slots = std::env::var("SLUICE_INSTANCE_SLOTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_INSTANCE_SLOTS);
-        Self::with_slots(slots)
+        Self::with_options(EngineOptions::default())
     }
 
     /// An engine whose pooling allocator holds `slots` live tenant instances
@@ -299,9 +351,19 @@ impl Engine {
     /// the module's memory (microseconds). If the address space for the pool
     /// cannot be reserved, falls back to allocating on demand.
     pub fn with_slots(slots: u32) -> Result<Self, LoadError> {
+        Self::with_options(EngineOptions {
+            slots,
+            ..EngineOptions::default()
+        })
+    }
+
+    /// An engine built with `options` (see [`Engine::with_slots`]).
+    pub fn with_options(options: EngineOptions) -> Result<Self, LoadError> {
+        let EngineOptions { slots, fuel } = options;
         let configure = |pooling: bool| {
             let mut cfg = wasmtime::Config::new();
             cfg.epoch_interruption(true)
+                .consume_fuel(fuel)
                 .concurrency_support(false)
                 .max_wasm_stack(512 << 10)
                 .memory_init_cow(true)
@@ -356,6 +418,7 @@ impl Engine {
             linker: Arc::new(linker),
             max_module_bytes: MAX_MODULE_MB << 20,
             pooled,
+            fuel,
             cache: cache::ComponentCache::from_env(),
         })
     }
@@ -442,6 +505,7 @@ impl Engine {
             digest,
             imports,
             pre,
+            fuel: self.fuel,
             engine: self.inner.clone(),
         }))
     }
@@ -501,6 +565,7 @@ pub struct Module {
     digest: String,
     imports: Vec<String>,
     pre: TransformPre<HostState>,
+    fuel: bool,
     engine: wasmtime::Engine,
 }
 
@@ -594,6 +659,14 @@ impl Runner {
                 import,
             });
         }
+        if spec.limits.fuel_per_call > 0 && !module.fuel {
+            return Err(TransformError::Instantiate {
+                transform: spec.name.to_string(),
+                module: module.path.display().to_string(),
+                message: "`limits.fuel_per_call` is set but this host's engine counts no fuel"
+                    .into(),
+            });
+        }
         let mut runner = Runner {
             module,
             spec,
@@ -617,6 +690,21 @@ impl Runner {
     /// How many instances were created so far (1 + re-creations after failures).
     pub fn instantiations(&self) -> u64 {
         self.instantiations
+    }
+
+    /// Changes the fuel limit of the next calls (0 = unmetered). Fails if
+    /// the engine counts no fuel.
+    pub fn set_fuel_per_call(&mut self, fuel: u64) -> Result<(), TransformError> {
+        if fuel > 0 && !self.module.fuel {
+            return Err(TransformError::Instantiate {
+                transform: self.spec.name.to_string(),
+                module: self.module.path.display().to_string(),
+                message: "`limits.fuel_per_call` is set but this host's engine counts no fuel"
+                    .into(),
+            });
+        }
+        self.spec.limits.fuel_per_call = fuel;
+        Ok(())
     }
 
     /// Host calls of the last batch (logs written and dropped, lookups).
@@ -678,6 +766,7 @@ impl Runner {
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(ticks(limits.timeout_ms));
         store.epoch_deadline_trap();
+        refuel(&mut store, self.module.fuel, limits);
         let bindings = self
             .module
             .pre
@@ -754,6 +843,7 @@ impl Runner {
         abi::encode(records, &mut instance.wire);
         instance.store.data_mut().begin_batch();
         instance.store.set_epoch_deadline(ticks(limits.timeout_ms));
+        refuel(&mut instance.store, module.fuel, limits);
         let started = Instant::now();
         let result = instance
             .bindings
@@ -809,6 +899,13 @@ fn classify(
     } else {
         format!("{root} (in {})", frames.join(" < "))
     };
+    if e.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+        return TransformError::OutOfFuel {
+            transform,
+            module,
+            fuel: spec.limits.fuel_per_call,
+        };
+    }
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return TransformError::Deadline {
             transform,
@@ -853,6 +950,21 @@ fn strip_hash(name: &str) -> String {
             head.to_string()
         }
         _ => name.to_string(),
+    }
+}
+
+/// Gives the store the fuel of one call: the limit, or (unmetered) all
+/// there is.
+fn refuel(store: &mut Store<HostState>, metered: bool, limits: &Limits) {
+    if !metered {
+        return;
+    }
+    let fuel = match limits.fuel_per_call {
+        0 => u64::MAX,
+        n => n,
+    };
+    if let Err(e) = store.set_fuel(fuel) {
+        tracing::error!(error = %e, "cannot set fuel");
     }
 }
 

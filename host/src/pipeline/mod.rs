@@ -25,7 +25,8 @@ use crate::config::{ConfigError, Guarantee, PipelineConfig};
 use crate::dlq::{DeadLetter, DlqError};
 use crate::engine::build::{BuildError, resolve_module};
 use crate::engine::{
-    Engine, InstanceSpec, LoadError, Module, RefTables, Runner, TableError, TransformError,
+    Engine, EngineOptions, InstanceSpec, LoadError, Module, RefTables, Runner, TableError,
+    TransformError,
 };
 use crate::flow::Budget;
 use crate::sink::{SinkError, SinkOptions, TxnError};
@@ -207,7 +208,9 @@ impl Pipeline {
     pub async fn load(path: &Path, opts: &RunOptions) -> Result<Self, PipelineError> {
         let (config, base) = PipelineConfig::load(path)?;
         crate::source::validate(&config.source, &base)?;
-        let engine = Engine::new()?;
+        let engine = Engine::with_options(EngineOptions::for_limits(
+            config.transforms.iter().map(|t| &t.limits),
+        ))?;
         let (result, config, base) = {
             let opts = opts.clone();
             tokio::task::spawn_blocking(move || {
