@@ -11,7 +11,8 @@
 //! lengths and result pointers outside memory, imports of anything.
 
 use sluice::engine::{
-    Engine, EngineOptions, Grants, InstanceSpec, Limits, LoadError, RefTables, Runner, TransformError, Ungranted,
+    Engine, EngineOptions, Grants, InstanceSpec, Limits, LoadError, RefTables, Runner,
+    TransformError, Ungranted,
 };
 use sluice::record::{Partition, Position, Record};
 use sluice_e2e::module;
@@ -127,7 +128,13 @@ fn names(e: &impl std::fmt::Display, tenant: &str, module: &str) {
     );
 }
 
-fn wat(engine: &Engine, name: &str, realloc: Realloc, process: Process, imports: &[&str]) -> Result<Arc<sluice::engine::Module>, LoadError> {
+fn wat(
+    engine: &Engine,
+    name: &str,
+    realloc: Realloc,
+    process: Process,
+    imports: &[&str],
+) -> Result<Arc<sluice::engine::Module>, LoadError> {
     let bytes = wat_guest::component(realloc, process, imports);
     engine.load_bytes(Path::new(name), &bytes)
 }
@@ -208,7 +215,10 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         }
     );
     assert_eq!(e.kind(), "out-of-fuel");
-    assert!(started.elapsed() < Duration::from_secs(60), "fuel, not the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "fuel, not the deadline"
+    );
     names(&e, "tenant-fuel", &poison_path);
     watch.still_flowing("infinite loop, metered");
     // A fuel limit on a host that counts no fuel is refused, not ignored.
@@ -322,18 +332,60 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
 
     // Hand-written components that break the canonical ABI. The control: the
     // same component with an honest allocator and outcome count works.
-    let honest = wat(&engine, "honest.wasm", Realloc::Bump, Process::Drops(1), &[]).expect("load");
+    let honest = wat(
+        &engine,
+        "honest.wasm",
+        Realloc::Bump,
+        Process::Drops(1),
+        &[],
+    )
+    .expect("load");
     let mut h = Runner::new(honest, spec("tenant-honest", "{}", limits.clone())).expect("init");
     let out = run(&mut h, "x").expect("the honest hand-written component works");
     assert_eq!(out.outcomes.len(), 1);
     let abi_cases: [(&str, Realloc, Process, &str); 7] = [
-        ("realloc-out-of-bounds.wasm", Realloc::OutOfBounds, Process::Drops(1), "broke the canonical ABI: realloc return: beyond end of memory"),
-        ("realloc-huge.wasm", Realloc::Huge, Process::Drops(1), "broke the canonical ABI: realloc return: beyond end of memory"),
-        ("realloc-misaligned.wasm", Realloc::Misaligned, Process::Drops(1), "broke the canonical ABI: realloc return: result not aligned"),
-        ("more-outcomes.wasm", Realloc::Bump, Process::Drops(5), "returned 5 outcomes for 1 records"),
-        ("fewer-outcomes.wasm", Realloc::Bump, Process::Drops(0), "returned 0 outcomes for 1 records"),
-        ("huge-length.wasm", Realloc::Bump, Process::HugeLength, "broke the canonical ABI: list pointer/length out of bounds of memory"),
-        ("result-out-of-bounds.wasm", Realloc::Bump, Process::ResultOutOfBounds, "broke the canonical ABI: pointer out of bounds of memory"),
+        (
+            "realloc-out-of-bounds.wasm",
+            Realloc::OutOfBounds,
+            Process::Drops(1),
+            "broke the canonical ABI: realloc return: beyond end of memory",
+        ),
+        (
+            "realloc-huge.wasm",
+            Realloc::Huge,
+            Process::Drops(1),
+            "broke the canonical ABI: realloc return: beyond end of memory",
+        ),
+        (
+            "realloc-misaligned.wasm",
+            Realloc::Misaligned,
+            Process::Drops(1),
+            "broke the canonical ABI: realloc return: result not aligned",
+        ),
+        (
+            "more-outcomes.wasm",
+            Realloc::Bump,
+            Process::Drops(5),
+            "returned 5 outcomes for 1 records",
+        ),
+        (
+            "fewer-outcomes.wasm",
+            Realloc::Bump,
+            Process::Drops(0),
+            "returned 0 outcomes for 1 records",
+        ),
+        (
+            "huge-length.wasm",
+            Realloc::Bump,
+            Process::HugeLength,
+            "broke the canonical ABI: list pointer/length out of bounds of memory",
+        ),
+        (
+            "result-out-of-bounds.wasm",
+            Realloc::Bump,
+            Process::ResultOutOfBounds,
+            "broke the canonical ABI: pointer out of bounds of memory",
+        ),
     ];
     for (file, realloc, process, want) in abi_cases {
         let m = wat(&engine, file, realloc, process, &[]).expect("load");
@@ -347,7 +399,11 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         // The broken instance was discarded; the next batch gets a fresh one
         // (which breaks the same way: the module is at fault, not the data).
         assert!(run(&mut r, "x").is_err());
-        assert_eq!(r.instantiations(), 2, "{file}: a fresh instance per failed batch");
+        assert_eq!(
+            r.instantiations(),
+            2,
+            "{file}: a fresh instance per failed batch"
+        );
         watch.still_flowing(file);
     }
 
@@ -361,7 +417,14 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         ("wasi:sockets/tcp@0.2.6", "never granted"),
         ("wasi:sockets/ip-name-lookup@0.2.6", "never granted"),
     ] {
-        let m = wat(&engine, "importer.wasm", Realloc::Bump, Process::Drops(1), &[import]).expect("loads: links inert if asked");
+        let m = wat(
+            &engine,
+            "importer.wasm",
+            Realloc::Bump,
+            Process::Drops(1),
+            &[import],
+        )
+        .expect("loads: links inert if asked");
         let e = Runner::new(m.clone(), spec("tenant-importer", "{}", limits.clone()))
             .expect_err(import);
         assert!(
@@ -382,20 +445,37 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         watch.still_flowing(import);
     }
     // What Sluice does not provide at all is refused at load, for everyone.
-    for import in ["wasi:http/outgoing-handler@0.2.6", "acme:vault/secrets@1.0.0", "wasi:cli/environment@0.3.0"] {
-        let e = wat(&engine, "foreign.wasm", Realloc::Bump, Process::Drops(1), &[import])
-            .expect_err(import);
+    for import in [
+        "wasi:http/outgoing-handler@0.2.6",
+        "acme:vault/secrets@1.0.0",
+        "wasi:cli/environment@0.3.0",
+    ] {
+        let e = wat(
+            &engine,
+            "foreign.wasm",
+            Realloc::Bump,
+            Process::Drops(1),
+            &[import],
+        )
+        .expect_err(import);
         assert!(
-            matches!(&e, LoadError::WrongWorld { .. }) && e.to_string().contains(&format!("`{import}`")),
+            matches!(&e, LoadError::WrongWorld { .. })
+                && e.to_string().contains(&format!("`{import}`")),
             "{import}: {e}"
         );
         assert!(e.to_string().contains("foreign.wasm"), "{e}");
     }
     // The environment is a WASI basic: it links, and is empty (below).
-    wat(&engine, "env.wasm", Realloc::Bump, Process::Drops(1), &["wasi:cli/environment@0.2.6"])
-        .map(|m| Runner::new(m, spec("tenant-env", "{}", limits.clone())))
-        .expect("load")
-        .expect("the environment links");
+    wat(
+        &engine,
+        "env.wasm",
+        Realloc::Bump,
+        Process::Drops(1),
+        &["wasi:cli/environment@0.2.6"],
+    )
+    .map(|m| Runner::new(m, spec("tenant-env", "{}", limits.clone())))
+    .expect("load")
+    .expect("the environment links");
     watch.still_flowing("imports");
 
     // A guest that uses the file system, clocks and entropy: refused without
@@ -425,18 +505,34 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         ..Grants::default()
     };
     let clock = probe(inert.clone(), "tenant-inert", "clock");
-    assert_eq!(clock["wall_secs"], 0, "the wall clock is frozen at the epoch: {clock}");
-    assert_eq!(clock["monotonic_advances"], false, "the monotonic clock is frozen: {clock}");
+    assert_eq!(
+        clock["wall_secs"], 0,
+        "the wall clock is frozen at the epoch: {clock}"
+    );
+    assert_eq!(
+        clock["monotonic_advances"], false,
+        "the monotonic clock is frozen: {clock}"
+    );
     let env = probe(inert.clone(), "tenant-inert", "env");
-    assert_eq!((env["env"].as_u64(), env["args"].as_u64()), (Some(0), Some(0)), "{env}");
+    assert_eq!(
+        (env["env"].as_u64(), env["args"].as_u64()),
+        (Some(0), Some(0)),
+        "{env}"
+    );
     let (r1, r2) = (
         probe(inert.clone(), "tenant-inert-1", "random"),
         probe(inert.clone(), "tenant-inert-2", "random"),
     );
-    assert_eq!(r1["random"], r2["random"], "no entropy: every instance gets the same bytes");
+    assert_eq!(
+        r1["random"], r2["random"],
+        "no entropy: every instance gets the same bytes"
+    );
     for command in ["list:/", "read:/etc/passwd", "list:."] {
         let seen = probe(inert.clone(), "tenant-inert", command);
-        assert!(seen.get("error").is_some(), "{command} without a grant: {seen}");
+        assert!(
+            seen.get("error").is_some(),
+            "{command} without a grant: {seen}"
+        );
     }
     watch.still_flowing("ambient, inert");
 
@@ -457,7 +553,10 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
     let seen = probe(granted.clone(), "tenant-granted", "list:/data");
     assert_eq!(seen["entries"], serde_json::json!(["rates.csv"]), "{seen}");
     let seen = probe(granted.clone(), "tenant-granted", "write:/data/rates.csv");
-    assert!(seen.get("error").is_some(), "the grant is read-only: {seen}");
+    assert!(
+        seen.get("error").is_some(),
+        "the grant is read-only: {seen}"
+    );
     let seen = probe(granted.clone(), "tenant-granted", "write:/data/new.txt");
     assert!(seen.get("error").is_some(), "no new files either: {seen}");
     assert_eq!(
@@ -465,9 +564,16 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         "EUR,1.0\n"
     );
     assert!(!dir.path().join("ref/new.txt").exists());
-    for escape in ["read:/data/../secret.txt", "read:/secret.txt", "read:/etc/passwd"] {
+    for escape in [
+        "read:/data/../secret.txt",
+        "read:/secret.txt",
+        "read:/etc/passwd",
+    ] {
         let seen = probe(granted.clone(), "tenant-granted", escape);
-        assert!(seen.get("error").is_some(), "{escape} must not escape the grant: {seen}");
+        assert!(
+            seen.get("error").is_some(),
+            "{escape} must not escape the grant: {seen}"
+        );
     }
     let clock = probe(granted.clone(), "tenant-granted", "clock");
     let now = std::time::SystemTime::now()
@@ -475,14 +581,65 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         .expect("clock")
         .as_secs();
     let wall = clock["wall_secs"].as_u64().unwrap_or(0);
-    assert!(wall.abs_diff(now) < 60, "the granted wall clock is real: {clock}");
+    assert!(
+        wall.abs_diff(now) < 60,
+        "the granted wall clock is real: {clock}"
+    );
     assert_eq!(clock["monotonic_advances"], true, "{clock}");
     let (r1, r2) = (
         probe(granted.clone(), "tenant-granted-1", "random"),
         probe(granted, "tenant-granted-2", "random"),
     );
-    assert_ne!(r1["random"], r2["random"], "granted entropy differs per instance");
+    assert_ne!(
+        r1["random"], r2["random"],
+        "granted entropy differs per instance"
+    );
     watch.still_flowing("ambient, granted");
+
+    // Files that are not transforms: refused at load, naming the file.
+    let other_world = wat::parse_str(
+        r#"(component
+  (core module $m
+    (memory (export "memory") 1)
+    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 64))
+    (func (export "init") (param i32 i32) (result i32) (i32.const 16))
+    (func (export "process") (param i32) (result i32) (local.get 0)))
+  (core instance $i (instantiate $m))
+  (func (export "init") (param "config" string) (result (result (error string)))
+    (canon lift (core func $i "init") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc"))))
+  (func (export "process") (param "n" u32) (result u32) (canon lift (core func $i "process")))
+)"#,
+    )
+    .expect("wat");
+    let not_transforms: [(&str, &[u8], &str); 4] = [
+        (
+            "notes.wasm",
+            b"this is not wasm",
+            "is not a WebAssembly file",
+        ),
+        (
+            "core.wasm",
+            b"\0asm\x01\0\0\0",
+            "is a core WebAssembly module, not a component",
+        ),
+        (
+            "empty.wasm",
+            b"\0asm\x0d\0\x01\0",
+            "missing exports `init`, `process`",
+        ),
+        (
+            "other-world.wasm",
+            &other_world,
+            "does not implement the world `sluice:transform@0.1.0/transform`: type-checking export func `process`",
+        ),
+    ];
+    for (file, bytes, want) in not_transforms {
+        let e = engine.load_bytes(Path::new(file), bytes).expect_err(file);
+        let text = e.to_string();
+        assert!(text.contains(file) && text.contains(want), "{file}: {text}");
+        eprintln!("refused: {text}");
+        watch.still_flowing(file);
+    }
 
     // A 200 MiB module is refused before it is read.
     let huge = dir.path().join("huge.wasm");

@@ -134,16 +134,16 @@ pub mod wat_guest {
         };
         let mut result = vec![0u8; 4]; // discriminant `ok`, padded to 4
         let lists: [(u32, u32); 10] = [
-            (3072, kinds_len),           // kinds
-            (4096, kinds_len.min(256)),  // output-ends (zeros)
-            (0, 0),                      // failures
-            (5120, 1),                   // output-names: [""]
-            (0, 0),                      // arena
-            (0, 0),                      // spans
-            (0, 0),                      // timestamps
-            (0, 0),                      // header-ends
-            (0, 0),                      // header-spans
-            (0, 0),                      // output-index
+            (3072, kinds_len),          // kinds
+            (4096, kinds_len.min(256)), // output-ends (zeros)
+            (0, 0),                     // failures
+            (5120, 1),                  // output-names: [""]
+            (0, 0),                     // arena
+            (0, 0),                     // spans
+            (0, 0),                     // timestamps
+            (0, 0),                     // header-ends
+            (0, 0),                     // header-spans
+            (0, 0),                     // output-index
         ];
         for (ptr, len) in lists {
             result.extend_from_slice(&ptr.to_le_bytes());

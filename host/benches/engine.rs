@@ -228,7 +228,10 @@ fn summary_fuel(unmetered: &Engine) {
     let pairs = input.pairs();
     println!();
     println!("fuel metering, batch of 1,000 (median of 15 rounds, same process)");
-    for (project, config) in [("transforms/identity", "{}"), ("transforms/json-map", MAPPING)] {
+    for (project, config) in [
+        ("transforms/identity", "{}"),
+        ("transforms/json-map", MAPPING),
+    ] {
         let mut base = runner(unmetered, project, config);
         let mut counted = runner(metered, project, config);
         let mut limited = runner(metered, project, config);

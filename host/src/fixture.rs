@@ -30,7 +30,8 @@
 
 use crate::engine::build::{BuildError, resolve_module};
 use crate::engine::{
-    Engine, Grants, InstanceSpec, Limits, LoadError, Outcome, RefTables, Runner, TableError, TransformError,
+    Engine, Grants, InstanceSpec, Limits, LoadError, Outcome, RefTables, Runner, TableError,
+    TransformError,
 };
 use crate::record::{Header, Partition, Position, Record};
 use serde::{Deserialize, Serialize};

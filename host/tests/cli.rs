@@ -314,11 +314,19 @@ fn check_lists_every_import_and_refuses_what_is_not_granted() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
-    assert_eq!(lines[0], serde_json::json!({"env": 0, "args": 0}), "{stdout}");
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"env": 0, "args": 0}),
+        "{stdout}"
+    );
     assert!(lines[1].get("error").is_some(), "nothing granted: {stdout}");
 
     let missing = dir.path().join("missing.toml");
-    std::fs::write(&missing, pipeline("[transforms.grants]\nfiles = \"nope\"\n")).expect("write");
+    std::fs::write(
+        &missing,
+        pipeline("[transforms.grants]\nfiles = \"nope\"\n"),
+    )
+    .expect("write");
     let out = sluice(&["check", missing.to_str().expect("utf8")], None);
     let stderr = text(&out.stderr);
     assert!(!out.status.success());

@@ -77,7 +77,11 @@ impl Grants {
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         if let Some(p) = &self.files {
-            parts.push(format!("files {} (read-only, at {})", p.display(), self.mount()));
+            parts.push(format!(
+                "files {} (read-only, at {})",
+                p.display(),
+                self.mount()
+            ));
         }
         if self.monotonic_clock {
             parts.push("monotonic clock".into());
@@ -250,7 +254,10 @@ mod tests {
             Err(Refusal::Version)
         );
         let msg = Refusal::NotGranted("files").explain("wasi:filesystem/types@0.2.6");
-        assert!(msg.contains("`wasi:filesystem/types@0.2.6`") && msg.contains("`files`"), "{msg}");
+        assert!(
+            msg.contains("`wasi:filesystem/types@0.2.6`") && msg.contains("`files`"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -261,9 +268,18 @@ mod tests {
             random: true,
             ..Grants::default()
         };
-        assert_eq!(g.check_import("wasi:filesystem/types@0.2.6"), Ok(Linked::Granted));
-        assert_eq!(g.check_import("wasi:clocks/monotonic-clock@0.2.6"), Ok(Linked::Granted));
-        assert_eq!(g.check_import("wasi:random/insecure@0.2.6"), Ok(Linked::Granted));
+        assert_eq!(
+            g.check_import("wasi:filesystem/types@0.2.6"),
+            Ok(Linked::Granted)
+        );
+        assert_eq!(
+            g.check_import("wasi:clocks/monotonic-clock@0.2.6"),
+            Ok(Linked::Granted)
+        );
+        assert_eq!(
+            g.check_import("wasi:random/insecure@0.2.6"),
+            Ok(Linked::Granted)
+        );
         assert_eq!(
             g.check_import("wasi:clocks/wall-clock@0.2.6"),
             Err(Refusal::NotGranted("wall_clock"))
@@ -272,8 +288,14 @@ mod tests {
             ungranted_wasi: Ungranted::Inert,
             ..Grants::default()
         };
-        assert_eq!(inert.check_import("wasi:sockets/tcp@0.2.9"), Ok(Linked::Inert));
-        assert_eq!(inert.check_import("wasi:filesystem/preopens@0.2.9"), Ok(Linked::Inert));
+        assert_eq!(
+            inert.check_import("wasi:sockets/tcp@0.2.9"),
+            Ok(Linked::Inert)
+        );
+        assert_eq!(
+            inert.check_import("wasi:filesystem/preopens@0.2.9"),
+            Ok(Linked::Inert)
+        );
         // Inert mode does not make unknown interfaces appear.
         assert_eq!(
             inert.check_import("wasi:http/types@0.2.9"),

@@ -1,8 +1,8 @@
 //! What the host gives each instance: the `host` interface (log, lookup),
 //! an empty WASI context, and per-batch counters that enforce the limits.
 
-use super::{Grants, Limits};
 use super::sluice::transform::host::{Host, Level};
+use super::{Grants, Limits};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;

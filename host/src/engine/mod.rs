@@ -16,8 +16,8 @@ pub mod grants;
 mod host_api;
 
 pub use abi::{Failure, Outcome, Output, Processed};
-pub use grants::{Grants, Ungranted};
 pub use bisect::Bisection;
+pub use grants::{Grants, Ungranted};
 pub use host_api::{LogLine, RefTables, TableError, Usage};
 
 use crate::record::{Position, Record};
@@ -179,7 +179,9 @@ pub enum TransformError {
         timeout_ms: u64,
     },
     /// The guest tried to grow its memory past its limit.
-    #[error("transform `{transform}` (module `{module}`) ran out of memory (limit {limit_mb} MiB): {message}")]
+    #[error(
+        "transform `{transform}` (module `{module}`) ran out of memory (limit {limit_mb} MiB): {message}"
+    )]
     OutOfMemory {
         /// Transform name.
         transform: String,
@@ -921,8 +923,7 @@ fn classify(
             message: text,
         };
     }
-    if e.downcast_ref::<Trap>().is_none() && e.downcast_ref::<wasmtime::WasmBacktrace>().is_none()
-    {
+    if e.downcast_ref::<Trap>().is_none() && e.downcast_ref::<wasmtime::WasmBacktrace>().is_none() {
         // Not a trap in guest code: wasmtime refused what the guest handed
         // over the boundary (a `cabi_realloc` result or a list pointer or
         // length outside its memory, a misaligned pointer, invalid UTF-8).

@@ -59,7 +59,9 @@ pub enum PipelineError {
     #[error(transparent)]
     Transform(#[from] TransformError),
     /// A granted directory does not exist.
-    #[error("transform `{transform}`: the granted directory `{path}` (`grants.files`) is not a directory")]
+    #[error(
+        "transform `{transform}`: the granted directory `{path}` (`grants.files`) is not a directory"
+    )]
     Grant {
         /// The transform.
         transform: String,

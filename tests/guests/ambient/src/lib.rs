@@ -66,8 +66,15 @@ impl Transform for Ambient {
                     let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
                     json!({ "random": hex, "ok": ok })
                 }
-                "env" => json!({ "env": std::env::vars().count(), "args": std::env::args().count() }),
-                other => return Err(Error::new("invalid-input", format!("unknown command `{other}`"))),
+                "env" => {
+                    json!({ "env": std::env::vars().count(), "args": std::env::args().count() })
+                }
+                other => {
+                    return Err(Error::new(
+                        "invalid-input",
+                        format!("unknown command `{other}`"),
+                    ));
+                }
             },
         };
         out.emit(&Output::new(seen.to_string().as_bytes()));
