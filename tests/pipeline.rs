@@ -426,6 +426,9 @@ async fn a_trapping_record_is_isolated_by_bisection_and_the_run_goes_on() {
             .all(|e| e["error"]["kind"] == "trap" && e["transform"] == "poison"),
         "{dlq:?}"
     );
+    // Record 13 was in 5 failing calls: its batch (10..20), 10..15, 12..15,
+    // 13..15 and itself.
+    assert_eq!(dlq[0]["attempts"], 5, "{dlq:?}");
     let numbers: Vec<i64> = out.iter().filter_map(|v| v["n"].as_i64()).collect();
     let expected: Vec<i64> = (0..40).filter(|i| *i != 13).collect();
     assert_eq!(numbers, expected, "the others keep their order");

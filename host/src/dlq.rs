@@ -95,6 +95,12 @@ impl DlqEntry {
         }
     }
 
+    /// How many calls failed with this record in them.
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
     /// Names the transform (and its module digest) at fault.
     pub fn in_transform(mut self, name: &str, module: &str) -> Self {
         self.transform = Some(name.to_string());

@@ -19,6 +19,9 @@ pub struct Failure {
     pub kind: String,
     /// Message.
     pub message: String,
+    /// Calls that failed with this record in them: 1 when the guest failed
+    /// the record itself, 1 + the split depth when bisection isolated it.
+    pub attempts: u32,
 }
 
 /// What happened to one input record.
@@ -244,6 +247,7 @@ pub(crate) fn decode(
                 Some(f) => Outcome::Fail(Failure {
                     kind: f.kind,
                     message: f.message,
+                    attempts: 1,
                 }),
                 None => return Err("fewer failures than fail outcomes".into()),
             },
@@ -352,7 +356,8 @@ mod tests {
             got.outcomes[2],
             Outcome::Fail(Failure {
                 kind: "k".into(),
-                message: "m".into()
+                message: "m".into(),
+                attempts: 1,
             })
         );
         assert_eq!(got.outputs[0].record.key.as_deref(), Some(&b"k1"[..]));

@@ -69,6 +69,8 @@ impl Runner {
                     merged.outcomes.push(Outcome::Fail(Failure {
                         kind: e.kind().to_string(),
                         message: e.to_string(),
+                        // The batch's call, one per split level, and its own.
+                        attempts: depth + 1,
                     }));
                 }
                 Ok(())

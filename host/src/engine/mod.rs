@@ -884,15 +884,18 @@ fn classify(
     let module = module.to_string();
     let panic = store.data_mut().last_error.take();
     let root = e.root_cause().to_string();
-    // Where it happened: the innermost guest frames, without hashes.
+    // Where it happened: the innermost frames of the guest's own code
+    // (demangled, without hashes; the standard library's panic and abort
+    // machinery skipped).
     let frames: Vec<String> = e
         .downcast_ref::<wasmtime::WasmBacktrace>()
         .map(|bt| {
             bt.frames()
                 .iter()
                 .filter_map(|f| f.func_name())
+                .map(|name| format!("{:#}", rustc_demangle::demangle(name)))
+                .filter(|name| !is_runtime_frame(name))
                 .take(3)
-                .map(strip_hash)
                 .collect()
         })
         .unwrap_or_default();
@@ -944,14 +947,21 @@ fn classify(
     }
 }
 
-/// `foo::h0123456789abcdef` → `foo`.
-fn strip_hash(name: &str) -> String {
-    match name.rsplit_once("::h") {
-        Some((head, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
-            head.to_string()
-        }
-        _ => name.to_string(),
-    }
+/// Frames of the language runtime's panic, abort and allocation paths,
+/// which say nothing about where the guest went wrong.
+fn is_runtime_frame(name: &str) -> bool {
+    const PREFIXES: [&str; 9] = [
+        "std::",
+        "core::",
+        "alloc::",
+        "__rust",
+        "rust_panic",
+        "abort",
+        "dlmalloc",
+        "<std::",
+        "<core::",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// Gives the store the fuel of one call: the limit, or (unmetered) all

@@ -192,7 +192,8 @@ pub(crate) fn run_chain(
                             failure.kind,
                             failure.message,
                         )
-                        .in_transform(&name, &digest),
+                        .in_transform(&name, &digest)
+                        .with_attempts(failure.attempts),
                     );
                 }
             }
