@@ -282,6 +282,16 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
     names(&e, "tenant-attacker", &poison_path);
     watch.still_flowing("1 GiB value");
 
+    // The guest calls exit(3); WASI 0.2's `exit` carries only success or
+    // failure, so the host sees exit(1).
+    let e = run(&mut a, "selfexit").expect_err("exit from inside a call");
+    assert!(
+        matches!(&e, TransformError::Trap { message, .. } if message == "the guest called exit(1)"),
+        "{e:?}"
+    );
+    names(&e, "tenant-attacker", &poison_path);
+    watch.still_flowing("exit");
+
     // Floods of host calls: a generous deadline, so that the per-batch
     // limits (not the deadline) are what stops them.
     let mut f = Runner::new(

@@ -926,6 +926,14 @@ fn classify(
             message: text,
         };
     }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        // `wasi:cli/exit`: the guest ended its own instance.
+        return TransformError::Trap {
+            transform,
+            module,
+            message: format!("the guest called exit({})", exit.0),
+        };
+    }
     if e.downcast_ref::<Trap>().is_none() && e.downcast_ref::<wasmtime::WasmBacktrace>().is_none() {
         // Not a trap in guest code: wasmtime refused what the guest handed
         // over the boundary (a `cabi_realloc` result or a list pointer or

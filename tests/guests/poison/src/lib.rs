@@ -7,6 +7,7 @@
 //! - `deep`: recurses without end (the host's stack limit must stop it);
 //! - `outbomb`: emits a million outputs for one input (output limits);
 //! - `bigvalue`: emits one 1 GiB value (memory limit);
+//! - `selfexit`: calls `exit(3)` (`wasi:cli/exit` ends the instance);
 //! - `logflood`: writes 200,000 log lines (the host's log rate limit);
 //! - `lookupflood`: makes 1.5 million lookups (the host's lookup limit).
 //!
@@ -58,6 +59,9 @@ impl Transform for Poison {
                 out.emit(&Output::new(b"{}"));
             }
             return Ok(());
+        }
+        if has(b"selfexit") {
+            std::process::exit(3);
         }
         if has(b"bigvalue") {
             let big = vec![b'x'; 1 << 30];
