@@ -610,6 +610,17 @@ impl PipelineConfig {
                     ));
                 }
             }
+            if t.limits.max_table_elements > crate::engine::MAX_TABLE_ELEMENTS
+                || t.limits.max_instances > crate::engine::MAX_INSTANCES
+                || t.limits.max_instances == 0
+                || t.limits.max_record_output_kb == 0
+            {
+                return Err(format!(
+                    "`transforms[{i}].limits`: max_table_elements at most {}, max_instances within 1 and {}, max_record_output_kb at least 1",
+                    crate::engine::MAX_TABLE_ELEMENTS,
+                    crate::engine::MAX_INSTANCES
+                ));
+            }
             if t.limits.memory_mb > crate::engine::MAX_MEMORY_MB {
                 return Err(format!(
                     "`transforms[{i}].limits.memory_mb`: at most {} MiB",

@@ -286,6 +286,18 @@ pub(crate) fn decode(
             headers.push(Header { name, value });
         }
         header_start = header_end;
+        let size = key.as_ref().map_or(0, |k| k.len())
+            + value.as_ref().map_or(0, |v| v.len())
+            + headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len())
+                .sum::<usize>();
+        if size > (limits.max_record_output_kb as usize) << 10 {
+            return Err(format!(
+                "output {i} (of record {}) is {size} bytes, over the limit of {} KiB per output record",
+                producer[i], limits.max_record_output_kb
+            ));
+        }
         let timestamp = match out.timestamps[i] {
             NO_TIMESTAMP => inputs[producer[i]].0.timestamp,
             t => Some(t),
@@ -421,6 +433,38 @@ mod tests {
         };
         let err = decode(wire_out(), &inputs, &tight).expect_err("too many outputs");
         assert!(err.contains("record 0 produced 2 outputs"), "{err}");
+    }
+
+    #[test]
+    fn an_output_record_over_its_size_limit_breaks_the_contract() {
+        let r = Record::from_value(&b"x"[..]);
+        let p = pos(0);
+        let inputs = vec![(&r, &p)];
+        // One output: a 2,000-byte value and a 100-byte header value.
+        let big = |value: u32| WireOutcomes {
+            kinds: vec![OutcomeKind::Emit],
+            output_ends: vec![1],
+            failures: vec![],
+            output_names: vec![String::new()],
+            arena: vec![b'v'; 2101],
+            spans: vec![0, ABSENT, 0, value],
+            timestamps: vec![NO_TIMESTAMP],
+            header_ends: vec![1],
+            header_spans: vec![2000, 1, 2001, 100],
+            output_index: vec![0],
+        };
+        let limits = Limits {
+            max_record_output_kb: 2,
+            ..Limits::default()
+        };
+        // 1,948 + 1 + 100 = 2,049 bytes: over 2 KiB by one.
+        let err = decode(big(1948), &inputs, &limits).expect_err("over the limit");
+        assert!(
+            err.contains("output 0 (of record 0) is 2049 bytes, over the limit of 2 KiB"),
+            "{err}"
+        );
+        // 2,048 bytes exactly: within.
+        decode(big(1947), &inputs, &limits).expect("at the limit");
     }
 
     #[test]

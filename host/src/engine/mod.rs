@@ -45,6 +45,11 @@ pub const DEFAULT_INSTANCE_SLOTS: u32 = 1100;
 pub const MAX_MODULE_MB: u64 = 128;
 /// The largest linear memory a tenant may be given (`limits.memory_mb`).
 pub const MAX_MEMORY_MB: u32 = 256;
+/// The largest table a tenant may be given (`limits.max_table_elements`).
+pub const MAX_TABLE_ELEMENTS: u32 = 1 << 20;
+/// The most core instances a tenant's component may create
+/// (`limits.max_instances`).
+pub const MAX_INSTANCES: u32 = 64;
 
 /// Limits for one transform instance. Every field has a safe default.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -58,6 +63,15 @@ pub struct Limits {
     pub max_outputs_per_record: u32,
     /// Most output bytes one batch may produce, in MiB (default 64).
     pub max_output_mb: u32,
+    /// Most bytes one output record may have (key, value and headers), in
+    /// KiB (default 8192 = 8 MiB).
+    pub max_record_output_kb: u32,
+    /// Most elements a table of the instance may grow to (default and
+    /// maximum 1,048,576).
+    pub max_table_elements: u32,
+    /// Most core instances, tables and memories the component may create
+    /// (default and maximum 64, 64 and 16).
+    pub max_instances: u32,
     /// Log lines a transform may write per batch; the rest are counted and
     /// dropped (default 100).
     pub max_log_lines_per_batch: u32,
@@ -78,6 +92,9 @@ impl Default for Limits {
             timeout_ms: 5_000,
             max_outputs_per_record: 1_000,
             max_output_mb: 64,
+            max_record_output_kb: 8 << 10,
+            max_table_elements: MAX_TABLE_ELEMENTS,
+            max_instances: MAX_INSTANCES,
             max_log_lines_per_batch: 100,
             max_lookups_per_batch: 1_000_000,
             fuel_per_call: 0,
@@ -378,10 +395,10 @@ impl Engine {
                     .total_memories(n)
                     .total_tables(n.saturating_mul(2))
                     .max_memory_size((MAX_MEMORY_MB as usize) << 20)
-                    .max_core_instances_per_component(64)
+                    .max_core_instances_per_component(MAX_INSTANCES)
                     .max_memories_per_component(16)
                     .max_tables_per_component(64)
-                    .table_elements(1 << 20)
+                    .table_elements(MAX_TABLE_ELEMENTS as usize)
                     .max_unused_warm_slots(n.min(100));
                 cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
             }
@@ -746,10 +763,10 @@ impl Runner {
         let limits = &self.spec.limits;
         let store_limits = StoreLimitsBuilder::new()
             .memory_size((limits.memory_mb as usize) << 20)
-            .instances(64)
+            .instances(limits.max_instances.min(MAX_INSTANCES) as usize)
             .tables(64)
             .memories(16)
-            .table_elements(1 << 20)
+            .table_elements(limits.max_table_elements.min(MAX_TABLE_ELEMENTS) as usize)
             .trap_on_grow_failure(true)
             .build();
         let state = HostState::new(
