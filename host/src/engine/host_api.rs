@@ -1,5 +1,6 @@
 //! What the host gives each instance: the `host` interface (log, lookup),
-//! an empty WASI context, and per-batch counters that enforce the limits.
+//! a WASI context that is empty except for what the transform was granted,
+//! and per-batch counters that enforce the limits.
 
 use super::sluice::transform::host::{Host, Level};
 use super::{Grants, Limits};

@@ -6,7 +6,9 @@
 //! own limits, re-created after any trap. Guests get no ambient authority:
 //! the WASI imports language runtimes touch at start-up are served from an
 //! empty context (no env, args, files, sockets; stdio discarded; clocks frozen;
-//! random bytes from a fixed seed).
+//! random bytes from a fixed seed); a directory, the clocks and entropy only
+//! when granted (`grants.rs`), and a component importing what it was not
+//! granted is refused before it runs.
 
 mod abi;
 mod bisect;
