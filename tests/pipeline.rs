@@ -356,34 +356,16 @@ fn init_errors_keep_the_transform_from_deploying() {
 }
 
 #[test]
-fn modules_that_are_not_transforms_are_refused_by_name() {
+fn a_missing_module_file_is_refused_by_name() {
+    // Files that are not transforms (not wasm, a core module, an empty
+    // component, another world) are in the hostile suite (tests/hostile.rs).
     let engine = Engine::new().expect("engine");
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: [(&str, &[u8], &str); 3] = [
-        ("text.wasm", b"hello, world", "is not a WebAssembly file"),
-        (
-            "core.wasm",
-            b"\0asm\x01\0\0\0",
-            "is a core WebAssembly module, not a component",
-        ),
-        // An empty component: valid, but exports nothing.
-        (
-            "empty.wasm",
-            b"\0asm\x0d\0\x01\0",
-            "missing exports `init`, `process`",
-        ),
-    ];
-    for (name, bytes, want) in cases {
-        let path = dir.path().join(name);
-        std::fs::write(&path, bytes).expect("write");
-        let err = engine.load_file(&path).expect_err("refused");
-        let text = err.to_string();
-        assert!(text.contains(name) && text.contains(want), "{name}: {text}");
-    }
     let missing = engine
         .load_file(&dir.path().join("nope.wasm"))
         .expect_err("missing file");
     assert!(matches!(missing, LoadError::Read { .. }));
+    assert!(missing.to_string().contains("nope.wasm"), "{missing}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -228,6 +228,18 @@ fn check_validates_without_processing() {
     );
 }
 
+/// Runs a pipeline on `stdin`; its stdout as JSON lines (and as text).
+fn run_json_lines(pipeline: &Path, stdin: &str) -> (Vec<serde_json::Value>, String) {
+    let out = sluice(&["run", pipeline.to_str().expect("utf8")], Some(stdin));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    (lines, stdout)
+}
+
 #[test]
 fn check_lists_every_import_and_refuses_what_is_not_granted() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -278,16 +290,10 @@ fn check_lists_every_import_and_refuses_what_is_not_granted() {
         "{stderr}"
     );
     // And a run reads the granted file, and only that.
-    let out = sluice(
-        &["run", granted.to_str().expect("utf8")],
-        Some("read:/data/codes.txt\nwrite:/data/codes.txt\nread:/data/../granted.toml\n"),
+    let (lines, stdout) = run_json_lines(
+        &granted,
+        "read:/data/codes.txt\nwrite:/data/codes.txt\nread:/data/../granted.toml\n",
     );
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     assert_eq!(lines[0]["read"], "A=1", "{stdout}");
     assert!(lines[1].get("error").is_some(), "read-only: {stdout}");
@@ -304,16 +310,7 @@ fn check_lists_every_import_and_refuses_what_is_not_granted() {
         pipeline("limits = { fuel_per_call = 100000000 }\n[transforms.grants]\nungranted_wasi = \"inert\"\n"),
     )
     .expect("write");
-    let out = sluice(
-        &["run", inert.to_str().expect("utf8")],
-        Some("env\nread:/data/codes.txt\n"),
-    );
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
+    let (lines, stdout) = run_json_lines(&inert, "env\nread:/data/codes.txt\n");
     assert_eq!(
         lines[0],
         serde_json::json!({"env": 0, "args": 0}),
