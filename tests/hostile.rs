@@ -11,26 +11,16 @@
 //! lengths and result pointers outside memory, imports of anything.
 
 use sluice::engine::{
-    Engine, EngineOptions, Grants, InstanceSpec, Limits, LoadError, RefTables, Runner,
-    TransformError, Ungranted,
+    Engine, EngineOptions, Grants, InstanceSpec, Limits, LoadError, Runner, TransformError,
+    Ungranted,
 };
 use sluice::record::{Partition, Position, Record};
-use sluice_e2e::module;
 use sluice_e2e::wat_guest::{self, Process, Realloc};
+use sluice_e2e::{module, spec};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-fn spec(name: &str, config: &str, limits: Limits) -> InstanceSpec {
-    InstanceSpec {
-        name: Arc::from(name),
-        config: config.to_string(),
-        tables: RefTables::empty(),
-        limits,
-        grants: Default::default(),
-    }
-}
 
 fn batch(values: &[&str]) -> (Vec<Record>, Vec<Position>) {
     let part = Partition {

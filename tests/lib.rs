@@ -34,6 +34,21 @@ pub fn module(project: &str) -> PathBuf {
     path
 }
 
+/// An instance spec with no tables and no grants.
+pub fn spec(
+    name: &str,
+    config: &str,
+    limits: sluice::engine::Limits,
+) -> sluice::engine::InstanceSpec {
+    sluice::engine::InstanceSpec {
+        name: std::sync::Arc::from(name),
+        config: config.to_string(),
+        tables: sluice::engine::RefTables::empty(),
+        limits,
+        grants: Default::default(),
+    }
+}
+
 /// TOML string literal for a path.
 pub fn toml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())

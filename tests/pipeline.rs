@@ -2,10 +2,10 @@
 //! local lake out, the dead-letter queue checked record by record.
 
 use serde_json::Value;
-use sluice::engine::{Engine, InstanceSpec, Limits, LoadError, RefTables, Runner, TransformError};
+use sluice::engine::{Engine, Limits, LoadError, Runner, TransformError};
 use sluice::pipeline::{RunOptions, run_file};
 use sluice::record::{Partition, Position, Record};
-use sluice_e2e::{module, read_lake, root, toml_path};
+use sluice_e2e::{module, read_lake, root, spec, toml_path};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -211,16 +211,6 @@ async fn toll_road_lands_in_the_lake_and_bad_records_in_the_dlq() {
         summary.outputs["default"] + summary.dead_letter_total() + summary.dropped_total(),
         "every record is accounted for"
     );
-}
-
-fn spec(name: &str, config: &str, limits: Limits) -> InstanceSpec {
-    InstanceSpec {
-        name: Arc::from(name),
-        config: config.to_string(),
-        tables: RefTables::empty(),
-        limits,
-        grants: Default::default(),
-    }
 }
 
 fn records(values: &[&str]) -> (Vec<Record>, Vec<Position>) {
