@@ -415,3 +415,58 @@ async fn a_trapping_record_is_isolated_by_bisection_and_the_run_goes_on() {
     );
     assert_eq!(summary.dead_lettered.get("transform").copied(), Some(1));
 }
+
+/// A file source that fails part-way (here: the second file cannot be read,
+/// an I/O error like a failing disk) stops the run with an error naming the
+/// file, but only after every record it read before is in the sink: the
+/// last records of the first file, still waiting in their batch when the
+/// error came, are delivered too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_error_delivers_everything_read_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let n = 4_050;
+    let lines: String = (0..n).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    std::fs::write(data.join("a.jsonl"), lines).expect("write");
+    // Reading /proc/self/mem at offset 0 fails with EIO: a file that opens
+    // and then cannot be read.
+    std::os::unix::fs::symlink("/proc/self/mem", data.join("b.jsonl")).expect("symlink");
+    let text = format!(
+        r#"
+name = "source-error"
+[source.file]
+path = {data}
+[batch]
+max_records = 1000
+max_wait_ms = 60000
+[delivery]
+drain_timeout_ms = 60000
+[[transforms]]
+name = "id"
+module = {id}
+[outputs.default.local]
+path = "lake/out"
+[dead_letter.local]
+path = "lake/errors"
+"#,
+        data = toml_path(&data.join("*.jsonl")),
+        id = toml_path(&module("transforms/identity")),
+    );
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, text).expect("write pipeline");
+    let err = run_file(&path, &RunOptions { quiet_build: true })
+        .await
+        .expect_err("the source fails");
+    assert!(err.to_string().contains("b.jsonl"), "{err}");
+    let got: BTreeSet<i64> = read_lake(&dir.path().join("lake/out"))
+        .iter()
+        .filter_map(|v| v["n"].as_i64())
+        .collect();
+    assert_eq!(
+        got.len(),
+        n,
+        "every record read before the error is delivered"
+    );
+    assert_eq!(got, (0..n as i64).collect::<BTreeSet<_>>());
+}

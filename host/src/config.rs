@@ -549,6 +549,16 @@ impl PipelineConfig {
         if !(0.0..=1.0).contains(&cb.failure_ratio) || cb.window_records == 0 {
             return Err("`circuit_breaker`: failure_ratio must be within 0 and 1, window_records at least 1".into());
         }
+        if let Some(bad) = self
+            .outputs
+            .keys()
+            .find(|n| !crate::engine::valid_output_name(n))
+        {
+            return Err(format!(
+                "`outputs.{bad}`: an output name is 1 to {} ASCII letters, digits, `_`, `-` or `.`",
+                crate::engine::MAX_OUTPUT_NAME
+            ));
+        }
         if !self.outputs.contains_key("default") {
             return Err(
                 "`outputs.default` is missing: the last transform's default output needs a sink"
@@ -619,6 +629,12 @@ impl PipelineConfig {
                     "`transforms[{i}].limits`: max_table_elements at most {}, max_instances within 1 and {}, max_record_output_kb at least 1",
                     crate::engine::MAX_TABLE_ELEMENTS,
                     crate::engine::MAX_INSTANCES
+                ));
+            }
+            if !(64..=crate::engine::MAX_TEXT_BYTES as u32).contains(&t.limits.max_message_bytes) {
+                return Err(format!(
+                    "`transforms[{i}].limits.max_message_bytes`: within 64 and {}",
+                    crate::engine::MAX_TEXT_BYTES
                 ));
             }
             if t.limits.memory_mb > crate::engine::MAX_MEMORY_MB {

@@ -100,3 +100,32 @@ pub struct SourceRecord {
     /// Where it came from.
     pub position: Position,
 }
+
+/// Checks that `bytes` are one JSON document: valid UTF-8 throughout (a
+/// JSON text is UTF-8, and a skipped-over string is not checked by the
+/// parser) and valid JSON. The error says what is wrong and where.
+pub fn check_json(bytes: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        format!(
+            "invalid UTF-8 at byte {} (JSON text must be UTF-8)",
+            e.valid_up_to()
+        )
+    })?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::check_json;
+
+    #[test]
+    fn json_must_be_utf8_even_inside_strings() {
+        assert!(check_json(br#"{"a":"ok \u00e9","b":[1,2]}"#).is_ok());
+        assert!(check_json("{\"a\":\"é\"}".as_bytes()).is_ok());
+        let err = check_json(b"{\"a\":\"\xff\xfe\"}").expect_err("not UTF-8");
+        assert!(err.contains("invalid UTF-8 at byte 6"), "{err}");
+        assert!(check_json(b"{\"a\":").is_err());
+    }
+}

@@ -473,7 +473,7 @@ pub fn items(
                 offset: i as i64,
             };
             let invalid = json.then(|| match record.value.as_deref() {
-                Some(v) => serde_json::from_slice::<serde::de::IgnoredAny>(v)
+                Some(v) => crate::record::check_json(v)
                     .err()
                     .map(|e| format!("not valid JSON: {e}")),
                 None => Some("no value".to_string()),

@@ -3,14 +3,81 @@
 //! returns is trusted: every count, span and index is checked.
 
 use super::Limits;
-use super::sluice::transform::types::{
-    Batch as WireBatch, OutcomeKind, Outcomes as WireOutcomes, Source,
-};
+use super::lift::{GuestText, RawOutcomes as WireOutcomes};
+use super::sluice::transform::types::{Batch as WireBatch, OutcomeKind, Source};
 use crate::record::{Header, Position, Record};
 use bytes::Bytes;
 
 const ABSENT: u32 = u32::MAX;
 const NO_TIMESTAMP: i64 = i64::MIN;
+
+/// The longest output name a guest may use, in bytes.
+pub const MAX_OUTPUT_NAME: usize = 64;
+/// The longest failure kind kept, in bytes (longer ones are cut).
+pub const MAX_FAILURE_KIND: usize = 64;
+/// Output names no guest may use: `default` is the chain's default output,
+/// reached by emitting without a name (a named output called `default`
+/// would skip every later transform).
+pub const RESERVED_OUTPUT_NAMES: &[&str] = &["default"];
+
+/// Whether `name` may name an output (in a pipeline file or from a guest):
+/// 1 to 64 ASCII letters, digits, `_`, `-` and `.`.
+pub fn valid_output_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_OUTPUT_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// A short, escaped preview of guest text for an error message.
+fn preview(text: &str) -> String {
+    let mut p: String = text.chars().take(40).flat_map(char::escape_debug).collect();
+    if text.chars().count() > 40 {
+        p.push('…');
+    }
+    p
+}
+
+/// Checks the named outputs (index 0 is the default output; its name is
+/// ignored).
+fn output_names(names: Vec<GuestText>) -> Result<Vec<String>, String> {
+    let mut out = Vec::with_capacity(names.len());
+    for (i, name) in names.into_iter().enumerate() {
+        if i == 0 {
+            out.push(String::new());
+            continue;
+        }
+        if name.cut || !valid_output_name(&name.text) {
+            return Err(format!(
+                "output name {i} (`{}`, {} bytes) is not a valid output name: 1 to {MAX_OUTPUT_NAME} ASCII letters, digits, `_`, `-` or `.`",
+                preview(&name.text),
+                name.guest_len
+            ));
+        }
+        if RESERVED_OUTPUT_NAMES.contains(&name.text.as_str()) {
+            return Err(format!(
+                "output name {i} is `{}`, which is reserved: emit without a name to reach the default output (the next transform)",
+                name.text
+            ));
+        }
+        out.push(name.text);
+    }
+    Ok(out)
+}
+
+/// A failure kind: cut to [`MAX_FAILURE_KIND`] bytes.
+fn failure_kind(kind: GuestText) -> String {
+    let mut k = kind.text;
+    if k.len() > MAX_FAILURE_KIND {
+        let mut cut = MAX_FAILURE_KIND;
+        while !k.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        k.truncate(cut);
+    }
+    k
+}
 
 /// Why one input record failed, as the guest said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +273,13 @@ pub(crate) fn decode(
     if out.output_names.is_empty() {
         return Err("output-names is empty (index 0 must be the default output)".into());
     }
+    if out.output_names.len() > outs + 1 {
+        return Err(format!(
+            "returned {} output names for {outs} outputs",
+            out.output_names.len()
+        ));
+    }
+    let names = output_names(out.output_names)?;
     let failures_wanted = out
         .kinds
         .iter()
@@ -245,8 +319,8 @@ pub(crate) fn decode(
             OutcomeKind::Drop => Outcome::Drop,
             OutcomeKind::Fail => match failures.next() {
                 Some(f) => Outcome::Fail(Failure {
-                    kind: f.kind,
-                    message: f.message,
+                    kind: failure_kind(f.kind),
+                    message: f.message.into_message(),
                     attempts: 1,
                 }),
                 None => return Err("fewer failures than fail outcomes".into()),
@@ -262,12 +336,15 @@ pub(crate) fn decode(
     let arena = Bytes::from(out.arena);
     let mut outputs = Vec::with_capacity(outs);
     let mut header_start = 0usize;
+    // What the host will write: spans may overlap, so the arena's size
+    // says nothing of it.
+    let mut materialised = 0usize;
     for i in 0..outs {
         let slot = out.output_index[i];
-        if slot as usize >= out.output_names.len() {
+        if slot as usize >= names.len() {
             return Err(format!(
                 "output {i} names output slot {slot}, but only {} exist",
-                out.output_names.len()
+                names.len()
             ));
         }
         let key = slice(&arena, &out.spans, i * 4, "key")?;
@@ -298,6 +375,13 @@ pub(crate) fn decode(
                 producer[i], limits.max_record_output_kb
             ));
         }
+        materialised += size;
+        if materialised > max_bytes {
+            return Err(format!(
+                "outputs 0 to {i} hold {materialised} bytes (spans may overlap in the arena), over the limit of {} MiB of output per batch",
+                limits.max_output_mb
+            ));
+        }
         let timestamp = match out.timestamps[i] {
             NO_TIMESTAMP => inputs[producer[i]].0.timestamp,
             t => Some(t),
@@ -315,7 +399,7 @@ pub(crate) fn decode(
     Ok(Processed {
         outcomes,
         outputs,
-        output_names: out.output_names,
+        output_names: names,
     })
 }
 
@@ -339,11 +423,11 @@ mod tests {
         WireOutcomes {
             kinds: vec![OutcomeKind::Emit, OutcomeKind::Drop, OutcomeKind::Fail],
             output_ends: vec![2, 2, 2],
-            failures: vec![super::super::sluice::transform::types::Failure {
+            failures: vec![super::super::lift::RawFailure {
                 kind: "k".into(),
                 message: "m".into(),
             }],
-            output_names: vec![String::new(), "alerts".into()],
+            output_names: vec!["".into(), "alerts".into()],
             arena: b"k1v1v2hn".to_vec(),
             spans: vec![0, 2, 2, 2, 0, ABSENT, 4, 2],
             timestamps: vec![NO_TIMESTAMP, 7],
@@ -445,7 +529,7 @@ mod tests {
             kinds: vec![OutcomeKind::Emit],
             output_ends: vec![1],
             failures: vec![],
-            output_names: vec![String::new()],
+            output_names: vec!["".into()],
             arena: vec![b'v'; 2101],
             spans: vec![0, ABSENT, 0, value],
             timestamps: vec![NO_TIMESTAMP],

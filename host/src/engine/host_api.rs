@@ -2,18 +2,56 @@
 //! a WASI context that is empty except for what the transform was granted,
 //! and per-batch counters that enforce the limits.
 
-use super::sluice::transform::host::{Host, Level};
+use super::lift::GuestText;
+use super::sluice::transform::host::Level;
 use super::{Grants, Limits};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::StoreLimits;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{StoreContextMut, StoreLimits};
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
-/// Longest log message kept; longer ones are cut.
-const MAX_LOG_MESSAGE: usize = 4096;
+/// Adds the `host` interface (and the type-only `types` interface) to the
+/// linker. Written out rather than generated, so that the strings a guest
+/// passes are lifted as bounded [`GuestText`]s.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.instance("sluice:transform/types@0.1.0")?;
+    let mut host = linker.instance("sluice:transform/host@0.1.0")?;
+    host.func_wrap(
+        "log",
+        |mut store: StoreContextMut<'_, HostState>, (level, message): (Level, GuestText)| {
+            store.data_mut().log(level, message);
+            Ok(())
+        },
+    )?;
+    host.func_wrap(
+        "lookup",
+        |mut store: StoreContextMut<'_, HostState>, (table, key): (GuestText, GuestText)| {
+            Ok((store.data_mut().lookup(&table, &key),))
+        },
+    )?;
+    Ok(())
+}
+
+/// Guest text made safe for a log line: control characters (newlines,
+/// carriage returns, escape sequences) are written as escapes, so that a
+/// guest cannot forge lines that look like the host's own.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
 
 /// Reference tables for `lookup`: table name → key → row (JSON object text).
 #[derive(Debug, Default)]
@@ -160,7 +198,7 @@ fn csv_cell(cell: &str) -> serde_json::Value {
 pub struct LogLine {
     /// Severity (`trace` ... `error`).
     pub level: &'static str,
-    /// The message (cut at 4 KiB).
+    /// The message (cut at `limits.max_message_bytes`).
     pub message: String,
 }
 
@@ -190,7 +228,11 @@ pub(crate) struct HostState {
     lookups_this_batch: u64,
     /// Last error-level line the guest logged (SDKs log panics this way).
     pub(crate) last_error: Option<String>,
-    /// Lines logged since the last `take_logs`, for the fixture runner (bounded).
+    /// Whether the lines of the current batch are kept for `take_logs`
+    /// (the fixture runner); a pipeline keeps none.
+    pub(crate) capture_logs: bool,
+    /// Lines of the current batch (at most `max_log_lines_per_batch`, each
+    /// at most `max_message_bytes`), when captured.
     pub(crate) logs: Vec<LogLine>,
 }
 
@@ -277,6 +319,7 @@ impl HostState {
             logs_dropped_this_batch: 0,
             lookups_this_batch: 0,
             last_error: None,
+            capture_logs: false,
             logs: Vec::new(),
         })
     }
@@ -295,6 +338,7 @@ impl HostState {
         self.logs_dropped_this_batch = 0;
         self.lookups_this_batch = 0;
         self.last_error = None;
+        self.logs = Vec::new();
     }
 }
 
@@ -307,20 +351,12 @@ impl WasiView for HostState {
     }
 }
 
-impl super::sluice::transform::types::Host for HostState {}
-
-impl Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
-        let mut message = message;
-        if message.len() > MAX_LOG_MESSAGE {
-            let mut cut = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+impl HostState {
+    fn log(&mut self, level: Level, message: GuestText) {
+        let message = message.into_message();
         if matches!(level, Level::Error) {
+            // SDKs log a panic's message this way: kept for the trap's
+            // error even when the line itself is over the limit.
             self.last_error = Some(message.clone());
         }
         if self.logs_this_batch >= self.max_logs {
@@ -330,29 +366,30 @@ impl Host for HostState {
         }
         self.logs_this_batch += 1;
         let name = &*self.name;
+        let text = escape_controls(&message);
         let level_name = match level {
             Level::Trace => {
-                tracing::trace!(transform = name, "{message}");
+                tracing::trace!(transform = name, "{text}");
                 "trace"
             }
             Level::Debug => {
-                tracing::debug!(transform = name, "{message}");
+                tracing::debug!(transform = name, "{text}");
                 "debug"
             }
             Level::Info => {
-                tracing::info!(transform = name, "{message}");
+                tracing::info!(transform = name, "{text}");
                 "info"
             }
             Level::Warn => {
-                tracing::warn!(transform = name, "{message}");
+                tracing::warn!(transform = name, "{text}");
                 "warn"
             }
             Level::Error => {
-                tracing::error!(transform = name, "{message}");
+                tracing::error!(transform = name, "{text}");
                 "error"
             }
         };
-        if self.logs.len() < 1000 {
+        if self.capture_logs {
             self.logs.push(LogLine {
                 level: level_name,
                 message,
@@ -360,7 +397,7 @@ impl Host for HostState {
         }
     }
 
-    fn lookup(&mut self, table: String, key: String) -> Option<String> {
+    fn lookup(&mut self, table: &GuestText, key: &GuestText) -> Option<String> {
         self.lookups_this_batch += 1;
         if self.lookups_this_batch > self.max_lookups {
             if self.lookups_this_batch == self.max_lookups + 1 {
@@ -372,11 +409,16 @@ impl Host for HostState {
             }
             return None;
         }
-        if !self.tables.has(&table) {
-            tracing::debug!(transform = &*self.name, table = %table, "lookup in a table that is not configured");
+        // A key or table name cut to the text cap is matched against nothing
+        // rather than against a different row.
+        if table.cut || key.cut {
             return None;
         }
-        self.tables.get(&table, &key).map(str::to_string)
+        if !self.tables.has(&table.text) {
+            tracing::debug!(transform = &*self.name, table = %escape_controls(&table.text), "lookup in a table that is not configured");
+            return None;
+        }
+        self.tables.get(&table.text, &key.text).map(str::to_string)
     }
 }
 
@@ -404,5 +446,20 @@ mod tests {
         assert_eq!(t.get("booths", "B3"), None);
         let err = t.load("x", &path, "nope").expect_err("bad key column");
         assert!(err.to_string().contains("no key column `nope`"), "{err}");
+    }
+
+    #[test]
+    fn control_characters_in_guest_text_are_escaped() {
+        let forged = "ok\n2026-12-01T00:00:00Z ERROR sluice: circuit breaker open\r\u{1b}[31m";
+        let escaped = escape_controls(forged);
+        assert!(
+            !escaped.contains('\n') && !escaped.contains('\r') && !escaped.contains('\u{1b}'),
+            "{escaped}"
+        );
+        assert!(
+            escaped.contains("ok\\n2026") && escaped.contains("\\u{1b}[31m"),
+            "{escaped}"
+        );
+        assert_eq!(escape_controls("plain é ü"), "plain é ü");
     }
 }

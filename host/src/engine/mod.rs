@@ -16,11 +16,16 @@ pub mod build;
 mod cache;
 pub mod grants;
 mod host_api;
+mod lift;
 
-pub use abi::{Failure, Outcome, Output, Processed};
+pub use abi::{
+    Failure, MAX_FAILURE_KIND, MAX_OUTPUT_NAME, Outcome, Output, Processed, RESERVED_OUTPUT_NAMES,
+    valid_output_name,
+};
 pub use bisect::Bisection;
 pub use grants::{Grants, Ungranted};
 pub use host_api::{LogLine, RefTables, TableError, Usage};
+pub use lift::{GuestText, MAX_TEXT_BYTES};
 
 use crate::record::{Position, Record};
 use host_api::HostState;
@@ -77,6 +82,10 @@ pub struct Limits {
     /// Log lines a transform may write per batch; the rest are counted and
     /// dropped (default 100).
     pub max_log_lines_per_batch: u32,
+    /// Longest string the host copies from the guest, in bytes: log lines,
+    /// failure messages, a batch's or `init`'s error (longer ones are cut
+    /// before they are copied, and say so). Default 4096, at most 65536.
+    pub max_message_bytes: u32,
     /// Lookups a transform may make per batch before they return nothing
     /// (default 1,000,000).
     pub max_lookups_per_batch: u64,
@@ -98,6 +107,7 @@ impl Default for Limits {
             max_table_elements: MAX_TABLE_ELEMENTS,
             max_instances: MAX_INSTANCES,
             max_log_lines_per_batch: 100,
+            max_message_bytes: 4096,
             max_lookups_per_batch: 1_000_000,
             fuel_per_call: 0,
         }
@@ -416,11 +426,7 @@ impl Engine {
             }
         };
         let mut linker = Linker::<HostState>::new(&inner);
-        Transform::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(|e| LoadError::Engine(e.to_string()))?;
+        host_api::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
         let weak = inner.weak();
@@ -646,7 +652,7 @@ pub struct InstanceSpec {
 
 struct Instance {
     store: Store<HostState>,
-    bindings: Transform,
+    exports: lift::Exports,
     wire: sluice::transform::types::Batch,
 }
 
@@ -657,6 +663,7 @@ pub struct Runner {
     spec: InstanceSpec,
     instance: Option<Instance>,
     instantiations: u64,
+    capture_logs: bool,
 }
 
 impl std::fmt::Debug for Runner {
@@ -693,6 +700,7 @@ impl Runner {
             spec,
             instance: None,
             instantiations: 0,
+            capture_logs: false,
         };
         runner.ensure_instance()?;
         Ok(runner)
@@ -736,7 +744,18 @@ impl Runner {
             .unwrap_or_default()
     }
 
-    /// Log lines the guest wrote during the last call (for the fixture runner).
+    /// Keeps the log lines of each batch for [`Runner::take_logs`] (the
+    /// fixture runner). Off by default: a pipeline's lines go to the log and
+    /// are not kept.
+    pub fn capture_logs(&mut self, on: bool) {
+        self.capture_logs = on;
+        if let Some(i) = self.instance.as_mut() {
+            i.store.data_mut().capture_logs = on;
+        }
+    }
+
+    /// Log lines the guest wrote during the last batch, when captured
+    /// ([`Runner::capture_logs`]).
     pub fn take_logs(&mut self) -> Vec<LogLine> {
         self.instance
             .as_mut()
@@ -783,23 +802,36 @@ impl Runner {
             module: module.clone(),
             message,
         })?;
+        let mut state = state;
+        state.capture_logs = self.capture_logs;
         let mut store = Store::new(&self.module.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(ticks(limits.timeout_ms));
         store.epoch_deadline_trap();
+        // All that one call may hand the host (lists and strings, however
+        // aliased): at most the guest's own memory's worth.
+        store.set_hostcall_fuel((limits.memory_mb.max(1) as usize) << 20);
         refuel(&mut store, self.module.fuel, limits);
-        let bindings = self
+        let instance = self
             .module
             .pre
+            .instance_pre()
             .instantiate(&mut store)
             .map_err(|e| classify(&self.spec, &module, &mut store, e))?;
-        match bindings.call_init(&mut store, &self.spec.config) {
+        let exports =
+            lift::Exports::new(&mut store, &instance).map_err(|e| TransformError::Instantiate {
+                transform: name.clone(),
+                module: module.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let cap = limits.max_message_bytes as usize;
+        match lift::with_text_cap(cap, || exports.init(&mut store, &self.spec.config)) {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
                 return Err(TransformError::Init {
                     transform: name,
                     module,
-                    message,
+                    message: message.into_message(),
                 });
             }
             Err(e) => {
@@ -823,7 +855,7 @@ impl Runner {
         };
         Ok(Instance {
             store,
-            bindings,
+            exports,
             wire,
         })
     }
@@ -866,9 +898,11 @@ impl Runner {
         instance.store.set_epoch_deadline(ticks(limits.timeout_ms));
         refuel(&mut instance.store, module.fuel, limits);
         let started = Instant::now();
-        let result = instance
-            .bindings
-            .call_process(&mut instance.store, &instance.wire);
+        let exports = instance.exports;
+        let (store, wire) = (&mut instance.store, &instance.wire);
+        let result = lift::with_text_cap(limits.max_message_bytes as usize, || {
+            exports.process(store, wire)
+        });
         tracing::trace!(transform = %name, records = records.len(), elapsed_us = started.elapsed().as_micros() as u64, "process call");
         let wire_out = match result {
             Ok(Ok(out)) => out,
@@ -876,7 +910,7 @@ impl Runner {
                 return Err(TransformError::Batch {
                     transform: name,
                     module: module.path.display().to_string(),
-                    message,
+                    message: message.into_message(),
                 });
             }
             Err(e) => {

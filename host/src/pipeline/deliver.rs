@@ -263,6 +263,19 @@ impl Delivery {
             };
             *report.outputs.entry(write.output.clone()).or_default() +=
                 (write.records.len() - rejects.len()) as u64;
+            if let Some(bad) = rejects.iter().find(|r| r.index >= write.meta.len()) {
+                // A record the sink refused but cannot name would be in
+                // neither the sink nor the DLQ: stop without committing.
+                return Done {
+                    job,
+                    outcome: Err(PipelineError::Internal(format!(
+                        "sink {} rejected record {} of a write of {} records: no such record (the run stops; records of this batch are not committed)",
+                        write.sink.describe(),
+                        bad.index,
+                        write.meta.len()
+                    ))),
+                };
+            }
             for reject in rejects {
                 let Some(&(origin, from)) = write.meta.get(reject.index) else {
                     continue;
@@ -459,6 +472,103 @@ fn take_job(finished: &mut Vec<Done>) -> Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{Position, SourceRecord};
+    use crate::sink::Reject;
+
+    /// A sink that accepts everything and reports a reject for a record it
+    /// was never given (a broken sink: no real one can be made to do it).
+    struct LyingSink;
+
+    #[async_trait::async_trait]
+    impl Sink for LyingSink {
+        async fn submit(&self, _records: Vec<Record>) -> Result<Pending, SinkError> {
+            Ok(crate::sink::ready(vec![Reject {
+                index: 7,
+                reason: "made up".into(),
+            }]))
+        }
+        fn describe(&self) -> String {
+            "lying".into()
+        }
+    }
+
+    /// A sink that keeps what it is given.
+    #[derive(Default)]
+    struct Keep(std::sync::Mutex<Vec<Record>>);
+
+    #[async_trait::async_trait]
+    impl Sink for Keep {
+        async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(records);
+            Ok(crate::sink::ready(Vec::new()))
+        }
+        fn describe(&self) -> String {
+            "keep".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reject_naming_no_record_stops_the_run_without_committing() {
+        let part = Partition {
+            stream: Arc::from("s"),
+            partition: 0,
+        };
+        let record = Record::from_value(&b"{}"[..]);
+        let job = Job {
+            partition: part.clone(),
+            epoch: 0,
+            items: vec![SourceItem::Record(SourceRecord {
+                record: record.clone(),
+                position: Position {
+                    partition: part,
+                    offset: 0,
+                },
+            })],
+            bytes: 2,
+        };
+        let mut chain = ChainResult::default();
+        chain.outputs.insert(
+            "default".into(),
+            vec![super::super::chain::Routed {
+                record,
+                origin: 0,
+                from: None,
+            }],
+        );
+        let dlq_sink = Arc::new(Keep::default());
+        let delivery = Delivery {
+            sinks: BTreeMap::from([("default".to_string(), Arc::new(LyingSink) as Arc<dyn Sink>)]),
+            dlq: Arc::new(DeadLetter::new(dlq_sink.clone(), "p", "t")),
+            transforms: Arc::new(Vec::new()),
+            retries: BTreeMap::new(),
+            dlq_retry: Retry::default(),
+        };
+        let submitted = delivery
+            .submit(Processed { job, chain })
+            .await
+            .map_err(|(_, e)| e)
+            .expect("submitted");
+        let done = delivery.finish(submitted, true).await;
+        let err = done.outcome.expect_err("the run stops");
+        assert!(
+            matches!(err, PipelineError::Internal(_))
+                && err
+                    .to_string()
+                    .contains("rejected record 7 of a write of 1"),
+            "{err}"
+        );
+        assert!(
+            dlq_sink
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty(),
+            "nothing is written as if it were handled"
+        );
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

@@ -83,6 +83,10 @@ pub enum PipelineError {
     /// A transform failed too many records: the pipeline stops.
     #[error(transparent)]
     CircuitOpen(#[from] breaker::CircuitOpen),
+    /// The source failed, and records it read before could not be
+    /// delivered in time (the message names them).
+    #[error("{0}")]
+    Undelivered(String),
     /// A bug in the host.
     #[error("internal error: {0}")]
     Internal(String),

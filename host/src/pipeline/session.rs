@@ -275,23 +275,40 @@ impl Coordinator<'_> {
     ) -> Result<SessionEnd, PipelineError> {
         let mut source_open = true;
         let mut stopping = false;
+        // A source that failed: what it read before is delivered first, then
+        // the session ends with its error.
+        let mut source_error: Option<(PipelineError, Instant)> = None;
         let mut progress = tokio::time::interval(Duration::from_secs(30));
         progress.tick().await;
         loop {
             if (stopping || !source_open) && self.jobs_in_flight == 0 && self.batchers.is_empty() {
                 self.answer_all_revokes();
+                if let Some((e, _)) = source_error {
+                    return Err(e);
+                }
                 return Ok(if stopping {
                     SessionEnd::Shutdown
                 } else {
                     SessionEnd::Drained
                 });
             }
+            if let Some((e, deadline)) = &source_error
+                && *deadline <= Instant::now()
+            {
+                return Err(self.undelivered(e));
+            }
             let batch_deadline = self.batchers.values().filter_map(Batcher::deadline).min();
             let revoke_deadline = self.revokes.iter().map(|r| r.deadline).min();
-            let deadline = [batch_deadline, revoke_deadline, self.commit_due]
-                .into_iter()
-                .flatten()
-                .min();
+            let drain_deadline = source_error.as_ref().map(|(_, d)| *d);
+            let deadline = [
+                batch_deadline,
+                revoke_deadline,
+                self.commit_due,
+                drain_deadline,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 biased;
                 finished = done_rx.recv() => match finished {
@@ -311,7 +328,12 @@ impl Coordinator<'_> {
                     }
                     Some(Ok(SourceEvent::Item(item))) => self.on_item(item),
                     Some(Ok(SourceEvent::Revoke(r))) => self.on_revoke(r),
-                    Some(Err(e)) => return Err(e.into()),
+                    Some(Err(e)) => {
+                        tracing::error!(pipeline = %self.pipeline, error = %e, records_in_flight = self.ledger.in_flight(), "the source failed: delivering what it read before stopping");
+                        source_open = false;
+                        source_error = Some((e.into(), Instant::now() + self.drain_timeout));
+                        self.flush_all();
+                    }
                     None => {
                         source_open = false;
                         self.flush_all();
@@ -339,6 +361,22 @@ impl Coordinator<'_> {
                 }
             }
         }
+    }
+
+    /// The source's error, with what was read but could not be delivered
+    /// before the drain timeout.
+    fn undelivered(&self, e: &PipelineError) -> PipelineError {
+        let left: Vec<String> = self
+            .ledger
+            .unhandled()
+            .into_iter()
+            .map(|(p, n, first, last)| format!("{n} of `{p}` between offsets {first} and {last}"))
+            .collect();
+        PipelineError::Undelivered(format!(
+            "{e}; records read before it were not delivered within {:?} and are not committed (they are read again on the next run): {}",
+            self.drain_timeout,
+            left.join(", ")
+        ))
     }
 
     fn epoch(&self, p: &Partition) -> u64 {

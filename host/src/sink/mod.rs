@@ -240,7 +240,7 @@ pub fn encode_line(record: &Record, format: RecordFormat, out: &mut Vec<u8>) -> 
                 );
             };
             if !value.contains(&b'\n') && !value.contains(&b'\r') {
-                if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(value) {
+                if let Err(e) = crate::record::check_json(value) {
                     return Err(format!(
                         "record value is not JSON, and the sink writes JSON lines: {e}"
                     ));

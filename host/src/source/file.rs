@@ -79,6 +79,7 @@ impl FileSource {
                 files.push(full);
             }
             files.sort();
+            files = read_once(files);
             if files.is_empty() {
                 return Err(SourceError::NoFiles(full_str));
             }
@@ -120,6 +121,31 @@ impl FileSource {
         ));
         Ok(true)
     }
+}
+
+/// Keeps one path per file: paths that resolve (through symbolic links) to a
+/// file already listed are dropped, so that a link loop such as
+/// `src/loop -> .` under `src/**/*.jsonl` reads every record once.
+fn read_once(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept = Vec::with_capacity(files.len());
+    let mut dropped = 0usize;
+    for f in files {
+        let key = std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone());
+        if seen.insert(key) {
+            kept.push(f);
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            files = kept.len(),
+            duplicate_paths = dropped,
+            "several paths lead to the same file (a symbolic link loop, or links to files already listed): each file is read once"
+        );
+    }
+    kept
 }
 
 /// Reads the files on a task of its own, taking a share of the budget for
@@ -186,7 +212,7 @@ impl FileSource {
             let record = Record::from_value(Bytes::from(line));
             if self.format == LineFormat::Jsonl {
                 let value = record.value.as_deref().unwrap_or_default();
-                if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(value) {
+                if let Err(e) = crate::record::check_json(value) {
                     let reason = format!(
                         "line {} of `{}` is not valid JSON: {e}",
                         offset + 1,
@@ -248,6 +274,45 @@ mod tests {
             "{reason}"
         );
         assert!(got[3].position().partition.stream.ends_with("b.jsonl"));
+    }
+
+    #[tokio::test]
+    async fn a_symlink_loop_reads_each_file_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).expect("mkdir");
+        std::fs::write(src.join("a.jsonl"), "{\"n\":1}\n{\"n\":2}\n").expect("write");
+        std::fs::write(src.join("sub/b.jsonl"), "{\"n\":3}\n").expect("write");
+        std::os::unix::fs::symlink(".", src.join("loop")).expect("symlink");
+        std::os::unix::fs::symlink("a.jsonl", src.join("same.jsonl")).expect("symlink");
+        let mut s =
+            FileSource::open("src/**/*.jsonl", dir.path(), LineFormat::Jsonl).expect("open");
+        let mut n = 0;
+        while s.next().await.expect("read").is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 3, "each record once");
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_inside_a_json_string_is_invalid_input() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("a.jsonl"),
+            b"{\"s\":\"ok\"}\n{\"s\":\"\xff\xfe\"}\n",
+        )
+        .expect("write");
+        let mut s = FileSource::open("a.jsonl", dir.path(), LineFormat::Jsonl).expect("open");
+        assert!(matches!(s.next().await, Ok(Some(SourceItem::Record(_)))));
+        match s.next().await {
+            Ok(Some(SourceItem::Invalid { reason, .. })) => {
+                assert!(
+                    reason.contains("line 2") && reason.contains("UTF-8"),
+                    "{reason}"
+                )
+            }
+            other => panic!("the second line is invalid input, got {other:?}"),
+        }
     }
 
     #[test]

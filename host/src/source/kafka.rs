@@ -202,9 +202,7 @@ impl SourceContext {
         if self.format == ValueFormat::Json {
             let check = match record.value.as_deref() {
                 None => Err("the record has no value".to_string()),
-                Some(v) => serde_json::from_slice::<serde::de::IgnoredAny>(v)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                Some(v) => crate::record::check_json(v),
             };
             if let Err(e) = check {
                 return SourceItem::Invalid {
