@@ -170,11 +170,40 @@ pub mod wat_guest {
             .iter()
             .map(|name| format!("(import \"{name}\" (instance))\n"))
             .collect();
-        let text = format!(
+        let data = format!(
+            "(data (i32.const 2048) \"{}\")\n(data (i32.const 3072) \"{}\")\n(data (i32.const 5120) \"{}\")",
+            escape(&result),
+            escape(&drops),
+            escape(&empty_name)
+        );
+        let text = template(
+            &import_decls,
+            4,
+            &realloc_body,
+            &format!("(i32.const {result_ptr})"),
+            &data,
+        );
+        match wat::parse_str(&text) {
+            Ok(bytes) => bytes,
+            Err(e) => panic!("the test's WAT does not parse: {e}\n{text}"),
+        }
+    }
+
+    /// The component around a core module: `pages` of memory, a
+    /// `cabi_realloc` with `realloc_body`, a `process` whose body is
+    /// `process_body` (returning the result pointer) and data segments.
+    fn template(
+        import_decls: &str,
+        pages: u32,
+        realloc_body: &str,
+        process_body: &str,
+        data: &str,
+    ) -> String {
+        format!(
             r#"(component
   {import_decls}
   (core module $m
-    (memory (export "memory") 4)
+    (memory (export "memory") {pages})
     (global $next (mut i32) (i32.const 8192))
     (global $calls (mut i32) (i32.const 0))
     (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
@@ -182,10 +211,8 @@ pub mod wat_guest {
     (func (export "init") (param i32 i32) (result i32) (i32.const 16))
     (func (export "process")
       (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
-      (i32.const {result_ptr}))
-    (data (i32.const 2048) "{result}")
-    (data (i32.const 3072) "{drops}")
-    (data (i32.const 5120) "{empty_name}")
+      {process_body})
+    {data}
   )
   (core instance $i (instantiate $m))
   (type $source' (record (field "stream" string) (field "partition" s32)))
@@ -209,14 +236,123 @@ pub mod wat_guest {
     (canon lift (core func $i "init") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc"))))
   (func (export "process") (param "batch" $batch) (result (result $outcomes (error string)))
     (canon lift (core func $i "process") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc"))))
-)"#,
-            result = escape(&result),
-            drops = escape(&drops),
-            empty_name = escape(&empty_name),
-        );
-        match wat::parse_str(&text) {
-            Ok(bytes) => bytes,
-            Err(e) => panic!("the test's WAT does not parse: {e}\n{text}"),
+)"#
+        )
+    }
+
+    /// A list or string in the guest's memory: (pointer, length).
+    pub type Span = (u32, u32);
+
+    /// A guest whose `process` returns exactly what the test lays out in
+    /// its memory: lists and strings may alias each other, overlap or be
+    /// huge. Static data lives from 64 KiB; regions given to
+    /// [`Raw::filled`] are filled with a byte at every call (so that a
+    /// 16 MiB string costs no 16 MiB of WAT).
+    #[derive(Debug, Clone)]
+    pub struct Raw {
+        pages: u32,
+        data: Vec<(u32, Vec<u8>)>,
+        fills: Vec<(u32, u8, u32)>,
+        next: u32,
+    }
+
+    impl Raw {
+        /// A guest with `mib` MiB of memory.
+        pub fn new(mib: u32) -> Self {
+            Raw {
+                pages: mib * 16,
+                data: Vec::new(),
+                fills: Vec::new(),
+                next: 65536,
+            }
+        }
+
+        /// Static bytes (8-aligned).
+        pub fn bytes(&mut self, b: &[u8]) -> Span {
+            let at = self.next;
+            self.data.push((at, b.to_vec()));
+            self.next = (at + b.len() as u32 + 7) & !7;
+            (at, b.len() as u32)
+        }
+
+        /// A `list<u32>`.
+        pub fn u32s(&mut self, v: &[u32]) -> Span {
+            let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (self.bytes(&b).0, v.len() as u32)
+        }
+
+        /// A `list<s64>`.
+        pub fn i64s(&mut self, v: &[i64]) -> Span {
+            let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (self.bytes(&b).0, v.len() as u32)
+        }
+
+        /// A list of `string`s (or any list of pointer/length pairs).
+        pub fn spans(&mut self, v: &[Span]) -> Span {
+            let b: Vec<u8> = v
+                .iter()
+                .flat_map(|(p, l)| p.to_le_bytes().into_iter().chain(l.to_le_bytes()))
+                .collect();
+            (self.bytes(&b).0, v.len() as u32)
+        }
+
+        /// A list of `failure`s: (kind, message) pairs.
+        pub fn failures(&mut self, v: &[(Span, Span)]) -> Span {
+            let flat: Vec<Span> = v.iter().flat_map(|(k, m)| [*k, *m]).collect();
+            let (ptr, _) = self.spans(&flat);
+            (ptr, v.len() as u32)
+        }
+
+        /// `len` bytes at `at`, set to `byte` at every call.
+        pub fn filled(&mut self, at: u32, byte: u8, len: u32) -> Span {
+            self.fills.push((at, byte, len));
+            (at, len)
+        }
+
+        fn build(self, result: Vec<u8>) -> Vec<u8> {
+            let mut data = format!("(data (i32.const 2048) \"{}\")\n", escape(&result));
+            for (at, b) in &self.data {
+                data.push_str(&format!("(data (i32.const {at}) \"{}\")\n", escape(b)));
+            }
+            let mut body = String::new();
+            for (at, byte, len) in &self.fills {
+                body.push_str(&format!(
+                    "(memory.fill (i32.const {at}) (i32.const {byte}) (i32.const {len}))\n"
+                ));
+            }
+            // The input batch was lowered through the bump allocator: reset it.
+            body.push_str("(global.set $next (i32.const 8192))\n(i32.const 2048)");
+            let realloc = "(local $p i32)
+             (local.set $p (i32.and (i32.add (global.get $next) (i32.sub (local.get 2) (i32.const 1)))
+                                    (i32.sub (i32.const 0) (local.get 2))))
+             (global.set $next (i32.add (local.get $p) (local.get 3)))
+             (local.get $p)";
+            let text = template("", self.pages, realloc, &body, &data);
+            match wat::parse_str(&text) {
+                Ok(bytes) => bytes,
+                Err(e) => panic!("the test's WAT does not parse: {e}"),
+            }
+        }
+
+        /// A component whose `process` returns `ok(outcomes)` with these ten
+        /// lists, in the contract's order (kinds, output-ends, failures,
+        /// output-names, arena, spans, timestamps, header-ends,
+        /// header-spans, output-index).
+        pub fn ok(self, lists: [Span; 10]) -> Vec<u8> {
+            let mut result = vec![0u8; 4];
+            for (ptr, len) in lists {
+                result.extend_from_slice(&ptr.to_le_bytes());
+                result.extend_from_slice(&len.to_le_bytes());
+            }
+            self.build(result)
+        }
+
+        /// A component whose `process` returns `err(message)`.
+        pub fn err(self, message: Span) -> Vec<u8> {
+            let mut result = vec![1u8, 0, 0, 0];
+            result.extend_from_slice(&message.0.to_le_bytes());
+            result.extend_from_slice(&message.1.to_le_bytes());
+            self.build(result)
         }
     }
 

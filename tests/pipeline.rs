@@ -470,3 +470,54 @@ path = "lake/errors"
     );
     assert_eq!(got, (0..n as i64).collect::<BTreeSet<_>>());
 }
+
+/// A transform that sends records to a *named* output called `default`
+/// does not skip the transforms after it: the name is reserved, the records
+/// go to the dead-letter queue (a broken contract), and the redacting step
+/// after it is the only way to the default sink.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_named_output_called_default_cannot_skip_later_transforms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines: String = (0..20)
+        .map(|i| format!("{{\"v\":\"namedefault\",\"n\":{i}}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), lines).expect("write");
+    let text = format!(
+        r#"
+name = "bypass"
+[source.file]
+path = "in.jsonl"
+[[transforms]]
+name = "tenant"
+module = {poison}
+[[transforms]]
+name = "redact"
+module = {filter}
+config = {{ field = "$.n", op = "gt", value = 1000000 }}
+[outputs.default.local]
+path = "lake/out"
+[dead_letter.local]
+path = "lake/errors"
+"#,
+        poison = toml_path(&module("tests/guests/poison")),
+        filter = toml_path(&module("transforms/filter")),
+    );
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, text).expect("write pipeline");
+    let summary = run_file(&path, &RunOptions { quiet_build: true })
+        .await
+        .expect("runs");
+    assert!(
+        read_lake(&dir.path().join("lake/out")).is_empty(),
+        "nothing reaches the sink without passing `redact`"
+    );
+    let dead = read_lake(&dir.path().join("lake/errors"));
+    assert_eq!(dead.len(), 20, "every record is in the DLQ: {summary}");
+    for d in &dead {
+        let text = d.to_string();
+        assert!(
+            text.contains("contract") && text.contains("reserved"),
+            "{text}"
+        );
+    }
+}

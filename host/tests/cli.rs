@@ -368,3 +368,37 @@ fn a_hostile_fixture_asserts_the_one_trapping_record_of_a_thousand() {
     assert!(stdout.contains("record 500 `traps`"), "{stdout}");
     assert!(stdout.contains("1 failed"), "{stdout}");
 }
+
+/// A guest's log line with a newline, a carriage return and an escape
+/// sequence is one line of the host's log, with those characters escaped:
+/// it cannot forge a line that looks like the host's own.
+#[test]
+fn a_guest_cannot_forge_host_log_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "name = \"forge\"\n[source.file]\npath = \"-\"\n[[transforms]]\nname = \"poison\"\nmodule = {:?}\n[outputs.default.stdout]\n[dead_letter.stdout]\n",
+            root().join("tests/guests/poison").display().to_string()
+        ),
+    )
+    .expect("write");
+    let out = sluice(
+        &["run", p.to_str().expect("utf8")],
+        Some("{\"v\":\"lognewline\"}\n"),
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("innocent"), "the line is logged: {stderr}");
+    for line in stderr.lines() {
+        assert!(
+            !line.trim_start().starts_with("2026-12-01T00:00:00.000000Z"),
+            "a forged line: {line:?}\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("innocent\\n2026-12-01T00:00:00.000000Z ERROR sluice: circuit breaker open\\r\\u{1b}[31mred"),
+        "escaped in place: {stderr}"
+    );
+}

@@ -496,6 +496,14 @@ mod tests {
                 "output-names is empty",
             ),
             (
+                Box::new(|o| o.output_names[1] = "default".into()),
+                "`default`, which is reserved",
+            ),
+            (
+                Box::new(|o| o.output_names[1] = "al\nerts".into()),
+                "(`al\\nerts`, 7 bytes) is not a valid output name",
+            ),
+            (
                 Box::new(|o| o.kinds[1] = OutcomeKind::Emit),
                 "dropped or failed",
             ),

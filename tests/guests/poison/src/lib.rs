@@ -9,7 +9,11 @@
 //! - `bigvalue`: emits one 1 GiB value (memory limit);
 //! - `selfexit`: calls `exit(3)` (`wasi:cli/exit` ends the instance);
 //! - `logflood`: writes 200,000 log lines (the host's log rate limit);
-//! - `lookupflood`: makes 1.5 million lookups (the host's lookup limit).
+//! - `lookupflood`: makes 1.5 million lookups (the host's lookup limit);
+//! - `namedefault`: emits the record to a *named* output called `default`
+//!   (trying to skip the transforms after it);
+//! - `logbig`: writes 100 log lines of 2 MiB each (the host's text cap);
+//! - `lognewline`: writes a log line with a newline and a forged host line.
 //!
 //! What a guest can reach of its environment is probed by the separate
 //! `ambient` test guest, which needs grants to load.
@@ -81,6 +85,22 @@ impl Transform for Poison {
                 }
             }
             std::hint::black_box(found);
+        }
+        if has(b"namedefault") {
+            out.emit(&Output::from_record(record).to("default"));
+            return Ok(());
+        }
+        if has(b"logbig") {
+            let line = "x".repeat(2 << 20);
+            for _ in 0..100 {
+                sluice_guest::log(Level::Info, &line);
+            }
+        }
+        if has(b"lognewline") {
+            sluice_guest::log(
+                Level::Warn,
+                "innocent\n2026-12-01T00:00:00.000000Z ERROR sluice: circuit breaker open\r\x1b[31mred",
+            );
         }
         if has(b"fail") {
             return Err(Error::new("poison", "record asked to fail"));
