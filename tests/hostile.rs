@@ -11,8 +11,8 @@
 //! lengths and result pointers outside memory, imports of anything.
 
 use sluice::engine::{
-    Engine, EngineOptions, Grants, InstanceSpec, Limits, LoadError, Runner, TransformError,
-    Ungranted,
+    Engine, EngineOptions, Grants, InstanceSpec, Limits, LoadError, Outcome, Runner,
+    TransformError, Ungranted,
 };
 use sluice::record::{Partition, Position, Record};
 use sluice_e2e::wat_guest::{self, Process, Realloc};
@@ -661,5 +661,97 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
         alone.len(),
         p99(attacked.clone()),
         attacked.len()
+    );
+}
+
+fn values(n: usize, value: &str) -> Vec<String> {
+    (0..n).map(|i| format!("{value}-{i}")).collect()
+}
+
+/// A batch in which every record loops: isolating it costs at most the
+/// isolation budget (plus one deadline per group still pending), not one
+/// deadline per record per split level; the few-poison case stays exact.
+#[test]
+fn isolating_a_batch_of_loops_is_bounded_by_the_budget_and_stays_exact_for_a_few() {
+    let engine = Engine::new().expect("engine");
+    let poison = engine
+        .load_file(&module("tests/guests/poison"))
+        .expect("poison guest");
+    let limits = Limits {
+        timeout_ms: 50,
+        isolation_budget_ms: 1_000,
+        ..Limits::default()
+    };
+    let mut r =
+        Runner::new(poison.clone(), spec("tenant-loops", "{}", limits.clone())).expect("init");
+    let all = values(200, "spin");
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let (recs, pos) = batch(&refs);
+    let inputs: Vec<_> = recs.iter().zip(&pos).collect();
+    let started = Instant::now();
+    let (out, b) = r.process_isolating(&inputs).expect("isolated");
+    let took = started.elapsed();
+    println!(
+        "200 looping records, 50 ms deadline, 1 s budget: {} calls in {took:?} ({} isolated, {} not)",
+        b.extra_calls + 1,
+        b.isolated,
+        b.not_isolated
+    );
+    assert_eq!(out.outcomes.len(), 200);
+    assert!(out.outcomes.iter().all(|o| matches!(o, Outcome::Fail(_))));
+    assert_eq!(b.isolated + b.not_isolated, 200);
+    assert!(b.not_isolated > 0, "the budget cut isolation short");
+    // Without a budget: 399 calls. With it: what fits in the budget (about
+    // 20 deadlines) plus at most one call per pending group (⌈log2 200⌉).
+    assert!(b.extra_calls < 60, "{} calls", b.extra_calls + 1);
+    let note = out
+        .outcomes
+        .iter()
+        .find_map(|o| match o {
+            Outcome::Fail(f) if f.message.contains("not isolated") => Some(f.message.clone()),
+            _ => None,
+        })
+        .expect("a record that says it was not isolated");
+    assert!(
+        note.contains("exceeded its deadline of 50 ms")
+            && note.contains("isolation budget of 1000 ms was spent"),
+        "{note}"
+    );
+
+    // Two loops in 100: exact.
+    let mut few = values(100, "fine");
+    few[17] = "spin-a".into();
+    few[80] = "spin-b".into();
+    let refs: Vec<&str> = few.iter().map(String::as_str).collect();
+    let (recs, pos) = batch(&refs);
+    let inputs: Vec<_> = recs.iter().zip(&pos).collect();
+    let (out, b) = r.process_isolating(&inputs).expect("isolated");
+    assert_eq!((b.isolated, b.not_isolated), (2, 0));
+    for (i, o) in out.outcomes.iter().enumerate() {
+        assert_eq!(
+            matches!(o, Outcome::Fail(_)),
+            i == 17 || i == 80,
+            "record {i}"
+        );
+    }
+
+    // The caller (the pipeline's circuit breaker) stops isolating at once.
+    let all = values(64, "boom");
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let (recs, pos) = batch(&refs);
+    let inputs: Vec<_> = recs.iter().zip(&pos).collect();
+    let (out, b) = r
+        .process_isolating_with(&inputs, &mut |failed| failed >= 3)
+        .expect("isolated");
+    assert_eq!(out.outcomes.len(), 64);
+    // Stopped after the third failure: the groups still pending are tried
+    // once each (a group of one that fails is isolated all the same).
+    assert!((3..=3 + 6).contains(&b.isolated), "{b:?}");
+    assert_eq!(b.isolated + b.not_isolated, 64, "{b:?}");
+    assert!(b.extra_calls < 20, "{} calls", b.extra_calls + 1);
+    assert!(
+        out.outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Fail(f) if f.message.contains("circuit breaker opened")))
     );
 }

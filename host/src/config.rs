@@ -602,9 +602,12 @@ impl PipelineConfig {
                     t.name
                 ));
             }
-            if t.limits.memory_mb == 0 || t.limits.timeout_ms == 0 {
+            if t.limits.memory_mb == 0
+                || t.limits.timeout_ms == 0
+                || t.limits.isolation_budget_ms == 0
+            {
                 return Err(format!(
-                    "`transforms[{i}].limits`: memory_mb and timeout_ms must be at least 1"
+                    "`transforms[{i}].limits`: memory_mb, timeout_ms and isolation_budget_ms must be at least 1"
                 ));
             }
             let g = &t.grants;

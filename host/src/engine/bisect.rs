@@ -6,10 +6,17 @@
 //!
 //! Work is bounded: the split depth is at most ⌈log2(batch)⌉, so a batch of
 //! `n` records with `k` poison records costs at most `2·k·⌈log2 n⌉` extra
-//! calls, and a clean half is never split again.
+//! calls, and a clean half is never split again. Time is bounded too: when
+//! every record of a batch loops, each of those calls costs a whole
+//! deadline, so isolating one batch may take at most
+//! `limits.isolation_budget_ms`; past it, the segments still failing fail
+//! whole (each record with the error and a note that it was not isolated).
+//! The caller may also stop isolating at any failure (`stop`), which the
+//! pipeline does when its circuit breaker would open.
 
 use super::{Failure, Outcome, Processed, Runner, TransformError};
 use crate::record::{Position, Record};
+use std::time::{Duration, Instant};
 
 /// What isolating cost, for metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +29,24 @@ pub struct Bisection {
     pub depth: u32,
     /// Records that failed on their own and were isolated.
     pub isolated: u64,
+    /// Records failed without being isolated: the batch's isolation budget
+    /// was spent, or the caller stopped isolating.
+    pub not_isolated: u64,
+}
+
+/// Why isolating stopped early.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    Budget(Duration),
+    Stopped,
+}
+
+struct Isolating<'s> {
+    deadline: Instant,
+    budget: Duration,
+    stop: &'s mut dyn FnMut(u64) -> bool,
+    failed: u64,
+    cut: Option<Cut>,
 }
 
 impl Runner {
@@ -32,13 +57,32 @@ impl Runner {
         &mut self,
         records: &[(&Record, &Position)],
     ) -> Result<(Processed, Bisection), TransformError> {
+        self.process_isolating_with(records, &mut |_| false)
+    }
+
+    /// [`Runner::process_isolating`], asking `stop` after each record that
+    /// fails (with the batch's failures so far) whether to stop isolating:
+    /// then the records not yet isolated fail as they are.
+    pub fn process_isolating_with(
+        &mut self,
+        records: &[(&Record, &Position)],
+        stop: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<(Processed, Bisection), TransformError> {
         let mut merged = Processed {
             outcomes: Vec::with_capacity(records.len()),
             outputs: Vec::new(),
             output_names: vec![String::new()],
         };
         let mut stats = Bisection::default();
-        self.bisect(records, &mut merged, &mut stats, 0)?;
+        let budget = Duration::from_millis(self.spec.limits.isolation_budget_ms);
+        let mut isolating = Isolating {
+            deadline: Instant::now() + budget,
+            budget,
+            stop,
+            failed: 0,
+            cut: None,
+        };
+        self.bisect(records, &mut merged, &mut stats, &mut isolating, 0)?;
         Ok((merged, stats))
     }
 
@@ -47,6 +91,7 @@ impl Runner {
         records: &[(&Record, &Position)],
         merged: &mut Processed,
         stats: &mut Bisection,
+        isolating: &mut Isolating<'_>,
         depth: u32,
     ) -> Result<(), TransformError> {
         if depth > 0 {
@@ -66,12 +111,16 @@ impl Runner {
             Err(e) if records.len() <= 1 => {
                 for _ in records {
                     stats.isolated += 1;
+                    isolating.failed += 1;
                     merged.outcomes.push(Outcome::Fail(Failure {
                         kind: e.kind().to_string(),
                         message: e.to_string(),
                         // The batch's call, one per split level, and its own.
                         attempts: depth + 1,
                     }));
+                }
+                if isolating.cut.is_none() && (isolating.stop)(isolating.failed) {
+                    isolating.cut = Some(Cut::Stopped);
                 }
                 Ok(())
             }
@@ -80,9 +129,40 @@ impl Runner {
                     stats.split = true;
                     tracing::warn!(transform = %self.name(), records = records.len(), error = %e, "batch failed: isolating the records at fault by bisection");
                 }
+                if isolating.cut.is_none() && depth > 0 && Instant::now() >= isolating.deadline {
+                    isolating.cut = Some(Cut::Budget(isolating.budget));
+                    tracing::warn!(transform = %self.name(), budget_ms = isolating.budget.as_millis() as u64, "isolation budget spent: the records still failing fail without being isolated");
+                }
+                if let Some(cut) = isolating.cut {
+                    let why = match cut {
+                        Cut::Budget(b) => format!(
+                            "not isolated: the batch's isolation budget of {} ms was spent",
+                            b.as_millis()
+                        ),
+                        Cut::Stopped => {
+                            "not isolated: the pipeline's circuit breaker opened".to_string()
+                        }
+                    };
+                    for _ in records {
+                        stats.not_isolated += 1;
+                        isolating.failed += 1;
+                        merged.outcomes.push(Outcome::Fail(Failure {
+                            kind: e.kind().to_string(),
+                            message: format!(
+                                "{e} ({why}; the record was in a failing group of {})",
+                                records.len()
+                            ),
+                            attempts: depth + 1,
+                        }));
+                    }
+                    return Ok(());
+                }
                 let (left, right) = records.split_at(records.len() / 2);
-                self.bisect(left, merged, stats, depth + 1)?;
-                self.bisect(right, merged, stats, depth + 1)
+                self.bisect(left, merged, stats, isolating, depth + 1)?;
+                // A cut during the left half leaves the right one untried:
+                // it is not known to fail, so it is tried once more whole
+                // (and fails whole only if it fails).
+                self.bisect(right, merged, stats, isolating, depth + 1)
             }
         }
     }

@@ -66,6 +66,11 @@ pub struct Limits {
     pub memory_mb: u32,
     /// Wall-clock budget of one `init` or `process` call, in ms (default 5000).
     pub timeout_ms: u64,
+    /// Wall-clock budget for isolating the records at fault in one failed
+    /// batch, in ms (default 60,000: a looping record in a batch of 1,000
+    /// costs about ten deadlines). Past it, the groups still failing fail
+    /// whole, each record saying it was not isolated.
+    pub isolation_budget_ms: u64,
     /// Most output records one input may produce (default 1000).
     pub max_outputs_per_record: u32,
     /// Most output bytes one batch may produce, in MiB (default 64).
@@ -101,6 +106,7 @@ impl Default for Limits {
         Limits {
             memory_mb: 64,
             timeout_ms: 5_000,
+            isolation_budget_ms: 60_000,
             max_outputs_per_record: 1_000,
             max_output_mb: 64,
             max_record_output_kb: 8 << 10,

@@ -85,6 +85,32 @@ impl Breaker {
         }
         Ok(())
     }
+
+    /// Whether the breaker would open if `transform`'s current batch of
+    /// `records` ended with `failed` failures: checked while a batch is
+    /// being isolated, so that a bad deploy stops the pipeline as its
+    /// failures happen rather than after hours of bisection. Changes
+    /// nothing.
+    pub fn would_open(&self, transform: &str, records: u64, failed: u64) -> bool {
+        if !self.config.enabled || records == 0 {
+            return false;
+        }
+        let size = self.config.window_records.max(1);
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut total, mut bad) = (records, failed);
+        if let Some(w) = windows.get(transform) {
+            total += w.records;
+            bad += w.failed;
+            for &(r, f) in &w.batches {
+                if total - r < size {
+                    break;
+                }
+                total -= r;
+                bad -= f;
+            }
+        }
+        total >= size && bad as f64 > self.config.failure_ratio * total as f64
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +146,21 @@ mod tests {
             open.to_string()
                 .contains("transform `t` failed 600 of the last 1000")
         );
+    }
+
+    #[test]
+    fn would_open_sees_a_batch_before_it_ends_and_changes_nothing() {
+        let b = breaker();
+        assert!(b.observe(&step(500, 100)).is_ok());
+        // With 500 more records of which 401 failed so far: 501 of 1,000.
+        assert!(!b.would_open("t", 500, 400));
+        assert!(b.would_open("t", 500, 401));
+        assert!(!b.would_open("other", 500, 401), "a window of its own");
+        // Nothing was counted: the real batch ends well.
+        assert!(b.observe(&step(500, 0)).is_ok());
+        // A batch as large as the window opens it on its own.
+        assert!(b.would_open("fresh", 1000, 501));
+        assert!(!b.would_open("fresh", 999, 999), "not a full window");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the chain for their sinks; failures become dead-letter entries that carry
 //! the original source record and position.
 
+use super::breaker::Breaker;
 use super::summary::StepStats;
 use crate::dlq::{DlqEntry, Stage};
 use crate::engine::{Outcome, Runner};
@@ -57,6 +58,7 @@ pub(crate) fn run_chain(
     runners: &mut [Runner],
     items: &[SourceItem],
     outputs: &BTreeSet<String>,
+    breaker: &Breaker,
 ) -> ChainResult {
     let mut dead = Vec::new();
     let mut steps = Vec::with_capacity(runners.len());
@@ -106,7 +108,10 @@ pub(crate) fn run_chain(
                 (&r.record, position)
             })
             .collect();
-        let processed = runner.process_isolating(&inputs);
+        let records_in = stats.records_in;
+        let processed = runner.process_isolating_with(&inputs, &mut |failed| {
+            breaker.would_open(&name, records_in, failed)
+        });
         drop(inputs);
         let processed = match processed {
             Ok((p, bisection)) => {
@@ -114,7 +119,8 @@ pub(crate) fn run_chain(
                     stats.batch_failures += 1;
                     stats.bisection_calls += bisection.extra_calls;
                     stats.isolated += bisection.isolated;
-                    tracing::info!(transform = %name, records = current.len(), isolated = bisection.isolated, extra_calls = bisection.extra_calls, depth = bisection.depth, "poison records isolated");
+                    stats.not_isolated += bisection.not_isolated;
+                    tracing::info!(transform = %name, records = current.len(), isolated = bisection.isolated, not_isolated = bisection.not_isolated, extra_calls = bisection.extra_calls, depth = bisection.depth, "poison records isolated");
                 }
                 p
             }

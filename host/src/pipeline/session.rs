@@ -209,9 +209,10 @@ async fn worker(
     while let Some(job) = jobs.recv().await {
         let r = runners.clone();
         let o = outputs.clone();
+        let b = breaker.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut runners = r.lock().unwrap_or_else(|e| e.into_inner());
-            let chain = run_chain(&mut runners, &job.items, &o);
+            let chain = run_chain(&mut runners, &job.items, &o, &b);
             (job, chain)
         })
         .await;

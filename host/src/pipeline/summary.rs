@@ -21,6 +21,9 @@ pub struct StepStats {
     pub bisection_calls: u64,
     /// Records isolated by bisection (failed alone; in the DLQ).
     pub isolated: u64,
+    /// Records failed without being isolated (the isolation budget was
+    /// spent, or the circuit breaker opened while isolating).
+    pub not_isolated: u64,
 }
 
 impl StepStats {
@@ -32,6 +35,7 @@ impl StepStats {
         self.batch_failures += other.batch_failures;
         self.bisection_calls += other.bisection_calls;
         self.isolated += other.isolated;
+        self.not_isolated += other.not_isolated;
     }
 }
 
@@ -101,6 +105,9 @@ impl std::fmt::Display for Summary {
                     "  (failed batches {}: {} records isolated in {} extra calls)",
                     s.batch_failures, s.isolated, s.bisection_calls
                 )?;
+                if s.not_isolated > 0 {
+                    write!(f, " ({} failed without being isolated)", s.not_isolated)?;
+                }
             }
             writeln!(f)?;
         }
