@@ -114,6 +114,27 @@ pub fn produce(
     n
 }
 
+/// Produces one record with one header whose name is any bytes — also bytes
+/// that are not UTF-8, which Kafka allows and a hostile producer sends.
+#[allow(unsafe_code)]
+pub fn produce_with_header(bootstrap: &str, topic: &str, value: &[u8], name: &[u8], hvalue: &[u8]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    // SAFETY: rdkafka only copies the name's bytes into a C string for
+    // librdkafka; nothing reads it as Rust text. This is the one way to
+    // send such a name through rdkafka's API.
+    let name = unsafe { std::str::from_utf8_unchecked(name) };
+    let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: name,
+        value: Some(hvalue),
+    });
+    let record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(value).headers(headers);
+    send(&producer, record);
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
 /// Enqueues one record, waiting while the producer's queue is full.
 fn send<K: rdkafka::message::ToBytes + ?Sized, V: rdkafka::message::ToBytes + ?Sized>(
     producer: &BaseProducer,

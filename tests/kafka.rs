@@ -452,3 +452,52 @@ fn an_empty_assignment_is_recognised_in_a_log() {
     .expect("write");
     assert!(!last_assignment_empty(&log));
 }
+
+/// A record whose header name is not UTF-8 (Kafka allows any bytes) goes
+/// to the dead-letter queue at the decode stage; the source thread goes on
+/// with the records after it and the pipeline ends normally.
+#[test]
+fn a_header_name_that_is_not_utf8_is_dead_lettered_and_the_source_goes_on() {
+    let _one = heavy();
+    let b = broker::bootstrap();
+    broker::require(&b);
+    let t = topics(&b, "hdr", 1);
+    broker::produce(&b, &t.input, [(None, b"{\"n\":1}".to_vec())]);
+    broker::produce_with_header(&b, &t.input, b"{\"n\":2}", b"bad\xff\xfename", b"v");
+    broker::produce(&b, &t.input, [(None, b"{\"n\":3}".to_vec())]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = format!("[outputs.default.kafka]\ntopic = \"{}\"", t.output);
+    let pipeline = kafka_pipeline(dir.path(), &b, &t, &sink, "");
+    let log = dir.path().join("sluice.log");
+    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let got = broker::consume(
+        &b,
+        &t.output,
+        false,
+        Duration::from_secs(120),
+        until_count(2),
+    );
+    let dead = broker::consume(&b, &t.dlq, false, Duration::from_secs(60), until_count(1));
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log_tail(30)
+    );
+    let values: Vec<String> = got.iter().map(|g| g.text()).collect();
+    assert_eq!(
+        values,
+        vec!["{\"n\":1}", "{\"n\":3}"],
+        "the records around it flow"
+    );
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].text(), "{\"n\":2}");
+    assert_eq!(
+        dead[0].header("sluice.dlq.stage").as_deref(),
+        Some("decode")
+    );
+    let message = dead[0]
+        .header("sluice.dlq.error.message")
+        .unwrap_or_default();
+    assert!(message.contains("not UTF-8"), "{message}");
+}

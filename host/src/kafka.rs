@@ -115,6 +115,68 @@ pub fn forward_error(client: &str, error: &KafkaError, reason: &str) {
     tracing::warn!(target: "librdkafka", client, %error, "{reason}");
 }
 
+/// What a consumed message carries that rdkafka's safe accessors would
+/// panic on: header names and the topic name are read as bytes here
+/// (librdkafka allows any bytes; rdkafka's `Headers::try_get` and
+/// `Message::topic` unwrap them as UTF-8, which would kill the source
+/// thread on one hostile record).
+pub mod raw {
+    use bytes::Bytes;
+    use rdkafka::bindings as rd;
+    use rdkafka::message::BorrowedMessage;
+    use std::ffi::CStr;
+
+    /// The message's headers, in order: (name bytes, value bytes).
+    #[allow(unsafe_code)]
+    pub fn headers(msg: &BorrowedMessage<'_>) -> Vec<(Bytes, Bytes)> {
+        let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+        // SAFETY: `msg.ptr()` is a live message for as long as `msg` is
+        // borrowed; the headers it hands back belong to the message.
+        let err = unsafe { rd::rd_kafka_message_headers(msg.ptr(), &mut hdrs) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: `hdrs` is non-null and owned by the live message.
+        let count = unsafe { rd::rd_kafka_header_cnt(hdrs) };
+        let mut out = Vec::with_capacity(count);
+        for idx in 0..count {
+            let mut name: *const std::ffi::c_char = std::ptr::null();
+            let mut value: *const std::ffi::c_void = std::ptr::null();
+            let mut size: usize = 0;
+            // SAFETY: `idx` is below the count; the out-pointers are valid.
+            let err =
+                unsafe { rd::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
+            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+                continue;
+            }
+            // SAFETY: librdkafka stores header names NUL-terminated.
+            let name = unsafe { CStr::from_ptr(name) }.to_bytes();
+            let value = if value.is_null() {
+                &[][..]
+            } else {
+                // SAFETY: `value` points at `size` bytes owned by the message.
+                unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }
+            };
+            out.push((Bytes::copy_from_slice(name), Bytes::copy_from_slice(value)));
+        }
+        out
+    }
+
+    /// The message's topic name (lossy, should a broker send one that is
+    /// not UTF-8).
+    #[allow(unsafe_code)]
+    pub fn topic(msg: &BorrowedMessage<'_>) -> String {
+        // SAFETY: `msg.ptr()` is live; its topic handle outlives it.
+        let rkt = unsafe { (*msg.ptr()).rkt };
+        if rkt.is_null() {
+            return String::new();
+        }
+        // SAFETY: librdkafka returns a NUL-terminated name for a live handle.
+        let name = unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(rkt)) };
+        name.to_string_lossy().into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

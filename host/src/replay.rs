@@ -295,7 +295,6 @@ pub fn read_kafka(
 ) -> Result<Vec<DeadLetterRecord>, ReplayError> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Headers;
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
     let dlq = format!("kafka topic `{topic}`");
     let err = |message: String| ReplayError::Read {
@@ -365,15 +364,17 @@ pub fn read_kafka(
         let id = format!("{topic}/{p}@{offset}");
         let mut context = std::collections::BTreeMap::new();
         let mut headers = Vec::new();
-        if let Some(hs) = m.headers() {
-            for h in hs.iter() {
-                let value = h.value.unwrap_or_default();
-                match h.key.strip_prefix("sluice.dlq.") {
-                    Some(k) => {
-                        context.insert(k.to_string(), String::from_utf8_lossy(value).into_owned());
-                    }
-                    None => headers.push(Header::new(h.key, value.to_vec())),
+        for (name, value) in crate::kafka::raw::headers(&m) {
+            match name.strip_prefix(b"sluice.dlq.") {
+                Some(k) => {
+                    context.insert(
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(&value).into_owned(),
+                    );
                 }
+                // Kept as it was, even a name that is not UTF-8: the replay
+                // item is then refused at the decode stage, with the reason.
+                None => headers.push(Header { name, value }),
             }
         }
         let entry = kafka_entry(
@@ -472,13 +473,18 @@ pub fn items(
                 partition: partition.clone(),
                 offset: i as i64,
             };
+            let bad_header = record
+                .headers
+                .iter()
+                .position(|h| std::str::from_utf8(&h.name).is_err())
+                .map(|i| format!("header {} has a name that is not UTF-8", i + 1));
             let invalid = json.then(|| match record.value.as_deref() {
                 Some(v) => crate::record::check_json(v)
                     .err()
                     .map(|e| format!("not valid JSON: {e}")),
                 None => Some("no value".to_string()),
             });
-            match invalid.flatten() {
+            match bad_header.or(invalid.flatten()) {
                 Some(reason) => SourceItem::Invalid {
                     record,
                     position,

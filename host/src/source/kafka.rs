@@ -26,7 +26,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, RebalanceProtocol,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use std::collections::{HashMap, VecDeque};
@@ -178,27 +178,35 @@ impl SourceContext {
     fn convert(&self, msg: &BorrowedMessage<'_>) -> SourceItem {
         let position = Position {
             partition: Partition {
-                stream: self.stream(msg.topic()),
+                stream: self.stream(&crate::kafka::raw::topic(msg)),
                 partition: msg.partition(),
             },
             offset: msg.offset(),
         };
-        let headers = msg
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        Header::new(h.key, Bytes::copy_from_slice(h.value.unwrap_or_default()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers: Vec<Header> = crate::kafka::raw::headers(msg)
+            .into_iter()
+            .map(|(name, value)| Header { name, value })
+            .collect();
         let record = Record {
             key: msg.key().map(Bytes::copy_from_slice),
             value: msg.payload().map(Bytes::copy_from_slice),
             headers,
             timestamp: msg.timestamp().to_millis(),
         };
+        if let Some(i) = record
+            .headers
+            .iter()
+            .position(|h| std::str::from_utf8(&h.name).is_err())
+        {
+            return SourceItem::Invalid {
+                reason: format!(
+                    "record {position} has a header (number {}) whose name is not UTF-8: header names must be text",
+                    i + 1
+                ),
+                record,
+                position,
+            };
+        }
         if self.format == ValueFormat::Json {
             let check = match record.value.as_deref() {
                 None => Err("the record has no value".to_string()),
