@@ -56,6 +56,59 @@ pub fn client_config(
     Ok(config)
 }
 
+/// Hides the values of a pipeline's Kafka properties (passwords, keys,
+/// tokens: any of them may be a secret) in text librdkafka wrote: its
+/// configuration errors quote the value they refuse, and rdkafka appends it.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    values: std::sync::Arc<Vec<String>>,
+}
+
+impl Redactor {
+    /// A redactor for the values of `properties`.
+    pub fn new(properties: &Properties) -> Self {
+        let mut values: Vec<String> = properties
+            .0
+            .values()
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .collect();
+        // Longest first, so that a value containing another is hidden whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        Redactor {
+            values: std::sync::Arc::new(values),
+        }
+    }
+
+    /// `text` with every property value replaced by `***` (values under
+    /// three characters only where quoted, so that a `1` does not blank out
+    /// every digit of a message).
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for v in self.values.iter() {
+            if v.len() >= 3 {
+                out = out.replace(v.as_str(), "***");
+            } else {
+                out = out.replace(&format!("\"{v}\""), "\"***\"");
+            }
+        }
+        out
+    }
+
+    /// A librdkafka error as text, with no property value in it: for a
+    /// configuration error, the property's name and librdkafka's reason.
+    pub fn error(&self, e: &KafkaError) -> String {
+        match e {
+            KafkaError::ClientConfig(_, desc, key, _value) => format!(
+                "librdkafka refused the setting `{key}`: {} (the value is not shown)",
+                self.redact(desc)
+            ),
+            other => self.redact(&other.to_string()),
+        }
+    }
+}
+
 /// This process's instance name: `SLUICE_INSTANCE`, else the host name.
 pub fn instance_id() -> String {
     if let Ok(id) = std::env::var("SLUICE_INSTANCE")
@@ -75,20 +128,29 @@ pub fn instance_id() -> String {
 pub struct Logs {
     /// Client name used in log lines (e.g. `source` or `output default`).
     pub client: String,
+    /// Hides property values in what librdkafka says.
+    pub redactor: Redactor,
 }
 
 impl ClientContext for Logs {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        forward_log(&self.client, level, fac, message);
+        forward_log(&self.client, &self.redactor, level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        forward_error(&self.client, &error, reason);
+        forward_error(&self.client, &self.redactor, &error, reason);
     }
 }
 
 /// Forwards one librdkafka log line.
-pub fn forward_log(client: &str, level: RDKafkaLogLevel, fac: &str, message: &str) {
+pub fn forward_log(
+    client: &str,
+    redactor: &Redactor,
+    level: RDKafkaLogLevel,
+    fac: &str,
+    message: &str,
+) {
+    let message = redactor.redact(message);
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
@@ -111,7 +173,9 @@ pub fn forward_log(client: &str, level: RDKafkaLogLevel, fac: &str, message: &st
 /// Forwards one librdkafka client error. Transport errors are retried by
 /// librdkafka itself, so they are warnings; anything fatal surfaces again
 /// where it matters (a poll, a delivery report, a transaction call).
-pub fn forward_error(client: &str, error: &KafkaError, reason: &str) {
+pub fn forward_error(client: &str, redactor: &Redactor, error: &KafkaError, reason: &str) {
+    let error = redactor.error(error);
+    let reason = redactor.redact(reason);
     tracing::warn!(target: "librdkafka", client, %error, "{reason}");
 }
 
@@ -180,6 +244,39 @@ pub mod raw {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn property_values_never_appear_in_librdkafka_errors() {
+        let mut p = Properties::default();
+        p.0.insert("sasl.pasword".into(), "hunter2-very-secret".into());
+        let config = client_config("127.0.0.1:9", &[], &p, "source.kafka").expect("built");
+        let err = config
+            .create::<rdkafka::consumer::BaseConsumer>()
+            .err()
+            .expect("a property librdkafka does not know");
+        assert!(
+            err.to_string().contains("hunter2-very-secret"),
+            "rdkafka itself prints the value: {err}"
+        );
+        let text = Redactor::new(&p).error(&err);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("sasl.pasword"), "{text}");
+
+        let mut p = Properties::default();
+        p.0.insert("linger.ms".into(), "s3cr3t-not-a-number".into());
+        let config = client_config("127.0.0.1:9", &[], &p, "source.kafka").expect("built");
+        let err = config
+            .create::<rdkafka::consumer::BaseConsumer>()
+            .err()
+            .expect("a value librdkafka refuses");
+        let text = Redactor::new(&p).error(&err);
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("linger.ms"), "{text}");
+        assert_eq!(
+            Redactor::new(&p).redact("x s3cr3t-not-a-number y"),
+            "x *** y"
+        );
+    }
 
     #[test]
     fn reserved_settings_are_refused_with_the_reason() {

@@ -312,7 +312,7 @@ pub fn read_kafka(
         crate::kafka::client_config(bootstrap, &defaults, properties, &dlq)
             .map_err(&err)?
             .create()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(crate::kafka::Redactor::new(properties).error(&e)))?;
     let timeout = Duration::from_secs(30);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)

@@ -121,13 +121,15 @@ impl KafkaProducer {
         if let Some(id) = transactional_id {
             config.set("transactional.id", id);
         }
+        let redactor = crate::kafka::Redactor::new(&c.properties);
         let producer: FutureProducer<Logs> = config
             .create_with_context(Logs {
                 client: "sink".into(),
+                redactor: redactor.clone(),
             })
             .map_err(|e| SinkError::Kafka {
                 sink: what,
-                message: format!("cannot create the producer: {e}"),
+                message: format!("cannot create the producer: {}", redactor.error(&e)),
                 transient: false,
             })?;
         Ok(KafkaProducer {

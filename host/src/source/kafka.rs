@@ -84,12 +84,26 @@ fn kafka_err(what: &'static str, e: &KafkaError) -> SourceError {
     }
 }
 
+/// [`kafka_err`] for errors that may quote a property's value.
+fn config_err(
+    what: &'static str,
+    e: &KafkaError,
+    redactor: &crate::kafka::Redactor,
+) -> SourceError {
+    SourceError::Kafka {
+        what,
+        message: redactor.error(e),
+        fatal: true,
+    }
+}
+
 /// Starts the consumer and its polling thread.
 pub(super) fn start(
     c: &KafkaSourceConfig,
     opts: StartOptions,
 ) -> Result<RunningSource, SourceError> {
     let config = client_config(c, &opts.pipeline)?;
+    let redactor = crate::kafka::Redactor::new(&c.properties);
     let (events_tx, events) = mpsc::unbounded_channel();
     let context = SourceContext {
         events: events_tx,
@@ -101,10 +115,11 @@ pub(super) fn start(
         start: c.start.clone(),
         format: c.format,
         topics: Mutex::new(HashMap::new()),
+        redactor: redactor.clone(),
     };
     let consumer: BaseConsumer<SourceContext> = config
         .create_with_context(context)
-        .map_err(|e| kafka_err("create consumer", &e))?;
+        .map_err(|e| config_err("create consumer", &e, &redactor))?;
     let topics: Vec<&str> = c.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -160,6 +175,7 @@ struct SourceContext {
     start: StartPosition,
     format: ValueFormat,
     topics: Mutex<HashMap<String, Arc<str>>>,
+    redactor: crate::kafka::Redactor,
 }
 
 impl SourceContext {
@@ -359,11 +375,11 @@ fn offsets_list(offsets: &[(Partition, i64)]) -> TopicPartitionList {
 
 impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        crate::kafka::forward_log("source", level, fac, message);
+        crate::kafka::forward_log("source", &self.redactor, level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        crate::kafka::forward_error("source", &error, reason);
+        crate::kafka::forward_error("source", &self.redactor, &error, reason);
     }
 }
 
