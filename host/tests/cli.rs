@@ -402,3 +402,66 @@ fn a_guest_cannot_forge_host_log_lines() {
         "escaped in place: {stderr}"
     );
 }
+
+/// What is wrong with a pipeline's contents is reported with the pipeline
+/// file, the line and the transform: a missing module, a directory that is
+/// not a transform project, a duplicate name, a limit out of range.
+#[test]
+fn errors_in_a_pipeline_name_the_file_the_line_and_the_transform() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = root().join("transforms/identity").display().to_string();
+    let write = |name: &str, transforms: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "name = \"p\"\n[source.file]\npath = \"-\"\n\n{transforms}\n[outputs.default.stdout]\n[dead_letter.stdout]\n"
+            ),
+        )
+        .expect("write");
+        p
+    };
+    std::fs::create_dir_all(dir.path().join("not-a-project")).expect("mkdir");
+    let cases = [
+        (
+            "missing.toml",
+            format!(
+                "[[transforms]]\nname = \"ok\"\nmodule = {id:?}\n\n[[transforms]]\nname = \"gone\"\nmodule = \"nowhere.wasm\"\n"
+            ),
+            vec![
+                "missing.toml",
+                "line 11",
+                "transform `gone`",
+                "nowhere.wasm",
+            ],
+        ),
+        (
+            "dir.toml",
+            "[[transforms]]\nname = \"odd\"\nmodule = \"not-a-project\"\n".to_string(),
+            vec!["dir.toml", "line 7", "transform `odd`", "not-a-project"],
+        ),
+        (
+            "twice.toml",
+            format!(
+                "[[transforms]]\nname = \"a\"\nmodule = {id:?}\n[[transforms]]\nname = \"a\"\nmodule = {id:?}\n"
+            ),
+            vec!["twice.toml", "line 9", "used twice"],
+        ),
+        (
+            "limits.toml",
+            format!(
+                "[[transforms]]\nname = \"a\"\nmodule = {id:?}\nlimits = {{ memory_mb = 100000 }}\n"
+            ),
+            vec!["limits.toml", "line 8", "memory_mb"],
+        ),
+    ];
+    for (file, transforms, wants) in cases {
+        let p = write(file, &transforms);
+        let out = sluice(&["check", p.to_str().expect("utf8")], None);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{file}: {stderr}");
+        for want in wants {
+            assert!(stderr.contains(want), "{file}: want {want:?} in {stderr}");
+        }
+    }
+}

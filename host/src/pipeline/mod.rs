@@ -83,6 +83,19 @@ pub enum PipelineError {
     /// A transform failed too many records: the pipeline stops.
     #[error(transparent)]
     CircuitOpen(#[from] breaker::CircuitOpen),
+    /// Setting up one transform failed (its module cannot be built or
+    /// loaded, a table cannot be read): says where in which pipeline file.
+    #[error("pipeline `{}`{}, transform `{transform}`: {error}", .file.display(), .line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Setup {
+        /// The pipeline file.
+        file: PathBuf,
+        /// The line of the transform's table (or its `module` field).
+        line: Option<usize>,
+        /// The transform.
+        transform: String,
+        /// What failed.
+        error: Box<PipelineError>,
+    },
     /// The source failed, and records it read before could not be
     /// delivered in time (the message names them).
     #[error("{0}")]
@@ -150,21 +163,35 @@ pub fn prepare_transforms(
     opts: &RunOptions,
 ) -> Result<Vec<PreparedTransform>, PipelineError> {
     let mut prepared = Vec::with_capacity(config.transforms.len());
-    for t in &config.transforms {
-        let module_path = resolve_module(&base.join(&t.module), opts.quiet_build)?;
-        let module = engine.load_file(&module_path)?;
+    for (i, t) in config.transforms.iter().enumerate() {
+        let at = |field: &str, error: PipelineError| PipelineError::Setup {
+            file: config.origin.path.clone(),
+            line: config.origin.transform_line(i, Some(field)),
+            transform: t.name.clone(),
+            error: Box::new(error),
+        };
+        let module_path = resolve_module(&base.join(&t.module), opts.quiet_build)
+            .map_err(|e| at("module", e.into()))?;
+        let module = engine
+            .load_file(&module_path)
+            .map_err(|e| at("module", e.into()))?;
         let mut tables = RefTables::default();
         for (name, table) in &t.tables {
-            tables.load(name, &base.join(&table.path), &table.key)?;
+            tables
+                .load(name, &base.join(&table.path), &table.key)
+                .map_err(|e| at("tables", e.into()))?;
         }
         let grants = t.grants.clone().resolved(base);
         if let Some(dir) = &grants.files
             && !dir.is_dir()
         {
-            return Err(PipelineError::Grant {
-                transform: t.name.clone(),
-                path: dir.clone(),
-            });
+            return Err(at(
+                "grants",
+                PipelineError::Grant {
+                    transform: t.name.clone(),
+                    path: dir.clone(),
+                },
+            ));
         }
         let spec = InstanceSpec {
             name: Arc::from(t.name.as_str()),
