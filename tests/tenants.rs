@@ -114,5 +114,13 @@ fn a_thousand_tenant_transforms_load_and_process_a_batch_each() {
         after / 1024,
         after.saturating_sub(before) as f64 / TENANTS as f64,
     );
-    assert_eq!(tenants.len(), TENANTS);
+    // Every tenant kept the one instance it was created with: none failed
+    // and was re-created, so none was disturbed by the 999 others.
+    let recreated: Vec<usize> = tenants
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.instantiations() != 1)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(recreated.is_empty(), "tenants re-created: {recreated:?}");
 }
