@@ -478,20 +478,27 @@ pub struct KafkaSinkConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
-    /// Attempts in all, the first included (default 6).
+    /// Attempts in all, the first included; 0 (the default): as many as
+    /// fit in `max_elapsed_ms`.
     pub attempts: u32,
     /// Wait before the second attempt, in ms (default 100).
     pub initial_backoff_ms: u64,
     /// Longest wait between attempts, in ms (default 10000).
     pub max_backoff_ms: u64,
+    /// Longest time a write is retried for, from its first failure, in ms
+    /// (default 300000: five minutes, enough to ride out a broker restart
+    /// or a network blip while the source waits; librdkafka itself retries
+    /// each record for up to its `message.timeout.ms` inside every attempt).
+    pub max_elapsed_ms: u64,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
-            attempts: 6,
+            attempts: 0,
             initial_backoff_ms: 100,
             max_backoff_ms: 10_000,
+            max_elapsed_ms: 300_000,
         }
     }
 }
@@ -622,9 +629,9 @@ impl PipelineConfig {
             )))
         {
             let r = sink.retry();
-            if r.attempts == 0 || r.initial_backoff_ms > r.max_backoff_ms {
+            if r.initial_backoff_ms > r.max_backoff_ms || r.max_elapsed_ms == 0 {
                 return Err(format!(
-                    "`{name}.retry`: attempts must be at least 1 and initial_backoff_ms at most max_backoff_ms"
+                    "`{name}.retry`: initial_backoff_ms must be at most max_backoff_ms, and max_elapsed_ms at least 1"
                 ));
             }
         }
@@ -855,11 +862,16 @@ path = "lake"
         let c = PipelineConfig::parse(&custom, Path::new("p.toml")).expect("valid");
         assert_eq!(c.outputs["default"].retry().attempts, 3);
         assert_eq!(c.circuit_breaker.failure_ratio, 0.9);
-        let zero = custom.replace("attempts = 3", "attempts = 0");
+        let zero = custom.replace("attempts = 3", "attempts = 3, max_elapsed_ms = 0");
         let err = PipelineConfig::parse(&zero, Path::new("p.toml"))
-            .expect_err("no attempts")
+            .expect_err("no time to retry in")
             .to_string();
         assert!(err.contains("outputs.default.retry"), "{err}");
+        assert_eq!(
+            RetryConfig::default().attempts,
+            0,
+            "bounded by time, not count"
+        );
         let ratio = custom.replace("failure_ratio = 0.9", "failure_ratio = 1.5");
         let err = PipelineConfig::parse(&ratio, Path::new("p.toml"))
             .expect_err("ratio")

@@ -228,6 +228,11 @@ impl DeadLetter {
         }
     }
 
+    /// Asks the sink to start afresh after repeated failures.
+    pub fn recover(&self) {
+        self.sink.recover();
+    }
+
     /// Writes entries; returns once they are durable. A refused entry is an
     /// error too: the dead-letter queue is the last resort.
     pub async fn write(&self, entries: &[DlqEntry]) -> Result<(), DlqError> {

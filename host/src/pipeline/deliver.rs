@@ -29,6 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Failed attempts of one write after which its sink is asked to recover.
+const RECOVER_AFTER: u32 = 3;
 /// Most batches whose writes are awaited at once (at-least-once).
 const MAX_PENDING_BATCHES: usize = 8;
 /// Most batches in one transaction (exactly-once).
@@ -89,35 +91,41 @@ pub(crate) struct TransformInfo {
 /// Retry policy for transient sink errors (at-least-once).
 #[derive(Debug, Clone)]
 pub(crate) struct Retry {
-    /// Attempts in all, the first included.
+    /// Attempts in all, the first included; 0: as many as fit in
+    /// `max_elapsed`.
     pub attempts: u32,
     /// Wait before the second attempt.
     pub initial: Duration,
     /// Longest wait between attempts.
     pub max: Duration,
+    /// Longest time one write is retried for (from its first failure).
+    pub max_elapsed: Duration,
 }
 
 impl Default for Retry {
     fn default() -> Self {
-        Retry {
-            attempts: 6,
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(10),
-        }
+        crate::config::RetryConfig::default().into()
     }
 }
 
 impl From<crate::config::RetryConfig> for Retry {
     fn from(c: crate::config::RetryConfig) -> Self {
         Retry {
-            attempts: c.attempts.max(1),
+            attempts: c.attempts,
             initial: Duration::from_millis(c.initial_backoff_ms),
             max: Duration::from_millis(c.max_backoff_ms),
+            max_elapsed: Duration::from_millis(c.max_elapsed_ms),
         }
     }
 }
 
 impl Retry {
+    /// Whether attempt `next` (2, 3, ...) may be made `since` the first
+    /// failure, after waiting `wait`.
+    pub fn allows(&self, next: u32, since: std::time::Instant, wait: Duration) -> bool {
+        (self.attempts == 0 || next <= self.attempts) && since.elapsed() + wait <= self.max_elapsed
+    }
+
     /// The wait before attempt `attempt` (2, 3, ...): exponential, capped,
     /// with full jitter in its upper half.
     pub fn backoff(&self, attempt: u32) -> Duration {
@@ -215,6 +223,8 @@ impl Delivery {
     }
 
     /// Awaits one write, trying it again on transient errors when `retry`.
+    /// A retry writes again only the records not yet written (when the
+    /// sink says which), so that riding out an outage adds no duplicates.
     async fn await_write(
         &self,
         write: &mut Write,
@@ -222,19 +232,59 @@ impl Delivery {
     ) -> Result<Vec<crate::sink::Reject>, SinkError> {
         let policy = self.retries.get(&write.output).cloned().unwrap_or_default();
         let mut attempt = 1;
+        let mut first_failure: Option<std::time::Instant> = None;
+        // Indices (into `write.records`) of what the pending write holds.
+        let mut current: Vec<usize> = (0..write.records.len()).collect();
+        let mut rejects = Vec::new();
         loop {
             let pending = std::mem::replace(&mut write.pending, crate::sink::ready(Vec::new()));
-            match pending.await {
-                Ok(rejects) => return Ok(rejects),
-                Err(e) if retry && e.is_transient() && attempt < policy.attempts => {
-                    attempt += 1;
-                    let wait = policy.backoff(attempt);
-                    tracing::warn!(output = %write.output, sink = %write.sink.describe(), error = %e, attempt, wait_ms = wait.as_millis() as u64, "transient sink error: retrying the batch");
-                    tokio::time::sleep(wait).await;
-                    write.pending = write.sink.submit(write.records.clone()).await?;
+            let error = match pending.await {
+                Ok(r) => {
+                    rejects.extend(
+                        r.into_iter()
+                            .map(|r| remap(r, &current, write.records.len())),
+                    );
+                    rejects.sort_by_key(|r: &crate::sink::Reject| r.index);
+                    return Ok(rejects);
                 }
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            let since = *first_failure.get_or_insert_with(std::time::Instant::now);
+            let wait = policy.backoff(attempt + 1);
+            if !(retry && error.is_transient() && policy.allows(attempt + 1, since, wait)) {
+                if retry && error.is_transient() {
+                    tracing::error!(output = %write.output, sink = %write.sink.describe(), error = %error, attempts = attempt, elapsed_ms = since.elapsed().as_millis() as u64, "the sink stayed unavailable past its retry policy");
+                }
+                return Err(error);
             }
+            attempt += 1;
+            let error_text = error.to_string();
+            let next: Vec<usize> = match error {
+                SinkError::Partial {
+                    failed, rejects: r, ..
+                } => {
+                    rejects.extend(
+                        r.into_iter()
+                            .map(|r| remap(r, &current, write.records.len())),
+                    );
+                    failed
+                        .iter()
+                        .filter_map(|&i| current.get(i).copied())
+                        .collect()
+                }
+                _ => current.clone(),
+            };
+            tracing::warn!(output = %write.output, sink = %write.sink.describe(), attempt, records = next.len(), wait_ms = wait.as_millis() as u64, elapsed_ms = since.elapsed().as_millis() as u64, error = %error_text, "transient sink error: retrying what is not written");
+            if attempt >= RECOVER_AFTER {
+                write.sink.recover();
+            }
+            tokio::time::sleep(wait).await;
+            current = next;
+            let records: Vec<Record> = current
+                .iter()
+                .filter_map(|&i| write.records.get(i).cloned())
+                .collect();
+            write.pending = write.sink.submit(records).await?;
         }
     }
 
@@ -295,22 +345,22 @@ impl Delivery {
             }
         }
         let mut attempt = 1;
-        loop {
-            match self.dlq.write(&dead).await {
-                Ok(()) => break,
-                Err(e) if retry && attempt < self.dlq_retry.attempts => {
-                    attempt += 1;
-                    let wait = self.dlq_retry.backoff(attempt);
-                    tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "dead-letter write failed: retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => {
-                    return Done {
-                        job,
-                        outcome: Err(e.into()),
-                    };
-                }
+        let mut first_failure: Option<std::time::Instant> = None;
+        while let Err(e) = self.dlq.write(&dead).await {
+            let since = *first_failure.get_or_insert_with(std::time::Instant::now);
+            let wait = self.dlq_retry.backoff(attempt + 1);
+            if !(retry && self.dlq_retry.allows(attempt + 1, since, wait)) {
+                return Done {
+                    job,
+                    outcome: Err(e.into()),
+                };
             }
+            attempt += 1;
+            tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "dead-letter write failed: retrying");
+            if attempt >= RECOVER_AFTER {
+                self.dlq.recover();
+            }
+            tokio::time::sleep(wait).await;
         }
         for e in &dead {
             *report.dead.entry(e.stage.as_str()).or_default() += 1;
@@ -320,6 +370,18 @@ impl Delivery {
             outcome: Ok(report),
         }
     }
+}
+
+/// A reject of a retried subset, renumbered into the whole write.
+fn remap(mut r: crate::sink::Reject, current: &[usize], total: usize) -> crate::sink::Reject {
+    r.index = match current.get(r.index) {
+        Some(&i) => i,
+        // Out of range of the subset: kept out of range of the whole write
+        // too, which `finish` refuses.
+        None if current.len() == total => r.index,
+        None => total.saturating_add(r.index),
+    };
+    r
 }
 
 type DoneFuture = Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
@@ -571,11 +633,112 @@ mod tests {
     }
 
     #[test]
+    fn the_default_policy_rides_out_minutes_and_then_gives_up() {
+        let r = Retry::default();
+        let now = std::time::Instant::now();
+        // Attempt 1,000 after a few seconds: allowed, the count is unbounded.
+        assert!(r.allows(1000, now, Duration::from_secs(10)));
+        let long_ago = now - Duration::from_secs(299);
+        assert!(
+            !r.allows(3, long_ago, Duration::from_secs(2)),
+            "past five minutes"
+        );
+        let counted = Retry {
+            attempts: 3,
+            ..Retry::default()
+        };
+        assert!(counted.allows(3, now, Duration::ZERO));
+        assert!(!counted.allows(4, now, Duration::ZERO));
+    }
+
+    /// A sink that writes every other record the first time and everything
+    /// the second: a retry must write only what failed.
+    #[derive(Default)]
+    struct HalfThenAll {
+        calls: std::sync::Mutex<Vec<Vec<Record>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for HalfThenAll {
+        async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError> {
+            let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            calls.push(records.clone());
+            if calls.len() == 1 {
+                let failed: Vec<usize> = (0..records.len()).filter(|i| i % 2 == 1).collect();
+                return Ok(Box::pin(std::future::ready(Err(SinkError::Partial {
+                    sink: "half".into(),
+                    message: "broker away".into(),
+                    transient: true,
+                    failed,
+                    rejects: vec![Reject {
+                        index: 0,
+                        reason: "too large".into(),
+                    }],
+                }))));
+            }
+            // The second write: its record 1 is refused for itself.
+            Ok(crate::sink::ready(vec![Reject {
+                index: 1,
+                reason: "refused".into(),
+            }]))
+        }
+        fn describe(&self) -> String {
+            "half".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_writes_only_what_was_not_written() {
+        let sink = Arc::new(HalfThenAll::default());
+        let records: Vec<Record> = (0..6)
+            .map(|i| Record::from_value(format!("{i}").into_bytes()))
+            .collect();
+        let delivery = Delivery {
+            sinks: BTreeMap::new(),
+            dlq: Arc::new(DeadLetter::new(Arc::new(Keep::default()), "p", "t")),
+            transforms: Arc::new(Vec::new()),
+            retries: BTreeMap::new(),
+            dlq_retry: Retry::default(),
+        };
+        let mut write = Write {
+            output: "default".into(),
+            sink: sink.clone(),
+            records: records.clone(),
+            meta: (0..6).map(|i| (i, None)).collect(),
+            pending: sink.submit(records.clone()).await.expect("submit"),
+        };
+        let rejects = delivery
+            .await_write(&mut write, true)
+            .await
+            .expect("written");
+        let calls = sink.calls.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(calls.len(), 2);
+        let values = |batch: &[Record]| -> Vec<String> {
+            batch
+                .iter()
+                .map(|r| {
+                    String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()
+                })
+                .collect()
+        };
+        assert_eq!(
+            values(&calls[1]),
+            vec!["1", "3", "5"],
+            "only the failed records again"
+        );
+        // Record 0 refused in the first write, record 3 (index 1 of the
+        // retry) in the second: both in the whole write's numbering.
+        let idx: Vec<usize> = rejects.iter().map(|r| r.index).collect();
+        assert_eq!(idx, vec![0, 3]);
+    }
+
+    #[test]
     fn backoff_grows_is_capped_and_jittered() {
         let r = Retry {
             attempts: 10,
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
+            max_elapsed: Duration::from_secs(60),
         };
         for attempt in 2..12 {
             let d = r.backoff(attempt);

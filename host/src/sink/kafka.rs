@@ -21,6 +21,21 @@ use std::time::Duration;
 
 /// How long one transaction call may block.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Least time between two replacements of a wedged producer.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+/// A producer from `config`; the error hides property values.
+fn create(
+    config: &rdkafka::ClientConfig,
+    redactor: &crate::kafka::Redactor,
+) -> Result<FutureProducer<Logs>, String> {
+    config
+        .create_with_context(Logs {
+            client: "sink".into(),
+            redactor: redactor.clone(),
+        })
+        .map_err(|e| format!("cannot create the producer: {}", redactor.error(&e)))
+}
 
 /// The identity of a producer: sinks with the same key share one.
 pub(super) fn producer_key(bootstrap: &str, c: &KafkaSinkConfig) -> String {
@@ -72,7 +87,13 @@ fn txn_error(e: KafkaError) -> TxnError {
 
 /// A producer shared by the Kafka sinks that use the same settings.
 pub struct KafkaProducer {
-    producer: FutureProducer<Logs>,
+    /// The current producer: replaced by [`KafkaProducer::renew`] when it
+    /// stays wedged after an outage.
+    current: std::sync::RwLock<FutureProducer<Logs>>,
+    /// What it was built from, to build the next one.
+    config: rdkafka::ClientConfig,
+    redactor: crate::kafka::Redactor,
+    renewed: std::sync::Mutex<Option<std::time::Instant>>,
     bootstrap: String,
     compression: Compression,
     properties: Properties,
@@ -122,23 +143,65 @@ impl KafkaProducer {
             config.set("transactional.id", id);
         }
         let redactor = crate::kafka::Redactor::new(&c.properties);
-        let producer: FutureProducer<Logs> = config
-            .create_with_context(Logs {
-                client: "sink".into(),
-                redactor: redactor.clone(),
-            })
-            .map_err(|e| SinkError::Kafka {
-                sink: what,
-                message: format!("cannot create the producer: {}", redactor.error(&e)),
-                transient: false,
-            })?;
+        let producer = create(&config, &redactor).map_err(|message| SinkError::Kafka {
+            sink: what,
+            message,
+            transient: false,
+        })?;
         Ok(KafkaProducer {
-            producer,
+            current: std::sync::RwLock::new(producer),
+            config,
+            redactor,
+            renewed: std::sync::Mutex::new(None),
             bootstrap: bootstrap.to_string(),
             compression: c.compression,
             properties: c.properties.clone(),
             transactional_id: transactional_id.map(str::to_string),
         })
+    }
+
+    /// The producer to use now.
+    fn producer(&self) -> FutureProducer<Logs> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces a producer that keeps failing (at most once per
+    /// [`RENEW_EVERY`]; never a transactional one, whose session restarts
+    /// instead). An idempotent producer whose records timed out can stay
+    /// wedged after the broker is back, until it gets a new producer id;
+    /// the old one's records still in flight fail and are retried.
+    pub fn renew(&self) {
+        if self.transactional_id.is_some() {
+            return;
+        }
+        {
+            let mut last = self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < RENEW_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        match create(&self.config, &self.redactor) {
+            Ok(fresh) => {
+                let old = std::mem::replace(
+                    &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
+                    fresh,
+                );
+                tracing::warn!(bootstrap = %self.bootstrap, "Kafka producer replaced after repeated delivery failures");
+                // Dropping a producer waits for its queue: off the runtime.
+                std::thread::spawn(move || {
+                    use rdkafka::producer::{Producer, PurgeConfig};
+                    old.purge(PurgeConfig::default().queue().inflight());
+                    drop(old);
+                });
+            }
+            Err(message) => {
+                tracing::warn!(bootstrap = %self.bootstrap, error = %message, "cannot replace the Kafka producer")
+            }
+        }
     }
 
     /// Whether a sink config would get a producer with the same settings.
@@ -154,7 +217,7 @@ impl KafkaProducer {
         let me = self.clone();
         let name = topic.to_string();
         let found = tokio::task::spawn_blocking(move || {
-            me.producer
+            me.producer()
                 .client()
                 .fetch_metadata(Some(&name), Duration::from_secs(30))
                 .map(|m| {
@@ -199,7 +262,7 @@ impl KafkaProducer {
         call: impl FnOnce(&FutureProducer<Logs>) -> Result<T, KafkaError> + Send + 'static,
     ) -> Result<T, TxnError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || call(&me.producer).map_err(txn_error))
+        tokio::task::spawn_blocking(move || call(&me.producer()).map_err(txn_error))
             .await
             .map_err(|e| TxnError::Fatal(format!("transaction thread failed: {e}")))?
     }
@@ -258,7 +321,7 @@ impl KafkaProducer {
     /// The producer's fatal error, if it has one (e.g. it was fenced).
     pub fn fatal(&self) -> Option<String> {
         use rdkafka::producer::Producer;
-        self.producer
+        self.producer()
             .client()
             .fatal_error()
             .map(|(code, reason)| format!("{reason} ({code:?})"))
@@ -336,6 +399,7 @@ impl KafkaSink {
 #[async_trait::async_trait]
 impl Sink for KafkaSink {
     async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError> {
+        let producer = self.producer.producer();
         let mut rejects = Vec::new();
         let mut deliveries = Vec::with_capacity(records.len());
         for (index, r) in records.iter().enumerate() {
@@ -360,7 +424,7 @@ impl Sink for KafkaSink {
                 record = record.headers(headers);
             }
             loop {
-                match self.producer.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(delivery) => {
                         deliveries.push((index, delivery));
                         break;
@@ -384,7 +448,9 @@ impl Sink for KafkaSink {
         let sink = self.describe();
         let topic = self.topic.clone();
         Ok(Box::pin(async move {
-            let mut failure: Option<SinkError> = None;
+            // The first failure's message and whether all were transient.
+            let mut failure: Option<(String, bool)> = None;
+            let mut failed = Vec::new();
             for (index, delivery) in deliveries {
                 match delivery.await {
                     Ok(Ok(_)) => {}
@@ -393,29 +459,34 @@ impl Sink for KafkaSink {
                         reason: format!("topic `{topic}` refused the record: {e}"),
                     }),
                     Ok(Err((e, _))) => {
-                        // Keep awaiting the others: their outcome is needed
-                        // to know the whole batch's, but report the first.
-                        failure.get_or_insert(SinkError::Kafka {
-                            sink: sink.clone(),
-                            message: format!("delivery failed: {e}"),
-                            transient: transient(&e),
-                        });
+                        // Keep awaiting the others: which records were
+                        // written decides what a retry writes again.
+                        failed.push(index);
+                        let t = transient(&e);
+                        match &mut failure {
+                            Some((_, all_transient)) => *all_transient &= t,
+                            None => failure = Some((format!("delivery failed: {e}"), t)),
+                        }
                     }
                     Err(_) => {
-                        failure.get_or_insert(SinkError::Kafka {
-                            sink: sink.clone(),
-                            message: "the producer was closed before delivery".into(),
-                            transient: true,
-                        });
+                        failed.push(index);
+                        failure.get_or_insert((
+                            "the producer was closed before delivery".into(),
+                            true,
+                        ));
                     }
                 }
             }
+            rejects.sort_by_key(|r| r.index);
             match failure {
-                Some(e) => Err(e),
-                None => {
-                    rejects.sort_by_key(|r| r.index);
-                    Ok(rejects)
-                }
+                Some((message, transient)) => Err(SinkError::Partial {
+                    sink,
+                    message,
+                    transient,
+                    failed,
+                    rejects,
+                }),
+                None => Ok(rejects),
             }
         }))
     }
@@ -426,6 +497,10 @@ impl Sink for KafkaSink {
 
     fn kafka(&self) -> Option<&Arc<KafkaProducer>> {
         Some(&self.producer)
+    }
+
+    fn recover(&self) {
+        self.producer.renew();
     }
 
     async fn check(&self) -> Result<(), SinkError> {

@@ -63,6 +63,22 @@ pub enum SinkError {
         /// Whether trying again may succeed (a timeout, a broker away).
         transient: bool,
     },
+    /// Part of a write failed: the records at `failed` (indices into the
+    /// submitted batch) are not durable, the others are; `rejects` are the
+    /// records refused for themselves. Retrying writes only `failed`.
+    #[error("sink {sink}: {message} ({} of the batch's records not written)", .failed.len())]
+    Partial {
+        /// Which sink.
+        sink: String,
+        /// The first failure's explanation.
+        message: String,
+        /// Whether trying again may succeed.
+        transient: bool,
+        /// Indices of the records not written.
+        failed: Vec<usize>,
+        /// Records refused for themselves (to the dead-letter queue).
+        rejects: Vec<Reject>,
+    },
     /// The sink is misconfigured.
     #[error("sink {sink}: {message}")]
     Config {
@@ -77,7 +93,9 @@ impl SinkError {
     /// Whether the same write may succeed if tried again.
     pub fn is_transient(&self) -> bool {
         match self {
-            SinkError::Store { transient, .. } | SinkError::Kafka { transient, .. } => *transient,
+            SinkError::Store { transient, .. }
+            | SinkError::Kafka { transient, .. }
+            | SinkError::Partial { transient, .. } => *transient,
             SinkError::Io { .. } => true,
             SinkError::Config { .. } => false,
         }
@@ -102,6 +120,10 @@ pub trait Sink: Send + Sync {
     fn kafka(&self) -> Option<&Arc<KafkaProducer>> {
         None
     }
+
+    /// Called when writes keep failing with transient errors: a sink whose
+    /// client can wedge (a Kafka producer after an outage) starts afresh.
+    fn recover(&self) {}
 
     /// Checks that the destination exists and is reachable (before any
     /// record is read), with an error naming what is wrong.

@@ -1,0 +1,316 @@
+//! Riding out a broker outage with the default retry policy: records stream
+//! into `sluice run` (stdin → Kafka sink, Kafka dead-letter queue) while the
+//! broker is unreachable for 30 s; the pipeline stays up, then finishes with
+//! every record exactly once. librdkafka's own per-record timeout is set to
+//! 10 s, shorter than the outage, so that it is Sluice's retry policy that
+//! rides the outage out (with librdkafka's default of 5 minutes, librdkafka
+//! alone would).
+//!
+//! The broker is a private tansu (the one `scripts/services` installs), on
+//! its own port and SQLite file, so that the outage disturbs no other test.
+//! Clients reach it through a TCP proxy that advertises itself as the
+//! broker; the outage cuts every connection and refuses new ones, which is
+//! what a client sees of a broker restart or a network partition. (The
+//! broker process itself is not restarted: tansu 0.6.0 loses its idempotent
+//! producer state across a restart and then fails every produce request —
+//! its storage task panics in `idempotent_message_check` — until it is
+//! restarted once more, which no client can ride out.)
+
+use sluice_e2e::broker;
+use sluice_e2e::toml_path;
+use std::io::Write;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn tansu_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(bin);
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_default();
+    let bin = home.join("bin/tansu");
+    assert!(
+        bin.is_file(),
+        "tansu is not installed at {}: run `scripts/services install` (or set TANSU_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A TCP proxy in front of the broker that can cut every connection.
+struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let down = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (d, o) = (down.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if d.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                };
+                if let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                    server.try_clone(),
+                ) {
+                    o.lock().unwrap_or_else(|e| e.into_inner()).extend([c3, s3]);
+                    pipe(client, s2);
+                    pipe(server, c2);
+                }
+            }
+        });
+        Proxy { port, down, open }
+    }
+
+    /// The broker goes away: every connection is cut, new ones are closed
+    /// at once.
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for s in self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A tansu broker of this test's own, advertising the proxy's address.
+struct Broker {
+    child: Child,
+}
+
+impl Broker {
+    fn start(dir: &Path, port: u16, advertised: u16) -> Broker {
+        let log = std::fs::File::create(dir.join("tansu.log")).expect("log");
+        let listen = format!("tcp://127.0.0.1:{port}");
+        let advertise = format!("tcp://127.0.0.1:{advertised}");
+        let child = Command::new(tansu_bin())
+            .current_dir(dir)
+            .args([
+                "broker",
+                "--storage-engine",
+                "sqlite://tansu.db",
+                "--listener-url",
+                &listen,
+                "--advertised-listener-url",
+                &advertise,
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not open port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Broker { child }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_30_second_broker_outage_is_ridden_out_with_nothing_lost_or_doubled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let proxy = Proxy::start(format!("127.0.0.1:{port}"));
+    let _kafka = Broker::start(dir.path(), port, proxy.port);
+    let b = format!("127.0.0.1:{}", proxy.port);
+    broker::create_topic(&b, "out", 1);
+    broker::create_topic(&b, "dlq", 1);
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+name = "outage"
+[source.file]
+path = "-"
+[batch]
+max_records = 100
+max_wait_ms = 50
+[delivery]
+max_in_flight_records = 2000
+[[transforms]]
+name = "identity"
+module = {module}
+[outputs.default.kafka]
+bootstrap = "{b}"
+topic = "out"
+properties = {{ "message.timeout.ms" = "10000" }}
+{retry}
+[dead_letter.kafka]
+bootstrap = "{b}"
+topic = "dlq"
+properties = {{ "message.timeout.ms" = "10000" }}
+{retry}
+"#,
+            retry = std::env::var("OUTAGE_RETRY").unwrap_or_default(),
+            module = toml_path(&sluice_e2e::module("transforms/identity")),
+        ),
+    )
+    .expect("write pipeline");
+    let log = std::fs::File::create(dir.path().join("sluice.log")).expect("log");
+    let mut sluice = Command::new(env!("CARGO_BIN_EXE_sluice-under-test"))
+        .args(["run", pipeline.to_str().expect("utf8")])
+        .env("SLUICE_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start sluice");
+    let mut stdin = sluice.stdin.take().expect("stdin");
+
+    // Every 50th line is not JSON: dead letters are written during the
+    // outage too.
+    let total = 15_000usize;
+    let line = |i: usize| {
+        if i % 50 == 49 {
+            format!("not json {i}\n")
+        } else {
+            format!("{{\"id\":{i}}}\n")
+        }
+    };
+    let writer = std::thread::spawn(move || {
+        for i in 0..total {
+            if stdin.write_all(line(i).as_bytes()).is_err() {
+                return i;
+            }
+            if i % 100 == 99 {
+                let _ = stdin.flush();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        total
+    });
+
+    std::thread::sleep(Duration::from_secs(4));
+    proxy.cut();
+    let stopped = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(
+        sluice.try_wait().expect("status").is_none(),
+        "sluice gave up during the outage:\n{}",
+        std::fs::read_to_string(dir.path().join("sluice.log")).unwrap_or_default()
+    );
+    proxy.restore();
+    println!("broker unreachable for {:?}", stopped.elapsed());
+    let written = writer.join().expect("writer");
+    assert_eq!(
+        written,
+        total,
+        "sluice read its whole input:\n{}",
+        std::fs::read_to_string(dir.path().join("sluice.log")).unwrap_or_default()
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(s) = sluice.try_wait().expect("status") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "sluice did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log_text = std::fs::read_to_string(dir.path().join("sluice.log")).unwrap_or_default();
+    assert!(status.success(), "{status:?}\n{log_text}");
+
+    let want_out = total - total / 50;
+    let mut n = 0;
+    let got = broker::consume(&b, "out", false, Duration::from_secs(120), |_| {
+        n += 1;
+        n >= want_out
+    });
+    let mut ids: Vec<u64> = got
+        .iter()
+        .filter_map(|g| serde_json::from_str::<serde_json::Value>(&g.text()).ok())
+        .filter_map(|v| v["id"].as_u64())
+        .collect();
+    let read = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    println!(
+        "outputs: {read} read, {} distinct of {want_out}; retries logged: {}",
+        ids.len(),
+        log_text.matches("retrying").count()
+    );
+    assert_eq!(ids.len(), want_out, "nothing lost");
+    assert_eq!(read, want_out);
+    assert_eq!(records_in(&b, "out"), want_out as i64, "nothing doubled");
+    let mut n = 0;
+    let dead = broker::consume(&b, "dlq", false, Duration::from_secs(60), |_| {
+        n += 1;
+        n >= total / 50
+    });
+    let mut bad: Vec<String> = dead.iter().map(|d| d.text()).collect();
+    let dead_read = bad.len();
+    bad.sort();
+    bad.dedup();
+    assert_eq!(bad.len(), total / 50, "every dead letter written");
+    assert_eq!(dead_read, total / 50);
+    assert_eq!(
+        records_in(&b, "dlq"),
+        (total / 50) as i64,
+        "no dead letter doubled"
+    );
+}
+
+/// Records in a one-partition topic: its high watermark (no transactions,
+/// so offsets have no gaps).
+fn records_in(bootstrap: &str, topic: &str) -> i64 {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "outage-watermarks")
+        .create()
+        .expect("consumer");
+    let (low, high) = c
+        .fetch_watermarks(topic, 0, Duration::from_secs(30))
+        .expect("watermarks");
+    high - low
+}
