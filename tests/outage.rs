@@ -4,7 +4,8 @@
 //! every record exactly once. librdkafka's own per-record timeout is set to
 //! 10 s, shorter than the outage, so that it is Sluice's retry policy that
 //! rides the outage out (with librdkafka's default of 5 minutes, librdkafka
-//! alone would).
+//! alone would). `OUTAGE_RETRY='retry = { attempts = 6, max_elapsed_ms = 10000 }'`
+//! runs it with a policy like the old default, which gives up mid-outage.
 //!
 //! The broker is a private tansu (the one `scripts/services` installs), on
 //! its own port and SQLite file, so that the outage disturbs no other test.

@@ -180,7 +180,10 @@ impl<'a> Output<'a> {
     }
 
     /// Sends the record to a named output (e.g. `alerts`) instead of the
-    /// default output.
+    /// default output. A name is 1 to 64 ASCII letters, digits, `_`, `-` or
+    /// `.`; `default` is reserved (the default output, which feeds the next
+    /// transform, is reached by not naming one): the host fails the batch's
+    /// records that use any other name as a broken contract.
     pub fn to(mut self, output: &'a str) -> Self {
         self.output = Some(output);
         self

@@ -94,7 +94,7 @@ fn lift_text(cx: &mut LiftContext<'_>, ptr: usize, len: usize) -> Result<GuestTe
         StringEncoding::CompactUtf16 if len & UTF16_TAG == 0 => (Some(len), 2),
         StringEncoding::CompactUtf16 => ((len ^ UTF16_TAG).checked_mul(2), 2),
     };
-    if ptr % align != 0 {
+    if !ptr.is_multiple_of(align) {
         bail!("string pointer not aligned to {align}");
     }
     let memory = cx.memory();
