@@ -364,7 +364,7 @@ fn a_dead_letter_queue_that_cannot_be_written_stops_the_pipeline_without_committ
     std::fs::write(
         &pipeline,
         format!(
-            "name = \"dlq-down\"\n[batch]\nmax_records = 100\nmax_wait_ms = 100\n[delivery]\ncommit_interval_ms = 100\n[source.kafka]\nbootstrap = \"{b}\"\ntopics = [\"{}\"]\ngroup = \"{}\"\nformat = \"json\"\nproperties = {{ \"session.timeout.ms\" = \"15000\", \"heartbeat.interval.ms\" = \"1000\" }}\n{}[outputs.default.kafka]\ntopic = \"{}\"\n[dead_letter.local]\npath = {}\n# What happens once retrying is over (by default it lasts 5 minutes).\nretry = {{ max_elapsed_ms = 3000 }}\n",
+            "name = \"dlq-down\"\n[batch]\nmax_records = 100\nmax_wait_ms = 100\n[delivery]\ncommit_interval_ms = 100\n[source.kafka]\nbootstrap = \"{b}\"\ntopics = [\"{}\"]\ngroup = \"{}\"\nformat = \"json\"\nproperties = {{ \"session.timeout.ms\" = \"15000\", \"heartbeat.interval.ms\" = \"1000\" }}\n{}[outputs.default.kafka]\ntopic = \"{}\"\n[dead_letter.local]\npath = {}\n",
             t.input,
             t.group,
             poison_transform(),

@@ -201,6 +201,9 @@ pub struct DlqError {
     pub sink: String,
     /// Why.
     pub message: String,
+    /// Whether writing again may succeed (a broker away; not a path that
+    /// is not a directory, nor an entry the sink refuses).
+    pub transient: bool,
 }
 
 /// Writes entries to the dead-letter sink.
@@ -253,6 +256,7 @@ impl DeadLetter {
         let error = |e: SinkError| DlqError {
             sink: self.sink.describe(),
             message: e.to_string(),
+            transient: e.is_transient(),
         };
         let rejects = self
             .sink
@@ -273,6 +277,7 @@ impl DeadLetter {
                     rejects.len(),
                     r.reason
                 ),
+                transient: false,
             });
         }
         Ok(())

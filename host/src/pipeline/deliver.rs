@@ -349,7 +349,7 @@ impl Delivery {
         while let Err(e) = self.dlq.write(&dead).await {
             let since = *first_failure.get_or_insert_with(std::time::Instant::now);
             let wait = self.dlq_retry.backoff(attempt + 1);
-            if !(retry && self.dlq_retry.allows(attempt + 1, since, wait)) {
+            if !(retry && e.transient && self.dlq_retry.allows(attempt + 1, since, wait)) {
                 return Done {
                     job,
                     outcome: Err(e.into()),

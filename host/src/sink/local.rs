@@ -92,8 +92,8 @@ impl Sink for LocalSink {
                 .await
                 .map_err(|e| SinkError::Store {
                     sink,
+                    transient: transient(&e),
                     message: format!("cannot write `{location}`: {e}"),
-                    transient: true,
                 })?;
             Ok(rejects)
         }))
@@ -104,9 +104,50 @@ impl Sink for LocalSink {
     }
 }
 
+/// Whether a failed write may succeed if tried again: not when the file
+/// system says the path cannot be written at all (no permission, a file
+/// where a directory should be, a read-only file system), which no wait
+/// mends; yes otherwise (a full disk, an interrupted write, ...).
+fn transient(e: &object_store::Error) -> bool {
+    use std::io::ErrorKind;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return !matches!(
+                io.kind(),
+                ErrorKind::PermissionDenied
+                    | ErrorKind::NotADirectory
+                    | ErrorKind::IsADirectory
+                    | ErrorKind::ReadOnlyFilesystem
+                    | ErrorKind::InvalidFilename
+                    | ErrorKind::InvalidInput
+            );
+        }
+        source = err.source();
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_path_that_cannot_be_a_directory_is_not_worth_retrying() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let sink = LocalSink::new(&out, "p", "default", RecordFormat::Value).expect("sink");
+        // The lake's directory becomes a file.
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::write(&out, "a file").expect("block");
+        let err = sink
+            .submit(vec![Record::from_value(&b"{\"a\":1}"[..])])
+            .await
+            .expect("submit")
+            .await
+            .expect_err("cannot write under a file");
+        assert!(!err.is_transient(), "{err}");
+    }
 
     #[tokio::test]
     async fn writes_one_object_per_batch() {
