@@ -11,7 +11,7 @@
 
 use sluice::engine::{Engine, Limits, Module, Outcome, Runner, TransformError};
 use sluice::record::{Partition, Position, Record};
-use sluice_e2e::wat_guest::Raw;
+use sluice_e2e::wat_guest::{Raw, Span};
 use sluice_e2e::{module, spec};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,6 +55,32 @@ fn load(engine: &Engine, name: &str, bytes: &[u8]) -> Arc<Module> {
     engine
         .load_bytes(Path::new(name), bytes)
         .unwrap_or_else(|e| panic!("{name} loads: {e}"))
+}
+
+/// The ten lists of `ok(outcomes)` for inputs that all emit: `ends` are
+/// the running totals of outputs per input; every output's value is the
+/// whole `arena` (so spans overlap when there are several), with no key,
+/// headers or timestamp, sent to output `slot` of `names`.
+fn emitting(raw: &mut Raw, ends: &[u32], names: Span, arena: Span, slot: u32) -> [Span; 10] {
+    let outs = ends.last().copied().unwrap_or(0) as usize;
+    let kinds = raw.bytes(&vec![0u8; ends.len()]); // emit
+    let ends = raw.u32s(ends);
+    let spans = raw.u32s(&[0, ABSENT, 0, arena.1].repeat(outs));
+    let timestamps = raw.i64s(&vec![i64::MIN; outs]);
+    let header_ends = raw.u32s(&vec![0; outs]);
+    let index = raw.u32s(&vec![slot; outs]);
+    [
+        kinds,
+        ends,
+        (0, 0),
+        names,
+        arena,
+        spans,
+        timestamps,
+        header_ends,
+        (0, 0),
+        index,
+    ]
 }
 
 fn limits(memory_mb: u32) -> Limits {
@@ -167,28 +193,13 @@ fn an_output_name_that_is_no_name_is_refused_at_the_boundary() {
     let _one = one_at_a_time();
     let n = 10usize;
     let mut raw = Raw::new(8);
-    let kinds = raw.bytes(&vec![0u8; n]); // emit
-    let ends = raw.u32s(&(1..=n as u32).collect::<Vec<_>>());
     let long = raw.filled(1 << 20, b'a', 256 << 10);
     let empty = raw.bytes(b"");
     let names = raw.spans(&[(empty.0, 0), long]);
     let arena = raw.bytes(b"{}");
-    let spans = raw.u32s(&[0, ABSENT, 0, 2].repeat(n));
-    let timestamps = raw.i64s(&vec![i64::MIN; n]);
-    let header_ends = raw.u32s(&vec![0; n]);
-    let index = raw.u32s(&vec![1; n]);
-    let bytes = raw.ok([
-        kinds,
-        ends,
-        (0, 0),
-        names,
-        arena,
-        spans,
-        timestamps,
-        header_ends,
-        (0, 0),
-        index,
-    ]);
+    let ends: Vec<u32> = (1..=n as u32).collect();
+    let lists = emitting(&mut raw, &ends, names, arena, 1);
+    let bytes = raw.ok(lists);
     let engine = Engine::new().expect("engine");
     let m = load(&engine, "long-name.wasm", &bytes);
     let mut r = Runner::new(m, spec("tenant-long-name", "{}", limits(8))).expect("init");
@@ -213,27 +224,11 @@ fn overlapping_spans_count_toward_the_output_limit() {
     let _one = one_at_a_time();
     let outs = 100usize;
     let mut raw = Raw::new(16);
-    let kinds = raw.bytes(&[0u8]); // emit
-    let ends = raw.u32s(&[outs as u32]);
     let empty = raw.bytes(b"");
     let names = raw.spans(&[(empty.0, 0)]);
     let arena = raw.filled(1 << 20, b'7', 4 << 20);
-    let spans = raw.u32s(&[0, ABSENT, 0, 4 << 20].repeat(outs));
-    let timestamps = raw.i64s(&vec![i64::MIN; outs]);
-    let header_ends = raw.u32s(&vec![0; outs]);
-    let index = raw.u32s(&vec![0; outs]);
-    let bytes = raw.ok([
-        kinds,
-        ends,
-        (0, 0),
-        names,
-        arena,
-        spans,
-        timestamps,
-        header_ends,
-        (0, 0),
-        index,
-    ]);
+    let lists = emitting(&mut raw, &[outs as u32], names, arena, 0);
+    let bytes = raw.ok(lists);
     let engine = Engine::new().expect("engine");
     let m = load(&engine, "overlap.wasm", &bytes);
     let l = Limits {
