@@ -23,6 +23,14 @@ enum Command {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
     },
+    /// Runs a host: every pipeline file of its pipeline directory, on shared
+    /// engines, with the status page, `/metrics` and the JSON API on its
+    /// listener, until SIGTERM or Ctrl-C (then drains every pipeline,
+    /// commits and exits).
+    Serve {
+        /// The host file (TOML).
+        host: PathBuf,
+    },
     /// Checks a pipeline file: parses it, builds and loads its transforms,
     /// runs their `init` with the configured settings; processes nothing.
     Check {
@@ -158,6 +166,63 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn serve(host_file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = crate::host::HostConfig::load(host_file)?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listen = config.listen;
+        let timeout = std::time::Duration::from_millis(config.shutdown_timeout_ms);
+        let host = crate::host::Host::new(config)?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let bound = listener.local_addr().context("listener address")?;
+        eprintln!("sluice host listening on http://{bound}/");
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api = tokio::spawn(crate::api::serve(host.clone(), listener, async move {
+            let _ = api_stopped.await;
+        }));
+        let refused = host
+            .start_all()
+            .await
+            .with_context(|| format!("cannot read the pipeline directory `{}`", host.config().pipelines.display()))?;
+        for e in &refused {
+            eprintln!("refused: {e}");
+        }
+        eprintln!(
+            "{} pipelines started, {} refused",
+            host.handles().len(),
+            refused.len()
+        );
+        pipeline::shutdown_signal().await;
+        eprintln!("shutting down: draining every pipeline");
+        let left = host.shutdown(timeout).await;
+        let _ = stop_api.send(());
+        let _ = api.await;
+        for h in host.handles() {
+            let s = h.snapshot();
+            eprintln!(
+                "pipeline `{}`: {} ({} in, {} out, {} dead-lettered){}",
+                s.name,
+                s.state.as_str(),
+                s.records_in,
+                s.records_out,
+                s.dead_letter,
+                s.reason.map(|r| format!(": {r}")).unwrap_or_default()
+            );
+        }
+        if left.is_empty() {
+            Ok(ExitCode::SUCCESS)
+        } else {
+            eprintln!(
+                "error: pipelines still draining after {timeout:?}: {} (their uncommitted records are read again on the next start)",
+                left.join(", ")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    })
+}
+
 /// Runs the command line with the process arguments.
 pub fn main() -> ExitCode {
     // rust-rdkafka logs a spurious error when a consumer that already left
@@ -168,18 +233,24 @@ pub fn main() -> ExitCode {
     } else {
         format!("{spec},rdkafka::consumer::base_consumer=off")
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&spec)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, never into a log file.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        // One JSON object per line; the pipeline and tenant of the span
+        // are fields of every line.
+        builder.json().flatten_event(true).init();
+    } else {
+        builder
+            // Colours only for a person at a terminal, never into a log file.
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .init();
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -198,6 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve { host } => serve(&host),
         Command::Check { pipeline } => {
             let (config, base) = crate::config::PipelineConfig::load(&pipeline)?;
             crate::source::validate(&config.source, &base)?;

@@ -146,6 +146,11 @@ pub struct PipelineConfig {
     /// Stops the pipeline when a transform fails too many records.
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
+    /// `[restart]`: when a pipeline that failed (a sink, the dead-letter
+    /// queue or the source down past its retries) is started again. Unset:
+    /// never for `sluice run`, the host file's policy for `sluice serve`.
+    #[serde(default)]
+    pub restart: Option<crate::pipeline::RestartPolicy>,
 }
 
 /// `[circuit_breaker]`: when a transform fails more than `failure_ratio` of

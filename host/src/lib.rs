@@ -8,6 +8,7 @@
 //! [`flow`] bounds what is in flight (back-pressure); [`kafka`] holds what the
 //! Kafka source and sink share.
 
+pub mod api;
 pub mod batch;
 pub mod cli;
 pub mod config;
@@ -15,8 +16,10 @@ pub mod dlq;
 pub mod engine;
 pub mod fixture;
 pub mod flow;
+pub mod host;
 pub mod kafka;
 pub mod ledger;
+pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod replay;

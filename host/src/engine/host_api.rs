@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{StoreContextMut, StoreLimits};
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 /// Adds the `host` interface (and the type-only `types` interface) to the
@@ -217,7 +217,7 @@ pub struct Usage {
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: super::limits::GuestLimiter,
     name: Arc<str>,
     tables: Arc<RefTables>,
     max_logs: u32,
@@ -262,7 +262,7 @@ impl HostState {
     pub(crate) fn new(
         name: Arc<str>,
         tables: Arc<RefTables>,
-        limits: StoreLimits,
+        limits: super::limits::GuestLimiter,
         l: &Limits,
         grants: &Grants,
     ) -> Result<Self, String> {

@@ -109,9 +109,11 @@ pub(crate) fn run_chain(
             })
             .collect();
         let records_in = stats.records_in;
+        let started = std::time::Instant::now();
         let processed = runner.process_isolating_with(&inputs, &mut |failed| {
             breaker.would_open(&name, records_in, failed)
         });
+        stats.elapsed = started.elapsed();
         drop(inputs);
         let processed = match processed {
             Ok((p, bisection)) => {

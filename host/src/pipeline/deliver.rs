@@ -66,6 +66,10 @@ pub(crate) struct BatchReport {
     pub outputs: BTreeMap<String, u64>,
     /// Dead-letter entries per stage.
     pub dead: BTreeMap<&'static str, u64>,
+    /// Dead-letter entries per stage, transform (`-` for none) and kind.
+    pub dead_kinds: BTreeMap<(&'static str, String, String), u64>,
+    /// Bytes written per output (keys, values and headers).
+    pub output_bytes: BTreeMap<String, u64>,
     /// Per-transform counters.
     pub steps: Vec<StepStats>,
 }
@@ -159,6 +163,7 @@ struct Write {
     /// Per record: (origin item, emitting transform).
     meta: Vec<(usize, Option<usize>)>,
     pending: Pending,
+    submitted: std::time::Instant,
 }
 
 /// A batch whose writes are enqueued.
@@ -181,6 +186,8 @@ pub(crate) struct Delivery {
     pub retries: BTreeMap<String, Retry>,
     /// Retry policy of the dead-letter queue.
     pub dlq_retry: Retry,
+    /// The pipeline's metrics.
+    pub metrics: crate::metrics::PipelineMetrics,
 }
 
 impl Delivery {
@@ -202,6 +209,7 @@ impl Delivery {
                 .into_iter()
                 .map(|r| (r.record, (r.origin, r.from)))
                 .unzip();
+            let submitted = std::time::Instant::now();
             let pending = match sink.submit(records.clone()).await {
                 Ok(p) => p,
                 Err(e) => return Err((job, e.into())),
@@ -212,6 +220,7 @@ impl Delivery {
                 records,
                 meta,
                 pending,
+                submitted,
             });
         }
         Ok(Submitted {
@@ -311,8 +320,23 @@ impl Delivery {
                     };
                 }
             };
+            self.metrics.observe_time(
+                |m| &m.sink_write_seconds,
+                &[("output", &write.output)],
+                write.submitted.elapsed(),
+            );
             *report.outputs.entry(write.output.clone()).or_default() +=
                 (write.records.len() - rejects.len()) as u64;
+            let rejected: std::collections::BTreeSet<usize> =
+                rejects.iter().map(|r| r.index).collect();
+            let bytes: u64 = write
+                .records
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !rejected.contains(i))
+                .map(|(_, r)| r.size() as u64)
+                .sum();
+            *report.output_bytes.entry(write.output.clone()).or_default() += bytes;
             if let Some(bad) = rejects.iter().find(|r| r.index >= write.meta.len()) {
                 // A record the sink refused but cannot name would be in
                 // neither the sink nor the DLQ: stop without committing.
@@ -347,6 +371,7 @@ impl Delivery {
         let mut attempt = 1;
         let mut first_failure: Option<std::time::Instant> = None;
         while let Err(e) = self.dlq.write(&dead).await {
+            self.metrics.count(|m| &m.dlq_write_failures, &[], 1);
             let since = *first_failure.get_or_insert_with(std::time::Instant::now);
             let wait = self.dlq_retry.backoff(attempt + 1);
             if !(retry && e.transient && self.dlq_retry.allows(attempt + 1, since, wait)) {
@@ -362,8 +387,18 @@ impl Delivery {
             }
             tokio::time::sleep(wait).await;
         }
+        self.metrics
+            .count(|m| &m.dlq_writes, &[], dead.len() as u64);
         for e in &dead {
             *report.dead.entry(e.stage.as_str()).or_default() += 1;
+            *report
+                .dead_kinds
+                .entry((
+                    e.stage.as_str(),
+                    e.transform.clone().unwrap_or_else(|| "-".into()),
+                    e.kind.clone(),
+                ))
+                .or_default() += 1;
         }
         Done {
             job,
@@ -607,6 +642,7 @@ mod tests {
             transforms: Arc::new(Vec::new()),
             retries: BTreeMap::new(),
             dlq_retry: Retry::default(),
+            metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
         };
         let submitted = delivery
             .submit(Processed { job, chain })
@@ -699,6 +735,7 @@ mod tests {
             transforms: Arc::new(Vec::new()),
             retries: BTreeMap::new(),
             dlq_retry: Retry::default(),
+            metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
         };
         let mut write = Write {
             output: "default".into(),
@@ -706,6 +743,7 @@ mod tests {
             records: records.clone(),
             meta: (0..6).map(|i| (i, None)).collect(),
             pending: sink.submit(records.clone()).await.expect("submit"),
+            submitted: std::time::Instant::now(),
         };
         let rejects = delivery
             .await_write(&mut write, true)

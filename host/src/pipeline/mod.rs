@@ -16,17 +16,18 @@
 mod breaker;
 mod chain;
 mod deliver;
+pub mod live;
 mod session;
 mod summary;
 
+pub use live::{Live, PipelineHandle, RestartPolicy, Snapshot, State};
 pub use summary::{StepStats, Summary};
 
 use crate::config::{ConfigError, Guarantee, PipelineConfig};
 use crate::dlq::{DeadLetter, DlqError};
 use crate::engine::build::{BuildError, resolve_module};
 use crate::engine::{
-    Engine, EngineOptions, InstanceSpec, LoadError, Module, RefTables, Runner, TableError,
-    TransformError,
+    Engine, Engines, InstanceSpec, LoadError, Module, RefTables, Runner, TableError, TransformError,
 };
 use crate::flow::Budget;
 use crate::sink::{SinkError, SinkOptions, TxnError};
@@ -237,16 +238,28 @@ const MAX_RESTARTS: u32 = 5;
 
 impl Pipeline {
     /// Loads a pipeline file: builds, compiles and initialises transforms
-    /// (one set of instances per worker). Sources and sinks open in [`run`](Self::run).
+    /// (one set of instances per worker) on an engine of its own. Sources
+    /// and sinks open in [`run`](Self::run).
     pub async fn load(path: &Path, opts: &RunOptions) -> Result<Self, PipelineError> {
         let (config, base) = PipelineConfig::load(path)?;
+        Self::prepare(config, base, &Engines::default(), opts).await
+    }
+
+    /// Builds, compiles and initialises a parsed pipeline's transforms on
+    /// `engines` (a host's shared engines).
+    pub async fn prepare(
+        config: PipelineConfig,
+        base: PathBuf,
+        engines: &Engines,
+        opts: &RunOptions,
+    ) -> Result<Self, PipelineError> {
         crate::source::validate(&config.source, &base)?;
-        let engine = Engine::with_options(EngineOptions::for_limits(
-            config.transforms.iter().map(|t| &t.limits),
-        ))?;
+        let engine = engines.for_limits(config.transforms.iter().map(|t| &t.limits))?;
         let (result, config, base) = {
             let opts = opts.clone();
+            let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
+                let _entered = span.enter();
                 let workers = prepare_transforms(&config, &base, &engine, &opts).and_then(|p| {
                     let infos: Vec<TransformInfo> = p
                         .iter()
@@ -273,6 +286,28 @@ impl Pipeline {
             workers,
             replay: None,
         })
+    }
+
+    /// The transforms and the digests of their modules.
+    pub fn transforms(&self) -> Vec<live::TransformView> {
+        self.transforms
+            .iter()
+            .map(|t| live::TransformView {
+                name: t.name.clone(),
+                digest: t.digest.clone(),
+            })
+            .collect()
+    }
+
+    /// Live state for this pipeline, reporting into `metrics`.
+    pub fn live(&self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Arc<Live> {
+        Live::new(
+            &self.config.name,
+            &self.config.tenant,
+            crate::source::describe(&self.config.source),
+            self.transforms(),
+            crate::metrics::PipelineMetrics::new(metrics, &self.config.name, &self.config.tenant),
+        )
     }
 
     /// Runs `items` through the pipeline instead of its configured source
@@ -302,19 +337,35 @@ impl Pipeline {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Summary, PipelineError> {
+        let live = self.live(Arc::new(crate::metrics::Metrics::new()));
+        self.run_live(&live, shutdown).await
+    }
+
+    /// [`run`](Self::run), publishing its counters and state to `live`
+    /// (counting on from what `live` holds, after a restart).
+    pub async fn run_live(
+        &self,
+        live: &Arc<Live>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Summary, PipelineError> {
         let started = Instant::now();
-        let mut summary = Summary {
-            pipeline: self.config.name.clone(),
-            steps: self
-                .config
-                .transforms
-                .iter()
-                .map(|t| StepStats {
-                    name: t.name.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
+        let known = live.summary();
+        let mut summary = if known.steps.len() == self.config.transforms.len() {
+            known
+        } else {
+            Summary {
+                pipeline: self.config.name.clone(),
+                steps: self
+                    .config
+                    .transforms
+                    .iter()
+                    .map(|t| StepStats {
+                        name: t.name.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }
         };
         let shutdown = shutdown;
         tokio::pin!(shutdown);
@@ -322,7 +373,8 @@ impl Pipeline {
         let mut failures = 0u32;
         loop {
             let handled_before = summary.records_in;
-            let result = self.session(&mut summary, &mut shutdown).await;
+            let result = self.session(&mut summary, live, &mut shutdown).await;
+            live.publish(&summary);
             match result {
                 Ok(SessionEnd::Drained | SessionEnd::Shutdown) => break,
                 Err(e) if e.restartable() && failures < MAX_RESTARTS => {
@@ -331,6 +383,8 @@ impl Pipeline {
                     }
                     failures += 1;
                     summary.restarts += 1;
+                    live.metrics().count(|m| &m.restarts, &[], 1);
+                    live.note_error(e.to_string());
                     let wait = Duration::from_millis(500 * (1 << failures.min(5)));
                     tracing::warn!(pipeline = %self.config.name, error = %e, wait_ms = wait.as_millis() as u64, "session failed: starting again from the committed offsets");
                     tokio::select! {
@@ -342,12 +396,14 @@ impl Pipeline {
             }
         }
         summary.elapsed = started.elapsed();
+        live.publish(&summary);
         Ok(summary)
     }
 
     async fn session(
         &self,
         summary: &mut Summary,
+        live: &Arc<Live>,
         shutdown: &mut Pin<&mut (dyn Future<Output = ()> + Send)>,
     ) -> Result<SessionEnd, PipelineError> {
         let config = &self.config;
@@ -414,6 +470,7 @@ impl Pipeline {
                 .map(|(name, sink)| (name.clone(), Retry::from(sink.retry())))
                 .collect(),
             dlq_retry: Retry::from(config.dead_letter.retry()),
+            metrics: live.metrics().clone(),
         };
         session::run(
             SessionParts {
@@ -429,6 +486,7 @@ impl Pipeline {
                 commit_interval: Duration::from_millis(d.commit_interval_ms),
                 pipeline: config.name.clone(),
                 breaker: Arc::new(breaker::Breaker::new(config.circuit_breaker.clone())),
+                live: live.clone(),
             },
             summary,
             shutdown,

@@ -18,12 +18,14 @@ use super::PipelineError;
 use super::breaker::Breaker;
 use super::chain::run_chain;
 use super::deliver::{self, Delivery, Done, Job, Processed};
+use super::live::{Live, PUBLISH_EVERY, State};
 use super::summary::Summary;
 use crate::batch::{Batcher, ByteSize};
 use crate::config::{BatchPolicy, Guarantee};
 use crate::engine::Runner;
 use crate::flow::Budget;
 use crate::ledger::Ledger;
+use crate::metrics::PipelineMetrics;
 use crate::record::Partition;
 use crate::sink::KafkaProducer;
 use crate::source::{Revocation, RunningSource, SourceControl, SourceEvent, SourceItem};
@@ -61,6 +63,7 @@ pub(crate) struct SessionParts {
     pub commit_interval: Duration,
     pub pipeline: String,
     pub breaker: Arc<Breaker>,
+    pub live: Arc<Live>,
 }
 
 struct PendingRevoke {
@@ -88,6 +91,9 @@ struct Coordinator<'a> {
     commit_due: Option<Instant>,
     revokes: Vec<PendingRevoke>,
     workers: Vec<mpsc::UnboundedSender<Job>>,
+    live: Arc<Live>,
+    metrics: PipelineMetrics,
+    last_publish: Instant,
 }
 
 /// Runs one session to its end.
@@ -109,7 +115,9 @@ pub(crate) async fn run(
         commit_interval,
         pipeline,
         breaker,
+        live,
     } = parts;
+    live.attach(budget.clone(), control_of(&source));
     let RunningSource {
         mut events,
         control,
@@ -129,17 +137,21 @@ pub(crate) async fn run(
     };
     let mut worker_txs = Vec::with_capacity(workers.len());
     let mut worker_tasks = Vec::with_capacity(workers.len());
-    for runners in workers {
+    for (index, runners) in workers.into_iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         worker_txs.push(tx);
-        worker_tasks.push(tokio::spawn(worker(
-            runners,
+        worker_tasks.push(tokio::spawn(tracing::Instrument::in_current_span(worker(
+            Worker {
+                index,
+                runners,
+                outputs: outputs.clone(),
+                breaker: breaker.clone(),
+                live: live.clone(),
+            },
             rx,
             processed_tx.clone(),
             done_tx.clone(),
-            outputs.clone(),
-            breaker.clone(),
-        )));
+        ))));
     }
     drop(processed_tx);
     drop(done_tx);
@@ -162,7 +174,15 @@ pub(crate) async fn run(
         commit_due: None,
         revokes: Vec::new(),
         workers: worker_txs,
+        metrics: live.metrics().clone(),
+        live: live.clone(),
+        last_publish: Instant::now(),
     };
+    if !live.pause_requested() {
+        live.set_state(State::Running, None);
+    } else {
+        live.set_state(State::Paused, None);
+    }
     let result = c.run(&mut events, &mut done_rx, shutdown).await;
 
     // Stop the workers and delivery; close the source, committing what is
@@ -184,6 +204,13 @@ pub(crate) async fn run(
         c.committed.insert(p.clone(), *o);
     }
     let closed = control.close(&final_offsets).await;
+    if !final_offsets.is_empty() {
+        let failed = u64::from(closed.is_err());
+        c.metrics.count(|m| &m.commits, &[], 1);
+        c.metrics.count(|m| &m.commit_failures, &[], failed);
+    }
+    c.live.detach();
+    c.live.publish(c.summary);
     c.summary.committed = {
         let mut all: Vec<(String, i64)> = c
             .committed
@@ -198,27 +225,49 @@ pub(crate) async fn run(
     Ok(end)
 }
 
-async fn worker(
+/// What a worker owns: its instances of the chain.
+struct Worker {
+    index: usize,
     runners: WorkerRunners,
+    outputs: Arc<BTreeSet<String>>,
+    breaker: Arc<Breaker>,
+    live: Arc<Live>,
+}
+
+/// Per-transform counters a worker last reported (to count deltas).
+#[derive(Default, Clone)]
+struct Reported {
+    instantiations: u64,
+    errors: std::collections::BTreeMap<&'static str, u64>,
+}
+
+async fn worker(
+    w: Worker,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     processed: mpsc::UnboundedSender<Processed>,
     done: mpsc::UnboundedSender<Done>,
-    outputs: Arc<BTreeSet<String>>,
-    breaker: Arc<Breaker>,
 ) {
+    let mut reported: Vec<Reported> = Vec::new();
     while let Some(job) = jobs.recv().await {
-        let r = runners.clone();
-        let o = outputs.clone();
-        let b = breaker.clone();
+        let r = w.runners.clone();
+        let o = w.outputs.clone();
+        let b = w.breaker.clone();
+        let live = w.live.clone();
+        let index = w.index;
+        let span = tracing::Span::current();
+        let mut last = std::mem::take(&mut reported);
         let result = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let mut runners = r.lock().unwrap_or_else(|e| e.into_inner());
             let chain = run_chain(&mut runners, &job.items, &o, &b);
-            (job, chain)
+            report_instances(&runners, &mut last, index, &live);
+            (job, chain, last)
         })
         .await;
         match result {
-            Ok((job, chain)) => {
-                if let Err(open) = breaker.observe(&chain.steps) {
+            Ok((job, chain, last)) => {
+                reported = last;
+                if let Err(open) = w.breaker.observe(&chain.steps) {
                     tracing::error!(error = %open, "circuit breaker open");
                     let _ = done.send(Done {
                         job,
@@ -251,6 +300,36 @@ async fn worker(
     }
 }
 
+/// Counts new instantiations and failed calls of a worker's runners, and
+/// publishes their guest memory.
+fn report_instances(runners: &[Runner], last: &mut Vec<Reported>, worker: usize, live: &Live) {
+    last.resize(runners.len(), Reported::default());
+    let metrics = live.metrics();
+    for (r, seen) in runners.iter().zip(last.iter_mut()) {
+        let name = r.name();
+        metrics.count(
+            |m| &m.instantiations,
+            &[("transform", name)],
+            r.instantiations().saturating_sub(seen.instantiations),
+        );
+        seen.instantiations = r.instantiations();
+        for (kind, n) in r.errors() {
+            let before = seen.errors.get(kind).copied().unwrap_or(0);
+            metrics.count(
+                |m| &m.transform_errors,
+                &[("transform", name), ("kind", kind)],
+                n.saturating_sub(before),
+            );
+        }
+        seen.errors.clone_from(r.errors());
+    }
+    live.set_memory(worker, runners.iter().map(Runner::memory_bytes).collect());
+}
+
+fn control_of(source: &RunningSource) -> Arc<dyn SourceControl> {
+    source.control.clone()
+}
+
 fn worker_of(partition: &Partition, workers: usize) -> usize {
     use std::hash::{Hash, Hasher};
     // SipHash with fixed keys: stable for the life of the process.
@@ -281,6 +360,9 @@ impl Coordinator<'_> {
         let mut source_error: Option<(PipelineError, Instant)> = None;
         let mut progress = tokio::time::interval(Duration::from_secs(30));
         progress.tick().await;
+        let mut pause = self.live.pause_requests();
+        let mut paused = *pause.borrow_and_update();
+        let mut pause_open = true;
         loop {
             if (stopping || !source_open) && self.jobs_in_flight == 0 && self.batchers.is_empty() {
                 self.answer_all_revokes();
@@ -321,7 +403,22 @@ impl Coordinator<'_> {
                     stopping = true;
                     self.flush_all();
                 }
-                event = events.recv(), if source_open => match event {
+                changed = pause.changed(), if pause_open => {
+                    if changed.is_err() {
+                        // The handle is gone: nobody can resume; keep going.
+                        pause_open = false;
+                        paused = false;
+                    } else {
+                        paused = *pause.borrow_and_update();
+                        if paused {
+                            tracing::info!(pipeline = %self.pipeline, "paused: delivering what is in flight, reading nothing new");
+                            self.flush_all();
+                        } else {
+                            tracing::info!(pipeline = %self.pipeline, "resumed");
+                        }
+                    }
+                }
+                event = events.recv(), if source_open && (!paused || stopping) => match event {
                     Some(Ok(SourceEvent::Item(item))) if stopping => {
                         // Read after the shutdown: not processed, not
                         // committed; the next owner reads it again.
@@ -466,11 +563,14 @@ impl Coordinator<'_> {
             // The partition was revoked meanwhile and its work dropped.
             return Ok(());
         }
+        let mut bytes_in = 0u64;
         for item in &job.items {
             let pos = item.position();
             self.ledger.handled(&pos.partition, pos.offset);
-            self.summary.bytes_in += item.byte_size() as u64;
+            bytes_in += item.byte_size() as u64;
         }
+        self.summary.bytes_in += bytes_in;
+        self.account(&job, bytes_in, &report);
         let s = &mut *self.summary;
         s.records_in += job.items.len() as u64;
         s.batches += 1;
@@ -482,6 +582,10 @@ impl Coordinator<'_> {
         }
         for (stage, n) in report.dead {
             *s.dead_lettered.entry(stage).or_default() += n;
+        }
+        if self.last_publish.elapsed() >= PUBLISH_EVERY {
+            self.live.publish(self.summary);
+            self.last_publish = Instant::now();
         }
         if self.guarantee == Guarantee::AtLeastOnce {
             if self.commit_interval.is_zero() {
@@ -496,12 +600,54 @@ impl Coordinator<'_> {
         Ok(())
     }
 
+    /// Counts a handled batch in the metrics.
+    fn account(&self, job: &Job, bytes_in: u64, report: &deliver::BatchReport) {
+        let m = &self.metrics;
+        m.count(|m| &m.records_received, &[], job.items.len() as u64);
+        m.count(|m| &m.bytes_received, &[], bytes_in);
+        m.count(|m| &m.batches, &[], 1);
+        m.observe(|m| &m.batch_records, &[], job.items.len() as f64);
+        for step in &report.steps {
+            m.count(
+                |m| &m.records_dropped,
+                &[("transform", &step.name)],
+                step.dropped,
+            );
+            if step.records_in > 0 {
+                m.observe_time(
+                    |m| &m.transform_call_seconds,
+                    &[("transform", &step.name)],
+                    step.elapsed,
+                );
+            }
+        }
+        for (output, n) in &report.outputs {
+            m.count(|m| &m.records_sent, &[("output", output)], *n);
+        }
+        for (output, n) in &report.output_bytes {
+            m.count(|m| &m.bytes_sent, &[("output", output)], *n);
+        }
+        for ((stage, transform, kind), n) in &report.dead_kinds {
+            let kind = m.kind_label(kind);
+            m.count(
+                |m| &m.records_failed,
+                &[("stage", stage), ("transform", transform), ("kind", kind)],
+                *n,
+            );
+        }
+    }
+
     /// Commits the handled offsets that moved since the last commit.
     async fn commit(&mut self) -> Result<(), PipelineError> {
         self.commit_due = None;
         let changes = self.committable_changes();
         if !changes.is_empty() {
-            self.control.commit(&changes).await?;
+            let committed = self.control.commit(&changes).await;
+            self.metrics.count(|m| &m.commits, &[], 1);
+            if committed.is_err() {
+                self.metrics.count(|m| &m.commit_failures, &[], 1);
+            }
+            committed?;
             for (p, o) in changes {
                 self.committed.insert(p, o);
             }

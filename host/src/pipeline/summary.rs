@@ -24,6 +24,8 @@ pub struct StepStats {
     /// Records failed without being isolated (the isolation budget was
     /// spent, or the circuit breaker opened while isolating).
     pub not_isolated: u64,
+    /// Time spent in the transform's calls (bisection included).
+    pub elapsed: std::time::Duration,
 }
 
 impl StepStats {
@@ -36,6 +38,7 @@ impl StepStats {
         self.bisection_calls += other.bisection_calls;
         self.isolated += other.isolated;
         self.not_isolated += other.not_isolated;
+        self.elapsed += other.elapsed;
     }
 }
 

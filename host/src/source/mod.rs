@@ -141,6 +141,12 @@ pub trait SourceControl: Send + Sync {
 
     /// A short description for logs.
     fn describe(&self) -> String;
+
+    /// Records between the committed position and the end of the source,
+    /// where the source knows it (a Kafka consumer's lag).
+    fn lag(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// The control of a source read by one task, with no upstream state (files,
@@ -205,6 +211,15 @@ pub struct StartOptions {
     pub budget: Arc<Budget>,
     /// How long a revoked partition may take to drain.
     pub drain_timeout: std::time::Duration,
+}
+
+/// A short description of a source for the status page and logs (never a
+/// credential: property values are not shown).
+pub fn describe(config: &SourceConfig) -> String {
+    match config {
+        SourceConfig::File(c) => format!("file {}", c.path),
+        SourceConfig::Kafka(c) => format!("kafka {} (group {})", c.topics.join(", "), c.group),
+    }
 }
 
 /// Checks a source config without side effects (for `sluice check`).

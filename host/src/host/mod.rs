@@ -1,0 +1,296 @@
+//! The host: many tenants' pipelines in one long-running process
+//! (`sluice serve`).
+//!
+//! A [`Host`] owns the engines (one plain engine with one pool sized for the
+//! host, one epoch ticker and one set of compiled modules; a fuel-metered
+//! engine only if some pipeline asks for fuel), the metrics registry and the
+//! running pipelines, each behind a [`PipelineHandle`]. Every pipeline is
+//! independent: its own tenant, transforms, sinks, in-flight budget, circuit
+//! breaker and restart policy; one that fails is marked failed alone, with
+//! the reason, and the others keep running.
+
+pub mod config;
+
+pub use config::{HostConfig, HostConfigError};
+
+use crate::config::{ConfigError, Guarantee, PipelineConfig};
+use crate::engine::{EngineOptions, Engines, LoadError};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, PipelineError, PipelineHandle, RestartPolicy, Snapshot, State};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Why a pipeline file was refused by the host.
+#[derive(Debug, thiserror::Error)]
+pub enum RefusedPipeline {
+    /// It does not parse or validate (the message names file, line, field).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Another pipeline has the same name.
+    #[error("pipeline file `{file}`: a pipeline named `{name}` is already defined by `{other}`")]
+    DuplicateName {
+        /// The refused file.
+        file: PathBuf,
+        /// The name.
+        name: String,
+        /// The file that has it.
+        other: PathBuf,
+    },
+    /// Another pipeline has the same Kafka transactional id.
+    #[error(
+        "pipeline file `{file}`: transactional id `{id}` is already used by pipeline `{other}` (two producers with one id fence each other)"
+    )]
+    DuplicateTransactionalId {
+        /// The refused file.
+        file: PathBuf,
+        /// The id.
+        id: String,
+        /// The pipeline that has it.
+        other: String,
+    },
+    /// Its transforms could not be prepared (module refused, table, init).
+    #[error(transparent)]
+    Setup(#[from] PipelineError),
+}
+
+/// A pipeline the host knows: running (or ended) or refused.
+#[derive(Debug)]
+struct Entry {
+    file: PathBuf,
+    transactional_id: Option<String>,
+    handle: Arc<PipelineHandle>,
+}
+
+/// Many pipelines in one process, on shared engines.
+pub struct Host {
+    config: HostConfig,
+    engines: Engines,
+    metrics: Arc<Metrics>,
+    pipelines: RwLock<BTreeMap<String, Entry>>,
+    refused: RwLock<Vec<(PathBuf, String)>>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// A host with `config`: reserves the instance pool now (an error says
+    /// how many slots would fit when it cannot).
+    pub fn new(config: HostConfig) -> Result<Arc<Self>, LoadError> {
+        let engines = Engines::new(EngineOptions {
+            slots: config.instance_slots,
+            require_pool: true,
+            cache_dir: Some(config.data_dir.join("components")),
+            ..EngineOptions::default()
+        });
+        engines.plain()?;
+        Ok(Arc::new(Host {
+            config,
+            engines,
+            metrics: Arc::new(Metrics::new()),
+            pipelines: RwLock::new(BTreeMap::new()),
+            refused: RwLock::new(Vec::new()),
+        }))
+    }
+
+    /// The host's configuration.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    /// The host's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The shared engines.
+    pub fn engines(&self) -> &Engines {
+        &self.engines
+    }
+
+    /// Pipeline files of the host's pipeline directory, in name order.
+    pub fn pipeline_files(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.config.pipelines)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Starts every pipeline file of the pipeline directory. A file that is
+    /// refused is reported (and kept for the status page); the others start.
+    pub async fn start_all(self: &Arc<Self>) -> std::io::Result<Vec<RefusedPipeline>> {
+        let mut refused = Vec::new();
+        for file in self.pipeline_files()? {
+            if let Err(e) = self.start_file(&file).await {
+                tracing::error!(file = %file.display(), error = %e, "pipeline refused");
+                self.refused
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((file.clone(), e.to_string()));
+                refused.push(e);
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Loads, checks and starts one pipeline file.
+    pub async fn start_file(self: &Arc<Self>, file: &Path) -> Result<(), RefusedPipeline> {
+        let (config, base) = PipelineConfig::load(file)?;
+        self.check_unique(file, &config)?;
+        let name = config.name.clone();
+        let tenant = config.tenant.clone();
+        let transactional_id = (config.delivery.guarantee == Guarantee::ExactlyOnce)
+            .then(|| config.delivery.transactional_id.clone())
+            .flatten();
+        let restart = config
+            .restart
+            .clone()
+            .unwrap_or_else(|| self.config.restart.clone());
+        let span = tracing::info_span!("pipeline", pipeline = %name, tenant = %tenant);
+        let pipeline = tracing::Instrument::instrument(
+            Pipeline::prepare(config, base, &self.engines, &Default::default()),
+            span,
+        )
+        .await?;
+        let live = pipeline.live(self.metrics.clone());
+        // Checked again: another file may have taken the name meanwhile.
+        let mut pipelines = self.pipelines.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(other) = pipelines.get(&name) {
+            return Err(RefusedPipeline::DuplicateName {
+                file: file.to_path_buf(),
+                name,
+                other: other.file.clone(),
+            });
+        }
+        let handle = Arc::new(PipelineHandle::spawn(pipeline, live, restart));
+        tracing::info!(pipeline = %name, tenant = %tenant, file = %file.display(), "pipeline started");
+        pipelines.insert(
+            name,
+            Entry {
+                file: file.to_path_buf(),
+                transactional_id,
+                handle,
+            },
+        );
+        Ok(())
+    }
+
+    fn check_unique(&self, file: &Path, config: &PipelineConfig) -> Result<(), RefusedPipeline> {
+        let pipelines = self.pipelines.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(other) = pipelines.get(&config.name) {
+            return Err(RefusedPipeline::DuplicateName {
+                file: file.to_path_buf(),
+                name: config.name.clone(),
+                other: other.file.clone(),
+            });
+        }
+        if config.delivery.guarantee == Guarantee::ExactlyOnce
+            && let Some(id) = &config.delivery.transactional_id
+            && let Some((other, _)) = pipelines
+                .iter()
+                .find(|(_, e)| e.transactional_id.as_deref() == Some(id))
+        {
+            return Err(RefusedPipeline::DuplicateTransactionalId {
+                file: file.to_path_buf(),
+                id: id.clone(),
+                other: other.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The handle of pipeline `name`.
+    pub fn pipeline(&self, name: &str) -> Option<Arc<PipelineHandle>> {
+        self.pipelines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|e| e.handle.clone())
+    }
+
+    /// Every pipeline's handle, in name order.
+    pub fn handles(&self) -> Vec<Arc<PipelineHandle>> {
+        self.pipelines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|e| e.handle.clone())
+            .collect()
+    }
+
+    /// Every pipeline's snapshot, in name order.
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        self.handles().iter().map(|h| h.snapshot()).collect()
+    }
+
+    /// Pipeline files refused at start, with why.
+    pub fn refused(&self) -> Vec<(PathBuf, String)> {
+        self.refused
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The metrics text, with the gauges read now.
+    pub fn metrics_text(&self) -> String {
+        for h in self.handles() {
+            h.snapshot();
+        }
+        self.metrics.encode()
+    }
+
+    /// Stops every pipeline: each finishes its in-flight batches, commits
+    /// and ends. Returns the pipelines still running after `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) -> Vec<String> {
+        let handles = self.handles();
+        for h in &handles {
+            h.stop();
+        }
+        let all = futures::future::join_all(handles.iter().map(|h| h.join()));
+        if tokio::time::timeout(timeout, all).await.is_ok() {
+            return Vec::new();
+        }
+        handles
+            .iter()
+            .filter(|h| !h.is_done())
+            .map(|h| h.name().to_string())
+            .collect()
+    }
+
+    /// Waits until every pipeline has ended (bounded sources drained, or
+    /// failed) — for tests and batch hosts.
+    pub async fn wait_all(&self) {
+        for h in self.handles() {
+            let _ = h.join().await;
+        }
+    }
+
+    /// Counts of pipelines per state.
+    pub fn states(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for h in self.handles() {
+            *m.entry(h.live().state().as_str()).or_default() += 1;
+        }
+        m
+    }
+
+    /// Whether any pipeline is in `state`.
+    pub fn any_in(&self, state: State) -> bool {
+        self.handles().iter().any(|h| h.live().state() == state)
+    }
+}
+
+/// The restart policy `sluice serve` gives pipelines that set none.
+pub fn default_restart() -> RestartPolicy {
+    RestartPolicy {
+        max_restarts: 3,
+        ..RestartPolicy::default()
+    }
+}

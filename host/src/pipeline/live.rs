@@ -1,0 +1,678 @@
+//! A running pipeline seen from outside: its state, live counters, recent
+//! errors, and the handle that stops, pauses and resumes it.
+//!
+//! The coordinator publishes its [`Summary`] here (at most every
+//! [`PUBLISH_EVERY`] and when a session ends); the handle's
+//! [`PipelineHandle::snapshot`] reads it without touching the data path.
+//! Hot swap (replacing a transform's module) will also go through the
+//! handle: the workers' runners are swapped between two jobs, at a batch
+//! boundary.
+
+use super::{Pipeline, PipelineError, Summary};
+use crate::flow::Budget;
+use crate::metrics::PipelineMetrics;
+use crate::source::SourceControl;
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// How often the coordinator publishes its counters.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// Errors kept per pipeline for the status page.
+const LAST_ERRORS: usize = 10;
+
+/// Where a pipeline is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Loading, or opening its source and sinks.
+    Starting,
+    /// Reading and delivering.
+    Running,
+    /// Not reading (in-flight batches are delivered); resumes on request.
+    Paused,
+    /// Failed and waiting to start again (its restart policy).
+    Restarting,
+    /// Stop requested: finishing in-flight batches.
+    Stopping,
+    /// Stopped on request, everything handled committed.
+    Stopped,
+    /// Its bounded source is drained and everything is delivered.
+    Finished,
+    /// Stopped by an error its restart policy does not cover (its breaker
+    /// opened, its module was refused, its sink stayed down): the reason
+    /// says why. The others keep running.
+    Failed,
+}
+
+impl State {
+    /// Every state, for the state metric.
+    pub const ALL: [State; 8] = [
+        State::Starting,
+        State::Running,
+        State::Paused,
+        State::Restarting,
+        State::Stopping,
+        State::Stopped,
+        State::Finished,
+        State::Failed,
+    ];
+
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Restarting => "restarting",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Finished => "finished",
+            State::Failed => "failed",
+        }
+    }
+
+    /// Whether the pipeline will do nothing more.
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Stopped | State::Finished | State::Failed)
+    }
+}
+
+/// An error a pipeline met, for the status page.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorNote {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The message.
+    pub message: String,
+}
+
+/// One transform of the chain as it runs now.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransformView {
+    /// Its name in the pipeline.
+    pub name: String,
+    /// The active module's digest.
+    pub digest: String,
+}
+
+/// What a pipeline did and is doing, at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Pipeline name.
+    pub name: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Its state.
+    pub state: State,
+    /// Why it failed or is restarting.
+    pub reason: Option<String>,
+    /// The source, described.
+    pub source: String,
+    /// The transforms and their active module digests.
+    pub transforms: Vec<TransformView>,
+    /// Records read and handled.
+    pub records_in: u64,
+    /// Records written, all outputs.
+    pub records_out: u64,
+    /// Records written per output.
+    pub outputs: BTreeMap<String, u64>,
+    /// Dead-letter entries.
+    pub dead_letter: u64,
+    /// Records dropped by transforms.
+    pub dropped: u64,
+    /// Records per second in, over the last few seconds.
+    pub rate_in: f64,
+    /// Records per second out.
+    pub rate_out: f64,
+    /// Consumer lag in records, where the source knows it.
+    pub lag: Option<i64>,
+    /// Records in flight.
+    pub in_flight_records: usize,
+    /// Bytes in flight.
+    pub in_flight_bytes: usize,
+    /// Restarts so far.
+    pub restarts: u64,
+    /// The last errors, newest last.
+    pub last_errors: Vec<ErrorNote>,
+    /// Seconds since it started.
+    pub uptime_seconds: f64,
+}
+
+#[derive(Default)]
+struct Session {
+    budget: Option<Arc<Budget>>,
+    control: Option<Arc<dyn SourceControl>>,
+}
+
+struct Rates {
+    at: Instant,
+    records_in: u64,
+    records_out: u64,
+    rate_in: f64,
+    rate_out: f64,
+}
+
+struct Inner {
+    state: State,
+    reason: Option<String>,
+    summary: Summary,
+    errors: VecDeque<ErrorNote>,
+    transforms: Vec<TransformView>,
+    session: Session,
+    /// Guest memory per worker and transform.
+    memory: Vec<Vec<u64>>,
+    rates: Rates,
+}
+
+/// The live state of one pipeline, shared by its tasks and its handle.
+pub struct Live {
+    name: String,
+    tenant: String,
+    source: String,
+    started: Instant,
+    inner: Mutex<Inner>,
+    pause: watch::Sender<bool>,
+    metrics: PipelineMetrics,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("name", &self.name).finish()
+    }
+}
+
+impl Live {
+    /// The live state of a pipeline about to start.
+    pub fn new(
+        name: &str,
+        tenant: &str,
+        source: String,
+        transforms: Vec<TransformView>,
+        metrics: PipelineMetrics,
+    ) -> Arc<Self> {
+        let live = Arc::new(Live {
+            name: name.to_string(),
+            tenant: tenant.to_string(),
+            source,
+            started: Instant::now(),
+            inner: Mutex::new(Inner {
+                state: State::Starting,
+                reason: None,
+                summary: Summary::default(),
+                errors: VecDeque::new(),
+                transforms,
+                session: Session::default(),
+                memory: Vec::new(),
+                rates: Rates {
+                    at: Instant::now(),
+                    records_in: 0,
+                    records_out: 0,
+                    rate_in: 0.0,
+                    rate_out: 0.0,
+                },
+            }),
+            pause: watch::channel(false).0,
+            metrics,
+        });
+        live.set_state(State::Starting, None);
+        live.publish_module_info();
+        live
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its tenant.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &PipelineMetrics {
+        &self.metrics
+    }
+
+    /// Its state.
+    pub fn state(&self) -> State {
+        self.inner().state
+    }
+
+    /// Moves to `state` (with a reason for failed and restarting states).
+    pub fn set_state(&self, state: State, reason: Option<String>) {
+        {
+            let mut i = self.inner();
+            i.state = state;
+            i.reason = reason;
+        }
+        for s in State::ALL {
+            self.metrics.set(
+                |m| &m.state,
+                &[("state", s.as_str())],
+                i64::from(s == state),
+            );
+        }
+    }
+
+    /// Keeps an error for the status page (the last few).
+    pub fn note_error(&self, message: impl Into<String>) {
+        let mut i = self.inner();
+        if i.errors.len() == LAST_ERRORS {
+            i.errors.pop_front();
+        }
+        i.errors.push_back(ErrorNote {
+            at: chrono::DateTime::<chrono::Utc>::from(SystemTime::now()).to_rfc3339(),
+            message: message.into(),
+        });
+    }
+
+    /// The counters so far (a copy).
+    pub fn summary(&self) -> Summary {
+        self.inner().summary.clone()
+    }
+
+    /// Publishes the coordinator's counters.
+    pub(crate) fn publish(&self, summary: &Summary) {
+        self.inner().summary.clone_from(summary);
+    }
+
+    /// A session started: what to read in-flight counts and lag from.
+    pub(crate) fn attach(&self, budget: Arc<Budget>, control: Arc<dyn SourceControl>) {
+        self.inner().session = Session {
+            budget: Some(budget),
+            control: Some(control),
+        };
+    }
+
+    /// The session ended.
+    pub(crate) fn detach(&self) {
+        self.inner().session = Session::default();
+    }
+
+    /// Worker `worker`'s guest memory per transform.
+    pub(crate) fn set_memory(&self, worker: usize, per_transform: Vec<u64>) {
+        let mut i = self.inner();
+        if i.memory.len() <= worker {
+            i.memory.resize(worker + 1, Vec::new());
+        }
+        if let Some(slot) = i.memory.get_mut(worker) {
+            *slot = per_transform;
+        }
+    }
+
+    fn publish_module_info(&self) {
+        for t in self.inner().transforms.clone() {
+            self.metrics.set(
+                |m| &m.module_info,
+                &[("transform", &t.name), ("digest", &t.digest)],
+                1,
+            );
+        }
+    }
+
+    /// Receives pause requests (the coordinator).
+    pub(crate) fn pause_requests(&self) -> watch::Receiver<bool> {
+        self.pause.subscribe()
+    }
+
+    /// Asks the pipeline to stop reading (or to read again).
+    pub fn request_pause(&self, paused: bool) {
+        self.pause.send_replace(paused);
+        let state = self.state();
+        if paused && state == State::Running {
+            self.set_state(State::Paused, None);
+        } else if !paused && state == State::Paused {
+            self.set_state(State::Running, None);
+        }
+    }
+
+    /// Whether a pause is requested.
+    pub fn pause_requested(&self) -> bool {
+        *self.pause.borrow()
+    }
+
+    /// What the pipeline did and is doing now. Also sets the gauges that
+    /// are read at scrape time (in flight, lag, guest memory).
+    pub fn snapshot(&self) -> Snapshot {
+        let now = Instant::now();
+        let (snapshot, lag_source) = {
+            let mut i = self.inner();
+            let records_out: u64 = i.summary.outputs.values().sum();
+            let records_in = i.summary.records_in;
+            let dt = now.duration_since(i.rates.at).as_secs_f64();
+            if dt >= 1.0 {
+                i.rates.rate_in = records_in.saturating_sub(i.rates.records_in) as f64 / dt;
+                i.rates.rate_out = records_out.saturating_sub(i.rates.records_out) as f64 / dt;
+                i.rates.at = now;
+                i.rates.records_in = records_in;
+                i.rates.records_out = records_out;
+            }
+            let (in_flight_records, in_flight_bytes) = i
+                .session
+                .budget
+                .as_ref()
+                .map(|b| b.in_flight())
+                .unwrap_or((0, 0));
+            let mut memory: Vec<u64> = vec![0; i.transforms.len()];
+            for w in &i.memory {
+                for (total, m) in memory.iter_mut().zip(w) {
+                    *total += m;
+                }
+            }
+            for (t, m) in i.transforms.iter().zip(&memory) {
+                self.metrics.set(
+                    |m| &m.guest_memory,
+                    &[("transform", &t.name)],
+                    i64::try_from(*m).unwrap_or(i64::MAX),
+                );
+            }
+            (
+                Snapshot {
+                    name: self.name.clone(),
+                    tenant: self.tenant.clone(),
+                    state: i.state,
+                    reason: i.reason.clone(),
+                    source: self.source.clone(),
+                    transforms: i.transforms.clone(),
+                    records_in,
+                    records_out,
+                    outputs: i.summary.outputs.clone(),
+                    dead_letter: i.summary.dead_letter_total(),
+                    dropped: i.summary.dropped_total(),
+                    rate_in: i.rates.rate_in,
+                    rate_out: i.rates.rate_out,
+                    lag: None,
+                    in_flight_records,
+                    in_flight_bytes,
+                    restarts: i.summary.restarts,
+                    last_errors: i.errors.iter().cloned().collect(),
+                    uptime_seconds: self.started.elapsed().as_secs_f64(),
+                },
+                i.session.control.clone(),
+            )
+        };
+        let mut snapshot = snapshot;
+        snapshot.lag = lag_source.and_then(|c| c.lag());
+        self.metrics.set(
+            |m| &m.in_flight_records,
+            &[],
+            snapshot.in_flight_records as i64,
+        );
+        self.metrics
+            .set(|m| &m.in_flight_bytes, &[], snapshot.in_flight_bytes as i64);
+        if let Some(lag) = snapshot.lag {
+            self.metrics.set(|m| &m.consumer_lag, &[], lag);
+        }
+        snapshot
+    }
+}
+
+/// When a failed pipeline is started again.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartPolicy {
+    /// Restarts in a row (without records handled in between) before the
+    /// pipeline is marked failed; 0 = never restarted (`sluice run`'s
+    /// default; `sluice serve` defaults to the host file's).
+    pub max_restarts: u32,
+    /// Wait before the first restart, in ms (default 1000); doubles up to
+    /// `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    /// Longest wait between restarts, in ms (default 60000).
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            max_restarts: 0,
+            initial_backoff_ms: 1000,
+            max_backoff_ms: 60_000,
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The wait before restart number `n` (1-based).
+    pub fn backoff(&self, n: u32) -> Duration {
+        let ms = self
+            .initial_backoff_ms
+            .saturating_mul(1u64 << n.saturating_sub(1).min(20))
+            .min(self.max_backoff_ms.max(self.initial_backoff_ms));
+        Duration::from_millis(ms)
+    }
+}
+
+impl PipelineError {
+    /// Whether starting the pipeline again may help (a sink, the
+    /// dead-letter queue or the source was down): the restart policy
+    /// applies. A refused module, a bad configuration or an open circuit
+    /// breaker fail the pipeline at once.
+    pub fn worth_restarting(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::Source(_)
+                | PipelineError::Sink(_)
+                | PipelineError::Dlq(_)
+                | PipelineError::Transaction(_)
+                | PipelineError::Undelivered(_)
+        )
+    }
+}
+
+/// A pipeline running on its own task: stop, pause, resume, look.
+pub struct PipelineHandle {
+    live: Arc<Live>,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<Result<Summary, PipelineError>>>>,
+}
+
+impl std::fmt::Debug for PipelineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineHandle")
+            .field("name", &self.live.name)
+            .finish()
+    }
+}
+
+impl PipelineHandle {
+    /// Starts `pipeline` on its own task, started again after failures as
+    /// `restart` says. Every log line of the task carries the pipeline's
+    /// name and tenant.
+    pub fn spawn(pipeline: Pipeline, live: Arc<Live>, restart: RestartPolicy) -> Self {
+        let (stop, mut stop_rx) = watch::channel(false);
+        let (done_tx, done) = watch::channel(false);
+        let span = tracing::info_span!("pipeline", pipeline = %live.name, tenant = %live.tenant);
+        let l = live.clone();
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let result = supervise(pipeline, &l, restart, &mut stop_rx).await;
+                done_tx.send_replace(true);
+                result
+            },
+            span,
+        ));
+        PipelineHandle {
+            live,
+            stop,
+            done,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// The pipeline's live state.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.live.name
+    }
+
+    /// What it did and is doing.
+    pub fn snapshot(&self) -> Snapshot {
+        self.live.snapshot()
+    }
+
+    /// Stops reading; batches in flight are delivered and committed.
+    pub fn pause(&self) {
+        self.live.request_pause(true);
+    }
+
+    /// Reads again after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.live.request_pause(false);
+    }
+
+    /// Asks it to stop: it finishes in-flight batches, commits and ends.
+    pub fn stop(&self) {
+        if !self.live.state().is_final() {
+            self.live.set_state(State::Stopping, None);
+        }
+        self.stop.send_replace(true);
+    }
+
+    /// Whether its task has ended.
+    pub fn is_done(&self) -> bool {
+        *self.done.borrow()
+    }
+
+    /// Waits for its task to end; the final counters, or why it failed.
+    pub async fn join(&self) -> Result<Summary, PipelineError> {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match task {
+            Some(t) => t
+                .await
+                .map_err(|e| PipelineError::Internal(format!("pipeline task failed: {e}")))?,
+            None => {
+                let mut done = self.done.clone();
+                let _ = done.wait_for(|d| *d).await;
+                Ok(self.live.summary())
+            }
+        }
+    }
+}
+
+async fn supervise(
+    pipeline: Pipeline,
+    live: &Arc<Live>,
+    restart: RestartPolicy,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Summary, PipelineError> {
+    let mut failures = 0u32;
+    loop {
+        let mut stop_now = stop.clone();
+        let shutdown = async move {
+            let _ = stop_now.wait_for(|s| *s).await;
+        };
+        let handled_before = live.summary().records_in;
+        match pipeline.run_live(live, shutdown).await {
+            Ok(summary) => {
+                let state = if *stop.borrow() {
+                    State::Stopped
+                } else {
+                    State::Finished
+                };
+                live.set_state(state, None);
+                tracing::info!(
+                    records = summary.records_in,
+                    state = state.as_str(),
+                    "pipeline ended"
+                );
+                return Ok(summary);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                live.note_error(message.clone());
+                if live.summary().records_in > handled_before {
+                    failures = 0;
+                }
+                failures += 1;
+                if *stop.borrow() || !e.worth_restarting() || failures > restart.max_restarts {
+                    tracing::error!(error = %message, "pipeline failed");
+                    live.set_state(State::Failed, Some(message));
+                    return Err(e);
+                }
+                let wait = restart.backoff(failures);
+                tracing::warn!(error = %message, restart = failures, wait_ms = wait.as_millis() as u64, "pipeline failed: starting it again");
+                live.set_state(State::Restarting, Some(message));
+                live.metrics().count(|m| &m.restarts, &[], 1);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => {
+                        live.set_state(State::Stopped, None);
+                        return Ok(live.summary());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_backoff_doubles_and_is_capped() {
+        let p = RestartPolicy {
+            max_restarts: 5,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 350,
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(3), Duration::from_millis(350));
+        assert_eq!(p.backoff(60), Duration::from_millis(350));
+    }
+
+    #[test]
+    fn state_gauge_has_exactly_one_state_set() {
+        let m = PipelineMetrics::detached("p", "t");
+        let live = Live::new("p", "t", "file".into(), Vec::new(), m.clone());
+        live.set_state(State::Running, None);
+        live.request_pause(true);
+        assert_eq!(live.state(), State::Paused);
+        let text = m.host().encode();
+        assert!(
+            text.contains(r#"sluice_pipeline_state{pipeline="p",tenant="t",state="paused"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sluice_pipeline_state{pipeline="p",tenant="t",state="running"} 0"#),
+            "{text}"
+        );
+        live.request_pause(false);
+        assert_eq!(live.state(), State::Running);
+    }
+
+    #[test]
+    fn only_the_last_errors_are_kept() {
+        let live = Live::new(
+            "p",
+            "t",
+            "file".into(),
+            Vec::new(),
+            PipelineMetrics::detached("p", "t"),
+        );
+        for i in 0..25 {
+            live.note_error(format!("e{i}"));
+        }
+        let s = live.snapshot();
+        assert_eq!(s.last_errors.len(), LAST_ERRORS);
+        assert_eq!(
+            s.last_errors.last().map(|e| e.message.as_str()),
+            Some("e24")
+        );
+    }
+}
