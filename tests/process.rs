@@ -24,14 +24,40 @@ impl Sluice {
         env: &[(&str, &str)],
         pipe_stdout: bool,
     ) -> Sluice {
+        Self::command(bin, "run", pipeline, log, env, pipe_stdout)
+    }
+
+    /// Starts `<bin> serve <host file>` (a host), as [`Sluice::start`].
+    pub fn serve(bin: &Path, host: &Path, log: &Path, env: &[(&str, &str)]) -> Sluice {
+        Self::command(bin, "serve", host, log, env, false)
+    }
+
+    /// The address the host's listener took, from its log (`None` until
+    /// it says).
+    pub fn listen_address(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        text.lines()
+            .rev()
+            .find_map(|l| l.split("listening on http://").nth(1))
+            .map(|rest| rest.trim_end_matches('/').trim().to_string())
+    }
+
+    fn command(
+        bin: &Path,
+        verb: &str,
+        file: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+        pipe_stdout: bool,
+    ) -> Sluice {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
         let mut cmd = Command::new(bin);
-        cmd.args(["run"])
-            .arg(pipeline)
+        cmd.arg(verb)
+            .arg(file)
             .env(
                 "SLUICE_LOG",
                 std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),

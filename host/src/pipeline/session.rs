@@ -94,6 +94,8 @@ struct Coordinator<'a> {
     live: Arc<Live>,
     metrics: PipelineMetrics,
     last_publish: Instant,
+    /// When counters not yet published must be.
+    publish_due: Option<Instant>,
 }
 
 /// Runs one session to its end.
@@ -177,6 +179,7 @@ pub(crate) async fn run(
         metrics: live.metrics().clone(),
         live: live.clone(),
         last_publish: Instant::now(),
+        publish_due: None,
     };
     if !live.pause_requested() {
         live.set_state(State::Running, None);
@@ -388,6 +391,7 @@ impl Coordinator<'_> {
                 revoke_deadline,
                 self.commit_due,
                 drain_deadline,
+                self.publish_due,
             ]
             .into_iter()
             .flatten()
@@ -443,6 +447,9 @@ impl Coordinator<'_> {
                     self.check_revokes();
                     if self.commit_due.is_some_and(|d| d <= now) {
                         self.commit().await?;
+                    }
+                    if self.publish_due.is_some_and(|d| d <= now) {
+                        self.publish();
                     }
                 }
                 _ = progress.tick() => {
@@ -584,8 +591,9 @@ impl Coordinator<'_> {
             *s.dead_lettered.entry(stage).or_default() += n;
         }
         if self.last_publish.elapsed() >= PUBLISH_EVERY {
-            self.live.publish(self.summary);
-            self.last_publish = Instant::now();
+            self.publish();
+        } else if self.publish_due.is_none() {
+            self.publish_due = Some(self.last_publish + PUBLISH_EVERY);
         }
         if self.guarantee == Guarantee::AtLeastOnce {
             if self.commit_interval.is_zero() {
@@ -598,6 +606,13 @@ impl Coordinator<'_> {
         }
         self.check_revokes();
         Ok(())
+    }
+
+    /// Publishes the counters to the live state.
+    fn publish(&mut self) {
+        self.live.publish(self.summary);
+        self.last_publish = Instant::now();
+        self.publish_due = None;
     }
 
     /// Counts a handled batch in the metrics.

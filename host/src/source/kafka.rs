@@ -102,7 +102,11 @@ pub(super) fn start(
     c: &KafkaSourceConfig,
     opts: StartOptions,
 ) -> Result<RunningSource, SourceError> {
-    let config = client_config(c, &opts.pipeline)?;
+    let mut config = client_config(c, &opts.pipeline)?;
+    if config.get("statistics.interval.ms").is_none() {
+        config.set("statistics.interval.ms", STATS_INTERVAL_MS);
+    }
+    let lag = Arc::new(std::sync::atomic::AtomicI64::new(-1));
     let redactor = crate::kafka::Redactor::new(&c.properties);
     let (events_tx, events) = mpsc::unbounded_channel();
     let context = SourceContext {
@@ -116,6 +120,7 @@ pub(super) fn start(
         format: c.format,
         topics: Mutex::new(HashMap::new()),
         redactor: redactor.clone(),
+        lag: lag.clone(),
     };
     let consumer: BaseConsumer<SourceContext> = config
         .create_with_context(context)
@@ -146,6 +151,7 @@ pub(super) fn start(
             commands: Mutex::new(commands),
             thread: Mutex::new(Some(thread)),
             describe,
+            lag,
         }),
     })
 }
@@ -176,7 +182,14 @@ struct SourceContext {
     format: ValueFormat,
     topics: Mutex<HashMap<String, Arc<str>>>,
     redactor: crate::kafka::Redactor,
+    /// Consumer lag over the assigned partitions, from librdkafka's
+    /// statistics; -1 until known.
+    lag: Arc<std::sync::atomic::AtomicI64>,
 }
+
+/// Every how many ms librdkafka reports statistics (the lag), unless the
+/// pipeline sets `statistics.interval.ms` itself.
+const STATS_INTERVAL_MS: &str = "5000";
 
 impl SourceContext {
     fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Held>> {
@@ -381,6 +394,30 @@ impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
         crate::kafka::forward_error("source", &self.redactor, &error, reason);
     }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        // A broker's statistics are outside input: a document that does not
+        // parse is ignored (the lag stays as it was).
+        match serde_json::from_slice::<rdkafka::Statistics>(statistics) {
+            Ok(stats) => {
+                let lags: Vec<i64> = stats
+                    .topics
+                    .values()
+                    .flat_map(|t| t.partitions.iter())
+                    .filter(|(id, _)| **id >= 0)
+                    .map(|(_, p)| p.consumer_lag)
+                    .filter(|lag| *lag >= 0)
+                    .collect();
+                let lag = if lags.is_empty() {
+                    -1
+                } else {
+                    lags.iter().sum()
+                };
+                self.lag.store(lag, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read librdkafka's statistics"),
+        }
+    }
 }
 
 impl ConsumerContext for SourceContext {
@@ -564,6 +601,7 @@ struct KafkaControl {
     commands: Mutex<std::sync::mpsc::Sender<Command>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     describe: String,
+    lag: Arc<std::sync::atomic::AtomicI64>,
 }
 
 #[async_trait::async_trait]
@@ -607,5 +645,10 @@ impl SourceControl for KafkaControl {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn lag(&self) -> Option<i64> {
+        let lag = self.lag.load(Ordering::Relaxed);
+        (lag >= 0).then_some(lag)
     }
 }
