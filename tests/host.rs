@@ -236,6 +236,8 @@ const KAFKA_RECORDS: usize = 400;
 /// opens and that pipeline alone is marked failed; the other nineteen
 /// account for every input record (sink + DLQ = input). The metrics, parsed
 /// with a Prometheus text-format parser, agree with what each pipeline did.
+// Each test has its own runtime: the guard only keeps the tests apart.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_pipelines_share_one_host_and_one_fails_alone() {
     let _one = heavy();
@@ -435,6 +437,8 @@ async fn twenty_pipelines_share_one_host_and_one_fails_alone() {
 
 /// Pause stops reading (what is in flight is delivered), resume reads on;
 /// the JSON API shows the state.
+// Each test has its own runtime: the guard only keeps the tests apart.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_pipeline_reads_nothing_until_resumed() {
     let _one = heavy();

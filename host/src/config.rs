@@ -178,99 +178,16 @@ impl Default for CircuitBreakerConfig {
     }
 }
 
+pub use crate::sink::SinkConfig;
+pub use crate::sink::kafka::{Compression, KafkaSinkConfig};
+pub use crate::sink::local::LocalSinkConfig;
+pub use crate::sink::stdout::StdoutSinkConfig;
+pub use crate::source::SourceConfig;
+pub use crate::source::file::{FileSourceConfig, LineFormat};
+pub use crate::source::kafka::{Isolation, KafkaSourceConfig, StartPosition, ValueFormat};
+
 fn default_tenant() -> String {
     "default".into()
-}
-
-/// A source of records: one table named after its kind, e.g. `[source.file]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub enum SourceConfig {
-    /// Lines of local files.
-    File(FileSourceConfig),
-    /// Kafka topics, read by a consumer group.
-    Kafka(KafkaSourceConfig),
-}
-
-/// `[source.kafka]`: topics read by a consumer group. Several `sluice`
-/// processes with the same `group` share the partitions.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSourceConfig {
-    /// Bootstrap servers, `host:port[,host:port...]`.
-    pub bootstrap: String,
-    /// Topics to read: names, or regular expressions starting with `^`
-    /// (e.g. `"^events\\..*"`), matched against the cluster's topics.
-    pub topics: Vec<String>,
-    /// Consumer group id. Processes with the same group share the partitions.
-    pub group: String,
-    /// Where a group with no committed offset starts: `earliest` (default),
-    /// `latest`, or an RFC 3339 time (`2026-11-18T14:00:00Z`): the first
-    /// record at or after it.
-    #[serde(default)]
-    pub start: StartPosition,
-    /// How record values are read (default `raw`).
-    #[serde(default)]
-    pub format: ValueFormat,
-    /// Isolation when the upstream is transactional (default `read-committed`).
-    #[serde(default)]
-    pub isolation: Isolation,
-    /// Extra librdkafka consumer settings (e.g. `"session.timeout.ms" = "6000"`,
-    /// `"security.protocol" = "SASL_SSL"`). Values are redacted in logs.
-    #[serde(default)]
-    pub properties: Properties,
-}
-
-/// Where a consumer group without committed offsets starts reading.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum StartPosition {
-    /// The oldest record still in the topic.
-    #[default]
-    Earliest,
-    /// Only records written after the consumer joined.
-    Latest,
-    /// The first record whose timestamp is at or after this time (ms since the epoch).
-    Timestamp(i64),
-}
-
-impl<'de> Deserialize<'de> for StartPosition {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        match text.as_str() {
-            "earliest" => Ok(StartPosition::Earliest),
-            "latest" => Ok(StartPosition::Latest),
-            other => chrono::DateTime::parse_from_rfc3339(other)
-                .map(|t| StartPosition::Timestamp(t.timestamp_millis()))
-                .map_err(|e| {
-                    serde::de::Error::custom(format!(
-                        "`{other}` is not `earliest`, `latest` or an RFC 3339 time ({e})"
-                    ))
-                }),
-        }
-    }
-}
-
-/// How a Kafka record value is read.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum ValueFormat {
-    /// Bytes as they are.
-    #[default]
-    Raw,
-    /// The value must be JSON; records whose value is not go to the
-    /// dead-letter queue (stage `decode`) without reaching a transform.
-    Json,
-}
-
-/// Which records of a transactional upstream a consumer sees.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Isolation {
-    /// Only records of committed transactions.
-    #[default]
-    ReadCommitted,
-    /// Every record, including those of open or aborted transactions.
-    ReadUncommitted,
 }
 
 /// Extra client settings passed to librdkafka as they are. `Debug` redacts
@@ -352,30 +269,6 @@ pub enum Guarantee {
     ExactlyOnce,
 }
 
-/// `[source.file]`: lines of local files.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSourceConfig {
-    /// A file, a directory (every file in it, sorted), a glob
-    /// (`data/*.jsonl`), or `-` for standard input.
-    pub path: String,
-    /// How lines become records (default `jsonl`).
-    #[serde(default)]
-    pub format: LineFormat,
-}
-
-/// How a line of a file becomes a record.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum LineFormat {
-    /// JSON Lines: each non-blank line must be valid JSON; lines that are not
-    /// go to the dead-letter queue (stage `decode`) without reaching a transform.
-    #[default]
-    Jsonl,
-    /// Raw lines: each non-blank line is a record value as is.
-    Lines,
-}
-
 /// Micro-batch policy: a batch is cut on whichever limit is reached first.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -443,39 +336,6 @@ fn default_key() -> String {
     "key".into()
 }
 
-/// A sink: one table named after its kind, e.g. `[outputs.default.local]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub enum SinkConfig {
-    /// JSON Lines files on local disk, through `object_store`.
-    Local(LocalSinkConfig),
-    /// Standard output, one line per record.
-    Stdout(StdoutSinkConfig),
-    /// A Kafka topic.
-    Kafka(KafkaSinkConfig),
-}
-
-/// `kafka`: records to a Kafka topic, keys, headers and timestamps kept.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSinkConfig {
-    /// Topic to write to.
-    pub topic: String,
-    /// Bootstrap servers; defaults to the Kafka source's.
-    #[serde(default)]
-    pub bootstrap: Option<String>,
-    /// Compression: `none`, `gzip`, `snappy`, `lz4` (default) or `zstd`.
-    #[serde(default)]
-    pub compression: Compression,
-    /// Extra librdkafka producer settings (e.g. `"linger.ms" = "20"`).
-    /// Values are redacted in logs.
-    #[serde(default)]
-    pub properties: Properties,
-    /// How transient write errors are retried.
-    #[serde(default)]
-    pub retry: RetryConfig,
-}
-
 /// `retry`: how a sink's transient errors (a timeout, a broker or store away)
 /// are retried — exponential backoff with jitter, bounded. While retries
 /// remain, nothing goes to the dead-letter queue and no offset advances;
@@ -506,70 +366,6 @@ impl Default for RetryConfig {
             max_elapsed_ms: 300_000,
         }
     }
-}
-
-impl SinkConfig {
-    /// The sink's retry policy (stdout has no transient errors: the default).
-    pub fn retry(&self) -> RetryConfig {
-        match self {
-            SinkConfig::Local(c) => c.retry,
-            SinkConfig::Kafka(c) => c.retry,
-            SinkConfig::Stdout(_) => RetryConfig::default(),
-        }
-    }
-}
-
-/// Kafka compression codec.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Compression {
-    /// No compression.
-    None,
-    /// gzip.
-    Gzip,
-    /// Snappy.
-    Snappy,
-    /// LZ4 (default: cheap and effective).
-    #[default]
-    Lz4,
-    /// Zstandard.
-    Zstd,
-}
-
-impl Compression {
-    /// The librdkafka name of the codec.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-            Compression::Snappy => "snappy",
-            Compression::Lz4 => "lz4",
-            Compression::Zstd => "zstd",
-        }
-    }
-}
-
-/// `local`: JSON Lines files under a directory.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LocalSinkConfig {
-    /// Directory (prefix) the files are written under.
-    pub path: PathBuf,
-    /// What a line holds (default `value`).
-    #[serde(default)]
-    pub format: RecordFormat,
-    /// How transient write errors are retried.
-    #[serde(default)]
-    pub retry: RetryConfig,
-}
-
-/// `stdout`: one line per record on standard output.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StdoutSinkConfig {
-    /// What a line holds (default `value`).
-    #[serde(default)]
-    pub format: RecordFormat,
 }
 
 /// How an output record is written as one line.
@@ -660,15 +456,15 @@ impl PipelineConfig {
                     .into(),
             );
         }
-        let dlq_format = match &self.dead_letter {
-            SinkConfig::Local(c) => c.format,
-            SinkConfig::Stdout(c) => c.format,
-            SinkConfig::Kafka(_) => RecordFormat::Value,
-        };
+        let dlq_format = self
+            .dead_letter
+            .plugin()
+            .line_format()
+            .unwrap_or(RecordFormat::Value);
         if dlq_format != RecordFormat::Value {
             return Err("`dead_letter`: `format` does not apply, dead-letter entries are always written as JSON envelopes".into());
         }
-        self.validate_kafka()?;
+        self.validate_plugins()?;
         let b = &self.batch;
         if b.max_records == 0 || b.max_bytes == 0 {
             return Err("`batch.max_records` and `batch.max_bytes` must be at least 1".into());
@@ -757,46 +553,23 @@ impl PipelineConfig {
 
     /// The bootstrap servers of a Kafka sink: its own, or the source's.
     pub fn sink_bootstrap<'a>(&'a self, sink: &'a KafkaSinkConfig) -> Option<&'a str> {
-        sink.bootstrap.as_deref().or(match &self.source {
-            SourceConfig::Kafka(k) => Some(k.bootstrap.as_str()),
-            SourceConfig::File(_) => None,
-        })
+        sink.bootstrap
+            .as_deref()
+            .or(self.source.plugin().kafka().map(|k| k.bootstrap.as_str()))
     }
 
-    fn validate_kafka(&self) -> Result<(), String> {
-        if let SourceConfig::Kafka(k) = &self.source {
-            if k.topics.is_empty() {
-                return Err("`source.kafka.topics` must name at least one topic".into());
-            }
-            if k.group.trim().is_empty() {
-                return Err("`source.kafka.group` must not be empty".into());
-            }
-            for t in k.topics.iter().filter(|t| t.starts_with('^')) {
-                regex::Regex::new(t).map_err(|e| {
-                    format!("`source.kafka.topics`: `{t}` is not a valid regular expression: {e}")
-                })?;
-            }
-        }
+    fn validate_plugins(&self) -> Result<(), String> {
+        self.source.plugin().check()?;
         for (name, sink) in self.sinks() {
-            if let SinkConfig::Kafka(k) = sink {
-                if k.topic.trim().is_empty() {
-                    return Err(format!("`{}`: `topic` must not be empty", sink_path(name)));
-                }
-                if self.sink_bootstrap(k).is_none() {
-                    return Err(format!(
-                        "`{}`: `bootstrap` is needed when the source is not Kafka",
-                        sink_path(name)
-                    ));
-                }
-            }
+            sink.plugin().check(&sink_path(name), self)?;
         }
         if self.delivery.guarantee == Guarantee::ExactlyOnce {
-            let SourceConfig::Kafka(source) = &self.source else {
+            let Some(source) = self.source.plugin().kafka() else {
                 return Err("`delivery.guarantee = \"exactly-once\"` needs a Kafka source: offsets are committed in the same Kafka transaction as the outputs".into());
             };
             for (name, sink) in self.sinks() {
-                match sink {
-                    SinkConfig::Kafka(k) => {
+                match sink.plugin().kafka() {
+                    Some(k) => {
                         if self.sink_bootstrap(k) != Some(source.bootstrap.as_str()) {
                             return Err(format!(
                                 "`{}`: with exactly-once, every output must be on the source's cluster (`{}`), because one transaction covers outputs and consumer offsets",
@@ -824,17 +597,6 @@ fn sink_path(name: &str) -> String {
         "dead_letter".to_string()
     } else {
         format!("outputs.{name}")
-    }
-}
-
-impl SinkConfig {
-    /// The sink kind, as written in the file.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Local(_) => "local",
-            SinkConfig::Stdout(_) => "stdout",
-            SinkConfig::Kafka(_) => "kafka",
-        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! to its entry (`sluice.replay.of`) and to where it was first read
 //! (`sluice.replay.source`).
 
-use crate::config::{LineFormat, PipelineConfig, SinkConfig, SourceConfig, ValueFormat};
+use crate::config::PipelineConfig;
 use crate::record::{Header, Partition, Position, Record, SourceRecord};
 use crate::source::SourceItem;
 use base64::Engine as _;
@@ -132,22 +132,10 @@ pub fn read(
     base: &Path,
     filter: &Filter,
 ) -> Result<Vec<DeadLetterRecord>, ReplayError> {
-    let all = match &config.dead_letter {
-        SinkConfig::Local(c) => read_local(&base.join(&c.path))?,
-        SinkConfig::Kafka(c) => {
-            let bootstrap = config.sink_bootstrap(c).ok_or_else(|| ReplayError::Read {
-                dlq: format!("kafka topic `{}`", c.topic),
-                message: "no bootstrap servers".into(),
-            })?;
-            read_kafka(bootstrap, &c.topic, &c.properties)?
-        }
-        SinkConfig::Stdout(_) => {
-            return Err(ReplayError::Read {
-                dlq: "stdout".into(),
-                message: "standard output cannot be read back; write the dead-letter queue to `local` or `kafka` to replay it".into(),
-            });
-        }
-    };
+    let all = config
+        .dead_letter
+        .plugin()
+        .read_dead_letters(config, base)?;
     Ok(all.into_iter().filter(|r| filter.matches(r)).collect())
 }
 
@@ -445,10 +433,7 @@ pub fn items(
     stream: &str,
     entries: &[DeadLetterRecord],
 ) -> Vec<SourceItem> {
-    let json = match &config.source {
-        SourceConfig::File(f) => f.format == LineFormat::Jsonl,
-        SourceConfig::Kafka(k) => k.format == ValueFormat::Json,
-    };
+    let json = config.source.plugin().json_values();
     let partition = Partition {
         stream: Arc::from(stream),
         partition: 0,

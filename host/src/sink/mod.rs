@@ -1,23 +1,31 @@
-//! Sinks: where output and dead-letter records go. One file per sink kind;
-//! [`build_all`] maps the pipeline's sink configs to implementations.
+//! Sinks: where output and dead-letter records go. One folder per sink kind
+//! (its config type, checks, `build`, reading a dead-letter queue back),
+//! each a [`SinkPlugin`]; [`SinkConfig`] is the one registry that maps an
+//! `[outputs.<name>.<kind>]` table to its plugin. A new sink is its folder
+//! plus one variant and one arm in [`SinkConfig::plugin`].
 //!
 //! A write has two phases, so that records keep their order while several
 //! batches are in flight: [`Sink::submit`] enqueues a batch (in call order)
 //! and returns a [`Pending`] future that resolves once every accepted record
 //! is durable, with the records the sink refused permanently.
 
-mod kafka;
-mod local;
-mod stdout;
+pub mod kafka;
+pub mod local;
+pub mod stdout;
 
-use crate::config::{PipelineConfig, RecordFormat, SinkConfig};
+use crate::config::{PipelineConfig, RecordFormat, RetryConfig};
 use crate::record::Record;
+use crate::replay::{DeadLetterRecord, ReplayError};
 use base64::Engine as _;
+use kafka::KafkaSinkConfig;
+use local::LocalSinkConfig;
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use stdout::StdoutSinkConfig;
 
 pub use kafka::{KafkaProducer, KafkaSink, TxnError};
 pub use local::LocalSink;
@@ -161,6 +169,100 @@ impl std::fmt::Debug for Sinks {
     }
 }
 
+/// A sink: one table named after its kind, e.g. `[outputs.default.local]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// JSON Lines files on local disk, through `object_store`.
+    Local(LocalSinkConfig),
+    /// Standard output, one line per record.
+    Stdout(StdoutSinkConfig),
+    /// A Kafka topic.
+    Kafka(KafkaSinkConfig),
+}
+
+impl SinkConfig {
+    /// The plugin of this sink kind: the registry's one match.
+    pub fn plugin(&self) -> &dyn SinkPlugin {
+        match self {
+            SinkConfig::Local(c) => c,
+            SinkConfig::Stdout(c) => c,
+            SinkConfig::Kafka(c) => c,
+        }
+    }
+
+    /// The sink's retry policy.
+    pub fn retry(&self) -> RetryConfig {
+        self.plugin().retry()
+    }
+
+    /// The sink kind, as written in the file.
+    pub fn kind(&self) -> &'static str {
+        self.plugin().kind()
+    }
+}
+
+/// What building one sink needs.
+pub struct BuildContext<'a> {
+    /// The pipeline.
+    pub pipeline: &'a PipelineConfig,
+    /// What relative paths resolve against.
+    pub base: &'a Path,
+    /// The output name (`dead-letter` for the DLQ).
+    pub output: &'a str,
+    /// Transactions.
+    pub opts: &'a SinkOptions,
+    /// Kafka producers built so far, shared by sinks of one cluster.
+    pub producers: &'a mut BTreeMap<String, Arc<KafkaProducer>>,
+}
+
+/// A sink kind: what the pipeline needs from its configuration.
+pub trait SinkPlugin: std::fmt::Debug + Send + Sync {
+    /// The kind, as written in the pipeline file.
+    fn kind(&self) -> &'static str;
+
+    /// How transient write errors are retried (default: the default policy).
+    fn retry(&self) -> RetryConfig {
+        RetryConfig::default()
+    }
+
+    /// What a line holds, for sinks that write lines.
+    fn line_format(&self) -> Option<RecordFormat> {
+        None
+    }
+
+    /// Checks of the configuration alone (no I/O), run when the pipeline
+    /// file is parsed; `field` is its table (`outputs.alerts`,
+    /// `dead_letter`) for messages.
+    fn check(&self, _field: &str, _pipeline: &PipelineConfig) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Opens the sink.
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError>;
+
+    /// Reads back every dead-letter entry written to this sink (`sluice dlq`).
+    fn read_dead_letters(
+        &self,
+        _pipeline: &PipelineConfig,
+        _base: &Path,
+    ) -> Result<Vec<DeadLetterRecord>, ReplayError> {
+        Err(ReplayError::Read {
+            dlq: self.kind().into(),
+            message: format!(
+                "a {} sink cannot be read back; write the dead-letter queue to `local` or `kafka` to replay it",
+                self.kind()
+            ),
+        })
+    }
+
+    /// The Kafka settings, when this is a Kafka sink (exactly-once writes
+    /// every output in one Kafka transaction).
+    fn kafka(&self) -> Option<&KafkaSinkConfig> {
+        None
+    }
+}
+
 /// Builds every sink of a pipeline. Kafka sinks with the same cluster and
 /// settings share one producer; with a transactional id, all Kafka sinks
 /// share one transactional producer. Relative paths resolve against `base`.
@@ -170,49 +272,13 @@ pub fn build_all(
     opts: &SinkOptions,
 ) -> Result<Sinks, SinkError> {
     let mut producers: BTreeMap<String, Arc<KafkaProducer>> = BTreeMap::new();
-    let mut build = |name: &str, sink: &SinkConfig| -> Result<Arc<dyn Sink>, SinkError> {
-        Ok(match sink {
-            SinkConfig::Local(c) => Arc::new(LocalSink::new(
-                &base.join(&c.path),
-                &config.name,
-                name,
-                c.format,
-            )?),
-            SinkConfig::Stdout(c) => Arc::new(StdoutSink::new(c.format)),
-            SinkConfig::Kafka(c) => {
-                let bootstrap = config.sink_bootstrap(c).ok_or_else(|| SinkError::Config {
-                    sink: format!("kafka `{}`", c.topic),
-                    message: "no bootstrap servers".into(),
-                })?;
-                let key = if opts.transactional_id.is_some() {
-                    "transactional".to_string()
-                } else {
-                    kafka::producer_key(bootstrap, c)
-                };
-                let producer = match producers.get(&key) {
-                    Some(p) => {
-                        if opts.transactional_id.is_some() && !p.same_settings(bootstrap, c) {
-                            return Err(SinkError::Config {
-                                sink: format!("kafka `{}`", c.topic),
-                                message: "with exactly-once, every Kafka output must use the same compression and properties: one transactional producer writes them all".into(),
-                            });
-                        }
-                        p.clone()
-                    }
-                    None => {
-                        let p = Arc::new(KafkaProducer::new(
-                            bootstrap,
-                            c,
-                            &config.name,
-                            opts.transactional_id.as_deref(),
-                            opts.transaction_timeout_ms,
-                        )?);
-                        producers.insert(key, p.clone());
-                        p
-                    }
-                };
-                Arc::new(KafkaSink::new(producer, &c.topic))
-            }
+    let mut build = |name: &str, sink: &SinkConfig| {
+        sink.plugin().build(&mut BuildContext {
+            pipeline: config,
+            base,
+            output: name,
+            opts,
+            producers: &mut producers,
         })
     };
     let mut outputs = BTreeMap::new();

@@ -1,5 +1,8 @@
-//! Sources: where records come from. One file per source kind; [`start`]
-//! maps a `[source]` config to a running source.
+//! Sources: where records come from. One folder per source kind (its
+//! config type, `validate` and `start`), each a [`SourcePlugin`];
+//! [`SourceConfig`] is the one registry that maps a `[source.<kind>]` table
+//! to its plugin. A new source is its folder plus one variant and one arm in
+//! [`SourceConfig::plugin`].
 //!
 //! A running source is two things: a stream of [`SourceEvent`]s (records, and
 //! partitions being taken away on a rebalance) and a [`SourceControl`] the
@@ -7,19 +10,20 @@
 //! record read takes a share of the pipeline's in-flight [`Budget`]; a source
 //! stops reading while the budget is spent.
 
-mod file;
-mod kafka;
+pub mod file;
+pub mod kafka;
 mod memory;
 
 use crate::batch::ByteSize;
-use crate::config::SourceConfig;
 use crate::flow::Budget;
 use crate::record::{Partition, Position, Record, SourceRecord};
+use serde::Deserialize;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-pub use file::FileSource;
+pub use file::{FileSource, FileSourceConfig};
+pub use kafka::KafkaSourceConfig;
 pub use memory::start_items;
 
 /// One item read from a source.
@@ -213,21 +217,68 @@ pub struct StartOptions {
     pub drain_timeout: std::time::Duration,
 }
 
-/// A short description of a source for the status page and logs (never a
-/// credential: property values are not shown).
-pub fn describe(config: &SourceConfig) -> String {
-    match config {
-        SourceConfig::File(c) => format!("file {}", c.path),
-        SourceConfig::Kafka(c) => format!("kafka {} (group {})", c.topics.join(", "), c.group),
+/// A source of records: one table named after its kind, e.g. `[source.file]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Lines of local files.
+    File(FileSourceConfig),
+    /// Kafka topics, read by a consumer group.
+    Kafka(KafkaSourceConfig),
+}
+
+impl SourceConfig {
+    /// The plugin of this source kind: the registry's one match.
+    pub fn plugin(&self) -> &dyn SourcePlugin {
+        match self {
+            SourceConfig::File(c) => c,
+            SourceConfig::Kafka(c) => c,
+        }
     }
+}
+
+/// A source kind: what the pipeline needs from its configuration.
+pub trait SourcePlugin: std::fmt::Debug + Send + Sync {
+    /// The kind, as written in the pipeline file (`[source.<kind>]`).
+    fn kind(&self) -> &'static str;
+
+    /// A short description for the status page and logs (never a
+    /// credential).
+    fn describe(&self) -> String;
+
+    /// Checks of the configuration alone (no I/O), run when the pipeline
+    /// file is parsed; the message names the field.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Checks without side effects against the world (`sluice check`):
+    /// files exist, client settings are valid.
+    fn validate(&self, base: &Path) -> Result<(), SourceError>;
+
+    /// Starts reading; relative paths resolve against `base`. Must be
+    /// called inside a tokio runtime.
+    fn start(&self, base: &Path, opts: StartOptions) -> Result<RunningSource, SourceError>;
+
+    /// Whether record values must be JSON (replayed records are checked the
+    /// same way).
+    fn json_values(&self) -> bool;
+
+    /// The Kafka consumer settings, when this is the Kafka source
+    /// (exactly-once commits offsets in the outputs' Kafka transaction).
+    fn kafka(&self) -> Option<&KafkaSourceConfig> {
+        None
+    }
+}
+
+/// A short description of a source for the status page and logs.
+pub fn describe(config: &SourceConfig) -> String {
+    config.plugin().describe()
 }
 
 /// Checks a source config without side effects (for `sluice check`).
 pub fn validate(config: &SourceConfig, base: &Path) -> Result<(), SourceError> {
-    match config {
-        SourceConfig::File(c) => FileSource::open(&c.path, base, c.format).map(|_| ()),
-        SourceConfig::Kafka(c) => kafka::client_config(c, "check").map(|_| ()),
-    }
+    config.plugin().validate(base)
 }
 
 /// Starts the source a config describes; relative paths resolve against `base`.
@@ -237,11 +288,5 @@ pub fn start(
     base: &Path,
     opts: StartOptions,
 ) -> Result<RunningSource, SourceError> {
-    match config {
-        SourceConfig::File(c) => Ok(file::start(
-            FileSource::open(&c.path, base, c.format)?,
-            opts,
-        )),
-        SourceConfig::Kafka(c) => kafka::start(c, opts),
-    }
+    config.plugin().start(base, opts)
 }

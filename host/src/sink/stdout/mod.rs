@@ -4,7 +4,11 @@
 //! slow reader on the other end of the pipe slows the pipeline (through the
 //! in-flight budget) without blocking the async runtime.
 
-use super::{Pending, Sink, SinkError, encode_lines, ready};
+mod config;
+
+pub use config::StdoutSinkConfig;
+
+use super::{BuildContext, Pending, Sink, SinkError, encode_lines, ready};
 use crate::config::RecordFormat;
 use crate::record::Record;
 use std::io::Write;
@@ -83,5 +87,19 @@ impl Sink for StdoutSink {
 
     fn describe(&self) -> String {
         "stdout".into()
+    }
+}
+
+impl super::SinkPlugin for StdoutSinkConfig {
+    fn kind(&self) -> &'static str {
+        "stdout"
+    }
+
+    fn line_format(&self) -> Option<RecordFormat> {
+        Some(self.format)
+    }
+
+    fn build(&self, _ctx: &mut BuildContext<'_>) -> Result<std::sync::Arc<dyn Sink>, SinkError> {
+        Ok(std::sync::Arc::new(StdoutSink::new(self.format)))
     }
 }

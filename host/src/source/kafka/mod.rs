@@ -12,11 +12,14 @@
 //!   handled, commits their offsets, and only then lets the partition go, so
 //!   the next owner neither loses nor re-processes what this process finished.
 
+mod config;
+
+pub use config::{Isolation, KafkaSourceConfig, StartPosition, ValueFormat};
+
 use super::{
     Revocation, RunningSource, SourceControl, SourceError, SourceEvent, SourceItem, StartOptions,
 };
 use crate::batch::ByteSize;
-use crate::config::{Isolation, KafkaSourceConfig, StartPosition, ValueFormat};
 use crate::flow::Budget;
 use crate::record::{Header, Partition, Position, Record, SourceRecord};
 use bytes::Bytes;
@@ -650,5 +653,50 @@ impl SourceControl for KafkaControl {
     fn lag(&self) -> Option<i64> {
         let lag = self.lag.load(Ordering::Relaxed);
         (lag >= 0).then_some(lag)
+    }
+}
+
+impl super::SourcePlugin for KafkaSourceConfig {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka {} (group {})", self.topics.join(", "), self.group)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.topics.is_empty() {
+            return Err("`source.kafka.topics` must name at least one topic".into());
+        }
+        if self.group.trim().is_empty() {
+            return Err("`source.kafka.group` must not be empty".into());
+        }
+        for t in self.topics.iter().filter(|t| t.starts_with('^')) {
+            regex::Regex::new(t).map_err(|e| {
+                format!("`source.kafka.topics`: `{t}` is not a valid regular expression: {e}")
+            })?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self, _base: &std::path::Path) -> Result<(), SourceError> {
+        client_config(self, "check").map(|_| ())
+    }
+
+    fn start(
+        &self,
+        _base: &std::path::Path,
+        opts: StartOptions,
+    ) -> Result<RunningSource, SourceError> {
+        start(self, opts)
+    }
+
+    fn json_values(&self) -> bool {
+        self.format == ValueFormat::Json
+    }
+
+    fn kafka(&self) -> Option<&KafkaSourceConfig> {
+        Some(self)
     }
 }

@@ -7,8 +7,12 @@
 //! transactional producer, and the pipeline wraps each group of batches in a
 //! transaction together with the consumer offsets.
 
-use super::{Pending, Reject, Sink, SinkError};
-use crate::config::{Compression, KafkaSinkConfig, Properties};
+mod config;
+
+pub use config::{Compression, KafkaSinkConfig};
+
+use super::{BuildContext, Pending, Reject, Sink, SinkError};
+use crate::config::Properties;
 use crate::kafka::Logs;
 use crate::record::Record;
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -505,5 +509,86 @@ impl Sink for KafkaSink {
 
     async fn check(&self) -> Result<(), SinkError> {
         self.producer.check_topic(&self.topic).await
+    }
+}
+
+impl super::SinkPlugin for KafkaSinkConfig {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn retry(&self) -> crate::config::RetryConfig {
+        self.retry
+    }
+
+    fn check(&self, field: &str, pipeline: &crate::config::PipelineConfig) -> Result<(), String> {
+        if self.topic.trim().is_empty() {
+            return Err(format!("`{field}`: `topic` must not be empty"));
+        }
+        if pipeline.sink_bootstrap(self).is_none() {
+            return Err(format!(
+                "`{field}`: `bootstrap` is needed when the source is not Kafka"
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError> {
+        let c = self;
+        let bootstrap = ctx
+            .pipeline
+            .sink_bootstrap(c)
+            .ok_or_else(|| SinkError::Config {
+                sink: format!("kafka `{}`", c.topic),
+                message: "no bootstrap servers".into(),
+            })?;
+        let transactional = ctx.opts.transactional_id.is_some();
+        let key = if transactional {
+            "transactional".to_string()
+        } else {
+            producer_key(bootstrap, c)
+        };
+        let producer = match ctx.producers.get(&key) {
+            Some(p) => {
+                if transactional && !p.same_settings(bootstrap, c) {
+                    return Err(SinkError::Config {
+                        sink: format!("kafka `{}`", c.topic),
+                        message: "with exactly-once, every Kafka output must use the same compression and properties: one transactional producer writes them all".into(),
+                    });
+                }
+                p.clone()
+            }
+            None => {
+                let p = Arc::new(KafkaProducer::new(
+                    bootstrap,
+                    c,
+                    &ctx.pipeline.name,
+                    ctx.opts.transactional_id.as_deref(),
+                    ctx.opts.transaction_timeout_ms,
+                )?);
+                ctx.producers.insert(key, p.clone());
+                p
+            }
+        };
+        Ok(Arc::new(KafkaSink::new(producer, &c.topic)))
+    }
+
+    fn read_dead_letters(
+        &self,
+        pipeline: &crate::config::PipelineConfig,
+        _base: &std::path::Path,
+    ) -> Result<Vec<crate::replay::DeadLetterRecord>, crate::replay::ReplayError> {
+        let bootstrap =
+            pipeline
+                .sink_bootstrap(self)
+                .ok_or_else(|| crate::replay::ReplayError::Read {
+                    dlq: format!("kafka topic `{}`", self.topic),
+                    message: "no bootstrap servers".into(),
+                })?;
+        crate::replay::read_kafka(bootstrap, &self.topic, &self.properties)
+    }
+
+    fn kafka(&self) -> Option<&KafkaSinkConfig> {
+        Some(self)
     }
 }

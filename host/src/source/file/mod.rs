@@ -2,9 +2,12 @@
 //! or standard input. Each non-blank line is a record; its position is the
 //! file path (stream) and the 0-based line number (offset).
 
+mod config;
+
+pub use config::{FileSourceConfig, LineFormat};
+
 use super::{RunningSource, SourceError, SourceEvent, SourceItem, StartOptions, TaskControl};
 use crate::batch::ByteSize;
-use crate::config::LineFormat;
 use crate::record::{Partition, Position, Record, SourceRecord};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
@@ -232,6 +235,31 @@ impl FileSource {
     /// A short description for logs.
     pub fn describe(&self) -> String {
         format!("file `{}`", self.pattern)
+    }
+}
+
+impl super::SourcePlugin for FileSourceConfig {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path)
+    }
+
+    fn validate(&self, base: &Path) -> Result<(), SourceError> {
+        FileSource::open(&self.path, base, self.format).map(|_| ())
+    }
+
+    fn start(&self, base: &Path, opts: StartOptions) -> Result<RunningSource, SourceError> {
+        Ok(start(
+            FileSource::open(&self.path, base, self.format)?,
+            opts,
+        ))
+    }
+
+    fn json_values(&self) -> bool {
+        self.format == LineFormat::Jsonl
     }
 }
 

@@ -3,7 +3,11 @@
 //! one object, written atomically (temporary file + rename):
 //! `<path>/dt=<YYYY-MM-DD>/<pipeline>-<output>-<run>-<seq>.jsonl`.
 
-use super::{Pending, Sink, SinkError, encode_lines, ready};
+mod config;
+
+pub use config::LocalSinkConfig;
+
+use super::{BuildContext, Pending, Sink, SinkError, encode_lines, ready};
 use crate::config::RecordFormat;
 use crate::record::Record;
 use object_store::local::LocalFileSystem;
@@ -126,6 +130,37 @@ fn transient(e: &object_store::Error) -> bool {
         source = err.source();
     }
     true
+}
+
+impl super::SinkPlugin for LocalSinkConfig {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn retry(&self) -> crate::config::RetryConfig {
+        self.retry
+    }
+
+    fn line_format(&self) -> Option<RecordFormat> {
+        Some(self.format)
+    }
+
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError> {
+        Ok(Arc::new(LocalSink::new(
+            &ctx.base.join(&self.path),
+            &ctx.pipeline.name,
+            ctx.output,
+            self.format,
+        )?))
+    }
+
+    fn read_dead_letters(
+        &self,
+        _pipeline: &crate::config::PipelineConfig,
+        base: &Path,
+    ) -> Result<Vec<crate::replay::DeadLetterRecord>, crate::replay::ReplayError> {
+        crate::replay::read_local(&base.join(&self.path))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,55 @@
+//! `kafka` sinks: configuration.
+
+use crate::config::{Properties, RetryConfig};
+use serde::Deserialize;
+
+/// `kafka`: records to a Kafka topic, keys, headers and timestamps kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Topic to write to.
+    pub topic: String,
+    /// Bootstrap servers; defaults to the Kafka source's.
+    #[serde(default)]
+    pub bootstrap: Option<String>,
+    /// Compression: `none`, `gzip`, `snappy`, `lz4` (default) or `zstd`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Extra librdkafka producer settings (e.g. `"linger.ms" = "20"`).
+    /// Values are redacted in logs.
+    #[serde(default)]
+    pub properties: Properties,
+    /// How transient write errors are retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// Kafka compression codec.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4 (default: cheap and effective).
+    #[default]
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// The librdkafka name of the codec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}

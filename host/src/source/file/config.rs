@@ -1,0 +1,27 @@
+//! `[source.file]`: the file source's configuration.
+
+use serde::Deserialize;
+
+/// `[source.file]`: lines of local files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// A file, a directory (every file in it, sorted), a glob
+    /// (`data/*.jsonl`), or `-` for standard input.
+    pub path: String,
+    /// How lines become records (default `jsonl`).
+    #[serde(default)]
+    pub format: LineFormat,
+}
+
+/// How a line of a file becomes a record.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LineFormat {
+    /// JSON Lines: each non-blank line must be valid JSON; lines that are not
+    /// go to the dead-letter queue (stage `decode`) without reaching a transform.
+    #[default]
+    Jsonl,
+    /// Raw lines: each non-blank line is a record value as is.
+    Lines,
+}
