@@ -34,6 +34,11 @@ fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 4.0, 11))
 }
 
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~100 s, doubling: fine enough for a p99.
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 21))
+}
+
 fn records_histogram() -> Histogram {
     // 1 to 16,384 records.
     Histogram::new(exponential_buckets(1.0, 4.0, 8))
@@ -54,6 +59,7 @@ pub struct Metrics {
     pub(crate) batch_records: Hist,
     pub(crate) transform_call_seconds: Hist,
     pub(crate) sink_write_seconds: Hist,
+    pub(crate) batch_latency_seconds: Hist,
     pub(crate) commits: Family<Labels, Counter>,
     pub(crate) commit_failures: Family<Labels, Counter>,
     pub(crate) restarts: Family<Labels, Counter>,
@@ -197,8 +203,15 @@ impl Metrics {
             Some(Unit::Seconds),
             seconds_histogram,
         );
+        let batch_latency_seconds = hist(
+            "batch_latency",
+            "Time from cutting a micro-batch until every record of it is in a sink or the dead-letter queue",
+            Some(Unit::Seconds),
+            latency_histogram,
+        );
         Metrics {
             registry,
+            batch_latency_seconds,
             records_received,
             bytes_received,
             records_sent,

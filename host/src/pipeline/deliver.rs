@@ -1,40 +1,24 @@
 //! Delivery: a processed batch's outputs into their sinks and its failures
 //! into the dead-letter queue, then a [`Done`] report to the coordinator,
-//! which alone decides what may be committed.
-//!
-//! - At-least-once ([`run_plain`]): batches are *submitted* one after the
-//!   other (so records keep their order in every sink) and *awaited*
-//!   concurrently, up to a bound. A batch is done when all its outputs and
-//!   dead letters are acknowledged. Transient sink errors are retried with
-//!   exponential backoff and jitter; they never reach the dead-letter queue.
-//! - Exactly-once ([`run_transactional`]): batches are written inside a
-//!   Kafka transaction together with the consumer offsets of their records;
-//!   a batch is done when the transaction commits. Any failure aborts the
-//!   transaction and ends the session, which starts again from the committed
-//!   offsets with a new producer.
+//! which alone decides what may be committed. Writing is in two phases
+//! ([`Delivery::submit`] in batch order, [`Delivery::finish`] awaited);
+//! transient sink errors are retried with exponential backoff and jitter
+//! and never reach the dead-letter queue. *When* a batch counts as done —
+//! the delivery guarantee — is the [`super::commit`] seam's.
 
 use super::PipelineError;
 use super::chain::{ChainResult, source_of};
 use super::summary::StepStats;
 use crate::dlq::{DeadLetter, DlqEntry, Stage};
 use crate::record::{Partition, Record};
-use crate::sink::{KafkaProducer, Pending, Sink, SinkError, TxnError};
-use crate::source::{SourceControl, SourceItem};
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use crate::sink::{Pending, Sink, SinkError};
+use crate::source::SourceItem;
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Failed attempts of one write after which its sink is asked to recover.
 const RECOVER_AFTER: u32 = 3;
-/// Most batches whose writes are awaited at once (at-least-once).
-const MAX_PENDING_BATCHES: usize = 8;
-/// Most batches in one transaction (exactly-once).
-const MAX_BATCHES_PER_TRANSACTION: usize = 16;
 
 /// A micro-batch of one partition, as cut by the coordinator.
 #[derive(Debug)]
@@ -48,6 +32,8 @@ pub(crate) struct Job {
     pub items: Vec<SourceItem>,
     /// Bytes of the items (budget accounting).
     pub bytes: usize,
+    /// When the coordinator cut it (batch latency: cut → handled).
+    pub dispatched: std::time::Instant,
 }
 
 /// A job after the transform chain.
@@ -167,7 +153,7 @@ struct Write {
 }
 
 /// A batch whose writes are enqueued.
-struct Submitted {
+pub(crate) struct Submitted {
     job: Job,
     steps: Vec<StepStats>,
     dead: Vec<DlqEntry>,
@@ -192,7 +178,10 @@ pub(crate) struct Delivery {
 
 impl Delivery {
     /// Phase one, in batch order: enqueue every output of the batch.
-    async fn submit(&self, processed: Processed) -> Result<Submitted, (Job, PipelineError)> {
+    pub(crate) async fn submit(
+        &self,
+        processed: Processed,
+    ) -> Result<Submitted, (Job, PipelineError)> {
         let Processed { job, chain } = processed;
         let mut writes = Vec::new();
         for (output, routed) in chain.outputs {
@@ -299,7 +288,7 @@ impl Delivery {
 
     /// Phase two: await the writes, then write the dead letters (the
     /// transform's failures and the sinks' rejects).
-    async fn finish(&self, submitted: Submitted, retry: bool) -> Done {
+    pub(crate) async fn finish(&self, submitted: Submitted, retry: bool) -> Done {
         let Submitted {
             job,
             steps,
@@ -419,153 +408,6 @@ fn remap(mut r: crate::sink::Reject, current: &[usize], total: usize) -> crate::
     r
 }
 
-type DoneFuture = Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
-
-/// At-least-once delivery: submit in order, await concurrently, report each
-/// batch when it is durable everywhere.
-pub(crate) async fn run_plain(
-    delivery: Arc<Delivery>,
-    mut batches: mpsc::UnboundedReceiver<Processed>,
-    done: mpsc::UnboundedSender<Done>,
-) {
-    let mut in_flight: FuturesOrdered<DoneFuture> = FuturesOrdered::new();
-    let mut open = true;
-    loop {
-        tokio::select! {
-            next = batches.recv(), if open && in_flight.len() < MAX_PENDING_BATCHES => match next {
-                Some(p) => match delivery.submit(p).await {
-                    Ok(s) => {
-                        let d = delivery.clone();
-                        in_flight.push_back(Box::pin(async move { d.finish(s, true).await }));
-                    }
-                    Err((job, e)) => {
-                        let _ = done.send(Done { job, outcome: Err(e) });
-                    }
-                },
-                None => open = false,
-            },
-            Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
-                let _ = done.send(finished);
-            }
-            else => break,
-        }
-    }
-}
-
-/// Exactly-once delivery: groups of batches in Kafka transactions with their
-/// consumer offsets.
-pub(crate) async fn run_transactional(
-    delivery: Arc<Delivery>,
-    producer: Arc<KafkaProducer>,
-    control: Arc<dyn SourceControl>,
-    mut batches: mpsc::UnboundedReceiver<Processed>,
-    done: mpsc::UnboundedSender<Done>,
-) {
-    while let Some(first) = batches.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_BATCHES_PER_TRANSACTION {
-            match batches.try_recv() {
-                Ok(p) => group.push(p),
-                Err(_) => break,
-            }
-        }
-        match transaction(&delivery, &producer, control.as_ref(), group).await {
-            Ok(finished) => {
-                for d in finished {
-                    let _ = done.send(d);
-                }
-            }
-            Err((job, e)) => {
-                tracing::warn!(error = %e, "transaction failed: aborting");
-                if let Err(abort) = producer.abort().await {
-                    tracing::warn!(error = %abort, "abort failed too");
-                }
-                let _ = done.send(Done {
-                    job,
-                    outcome: Err(e),
-                });
-                // The session ends on this error; nothing more is delivered.
-                return;
-            }
-        }
-    }
-}
-
-async fn transaction(
-    delivery: &Delivery,
-    producer: &Arc<KafkaProducer>,
-    control: &dyn SourceControl,
-    group: Vec<Processed>,
-) -> Result<Vec<Done>, (Job, PipelineError)> {
-    let mut offsets: BTreeMap<Partition, i64> = BTreeMap::new();
-    for p in &group {
-        for item in &p.job.items {
-            let pos = item.position();
-            let next = offsets.entry(pos.partition.clone()).or_insert(0);
-            *next = (*next).max(pos.offset + 1);
-        }
-    }
-    let mut group = group.into_iter();
-    let Some(first) = group.next() else {
-        return Ok(Vec::new());
-    };
-    if let Err(e) = producer.begin().await {
-        return Err((first.job, PipelineError::Transaction(e)));
-    }
-    // A write that fails inside a transaction dooms it: abort, and start
-    // again from the committed offsets (unless the producer is fenced).
-    let doomed = |e: PipelineError| match producer.fatal() {
-        Some(fatal) => PipelineError::Transaction(TxnError::Fatal(fatal)),
-        None => PipelineError::Transaction(TxnError::Abort(e.to_string())),
-    };
-    let mut submitted = Vec::new();
-    for p in std::iter::once(first).chain(group) {
-        submitted.push(delivery.submit(p).await.map_err(|(j, e)| (j, doomed(e)))?);
-    }
-    let mut finished = Vec::with_capacity(submitted.len());
-    for s in submitted {
-        let d = delivery.finish(s, false).await;
-        if let Err(e) = d.outcome {
-            return Err((d.job, doomed(e)));
-        }
-        finished.push(d);
-    }
-    let mut list = TopicPartitionList::new();
-    for (p, o) in &offsets {
-        if let Err(e) = list.add_partition_offset(&p.stream, p.partition, Offset::Offset(*o)) {
-            let job = take_job(&mut finished);
-            return Err((job, PipelineError::Internal(format!("offset list: {e}"))));
-        }
-    }
-    let Some(group_metadata) = control.group_metadata() else {
-        let job = take_job(&mut finished);
-        return Err((
-            job,
-            PipelineError::Internal("the source has no consumer group metadata".into()),
-        ));
-    };
-    if let Err(e) = producer.commit(list, group_metadata).await {
-        let job = take_job(&mut finished);
-        return Err((job, PipelineError::Transaction(e)));
-    }
-    Ok(finished)
-}
-
-fn take_job(finished: &mut Vec<Done>) -> Job {
-    match finished.pop() {
-        Some(d) => d.job,
-        None => Job {
-            partition: Partition {
-                stream: Arc::from("?"),
-                partition: -1,
-            },
-            epoch: 0,
-            items: Vec::new(),
-            bytes: 0,
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,6 +467,7 @@ mod tests {
                 },
             })],
             bytes: 2,
+            dispatched: std::time::Instant::now(),
         };
         let mut chain = ChainResult::default();
         chain.outputs.insert(

@@ -22,6 +22,8 @@ use tokio::sync::watch;
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// Errors kept per pipeline for the status page.
 const LAST_ERRORS: usize = 10;
+/// Batch latencies kept per pipeline for its percentiles.
+const LATENCIES: usize = 2048;
 
 /// Where a pipeline is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -137,6 +139,11 @@ pub struct Snapshot {
     pub restarts: u64,
     /// The last errors, newest last.
     pub last_errors: Vec<ErrorNote>,
+    /// Median time from cutting a batch to having it all delivered, over
+    /// the last batches, in ms.
+    pub batch_latency_p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    pub batch_latency_p99_ms: Option<f64>,
     /// Seconds since it started.
     pub uptime_seconds: f64,
 }
@@ -165,6 +172,8 @@ struct Inner {
     /// Guest memory per worker and transform.
     memory: Vec<Vec<u64>>,
     rates: Rates,
+    /// Recent batch latencies, in µs.
+    latencies: VecDeque<u32>,
 }
 
 /// The live state of one pipeline, shared by its tasks and its handle.
@@ -206,6 +215,7 @@ impl Live {
                 transforms,
                 session: Session::default(),
                 memory: Vec::new(),
+                latencies: VecDeque::with_capacity(LATENCIES),
                 rates: Rates {
                     at: Instant::now(),
                     records_in: 0,
@@ -282,6 +292,32 @@ impl Live {
     /// Publishes the coordinator's counters.
     pub(crate) fn publish(&self, summary: &Summary) {
         self.inner().summary.clone_from(summary);
+    }
+
+    /// A batch was handled `latency` after it was cut.
+    pub(crate) fn batch_latency(&self, latency: Duration) {
+        let mut i = self.inner();
+        if i.latencies.len() == LATENCIES {
+            i.latencies.pop_front();
+        }
+        i.latencies
+            .push_back(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+    }
+
+    /// Percentiles (0–100) of the recent batch latencies, in ms.
+    pub fn latency_percentiles(&self, ps: &[f64]) -> Vec<Option<f64>> {
+        let mut v: Vec<u32> = self.inner().latencies.iter().copied().collect();
+        v.sort_unstable();
+        ps.iter()
+            .map(|p| {
+                if v.is_empty() {
+                    return None;
+                }
+                let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+                v.get(rank.min(v.len() - 1))
+                    .map(|us| f64::from(*us) / 1000.0)
+            })
+            .collect()
     }
 
     /// A session started: what to read in-flight counts and lag from.
@@ -394,6 +430,8 @@ impl Live {
                     in_flight_bytes,
                     restarts: i.summary.restarts,
                     last_errors: i.errors.iter().cloned().collect(),
+                    batch_latency_p50_ms: None,
+                    batch_latency_p99_ms: None,
                     uptime_seconds: self.started.elapsed().as_secs_f64(),
                 },
                 i.session.control.clone(),
@@ -401,6 +439,10 @@ impl Live {
         };
         let mut snapshot = snapshot;
         snapshot.lag = lag_source.and_then(|c| c.lag());
+        if let [p50, p99] = self.latency_percentiles(&[50.0, 99.0])[..] {
+            snapshot.batch_latency_p50_ms = p50;
+            snapshot.batch_latency_p99_ms = p99;
+        }
         self.metrics.set(
             |m| &m.in_flight_records,
             &[],
@@ -654,6 +696,33 @@ mod tests {
         );
         live.request_pause(false);
         assert_eq!(live.state(), State::Running);
+    }
+
+    #[test]
+    fn latency_percentiles_over_the_recent_batches() {
+        let live = Live::new(
+            "p",
+            "t",
+            "file".into(),
+            Vec::new(),
+            PipelineMetrics::detached("p", "t"),
+        );
+        assert_eq!(live.latency_percentiles(&[99.0]), vec![None]);
+        for ms in 1..=100u64 {
+            live.batch_latency(Duration::from_millis(ms));
+        }
+        assert_eq!(
+            live.latency_percentiles(&[50.0, 99.0, 100.0]),
+            vec![Some(51.0), Some(99.0), Some(100.0)]
+        );
+        for _ in 0..LATENCIES {
+            live.batch_latency(Duration::from_millis(7));
+        }
+        assert_eq!(
+            live.latency_percentiles(&[99.0]),
+            vec![Some(7.0)],
+            "old samples roll off"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 mod breaker;
 mod chain;
+mod commit;
 mod deliver;
 pub mod live;
 mod session;
@@ -433,17 +434,7 @@ impl Pipeline {
         {
             sink.check().await?;
         }
-        let transactional = match &transactional_id {
-            Some(id) => {
-                let producer = sinks.producers.first().cloned().ok_or_else(|| {
-                    PipelineError::Internal("exactly-once without a Kafka producer".into())
-                })?;
-                tracing::info!(pipeline = %config.name, transactional_id = %id, "initialising transactions (fences older instances with this id)");
-                producer.init_transactions().await?;
-                Some(producer)
-            }
-            None => None,
-        };
+        let committer = commit::prepare(config, &sinks, transactional_id.as_deref()).await?;
         let start = StartOptions {
             pipeline: config.name.clone(),
             budget: budget.clone(),
@@ -476,12 +467,11 @@ impl Pipeline {
             SessionParts {
                 source,
                 delivery,
-                transactional,
+                committer,
                 workers: self.workers.clone(),
                 outputs: Arc::new(outputs),
                 budget,
                 policy: config.batch.clone(),
-                guarantee: d.guarantee,
                 drain_timeout: Duration::from_millis(d.drain_timeout_ms),
                 commit_interval: Duration::from_millis(d.commit_interval_ms),
                 pipeline: config.name.clone(),

@@ -17,17 +17,17 @@
 use super::PipelineError;
 use super::breaker::Breaker;
 use super::chain::run_chain;
+use super::commit::Committer;
 use super::deliver::{self, Delivery, Done, Job, Processed};
 use super::live::{Live, PUBLISH_EVERY, State};
 use super::summary::Summary;
 use crate::batch::{Batcher, ByteSize};
-use crate::config::{BatchPolicy, Guarantee};
+use crate::config::BatchPolicy;
 use crate::engine::Runner;
 use crate::flow::Budget;
 use crate::ledger::Ledger;
 use crate::metrics::PipelineMetrics;
 use crate::record::Partition;
-use crate::sink::KafkaProducer;
 use crate::source::{Revocation, RunningSource, SourceControl, SourceEvent, SourceItem};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -52,13 +52,12 @@ pub(crate) enum SessionEnd {
 pub(crate) struct SessionParts {
     pub source: RunningSource,
     pub delivery: Delivery,
-    /// The transactional producer (exactly-once).
-    pub transactional: Option<Arc<KafkaProducer>>,
+    /// The delivery guarantee.
+    pub committer: Arc<dyn Committer>,
     pub workers: Vec<WorkerRunners>,
     pub outputs: Arc<BTreeSet<String>>,
     pub budget: Arc<Budget>,
     pub policy: BatchPolicy,
-    pub guarantee: Guarantee,
     pub drain_timeout: Duration,
     pub commit_interval: Duration,
     pub pipeline: String,
@@ -77,7 +76,9 @@ struct Coordinator<'a> {
     control: Arc<dyn SourceControl>,
     budget: Arc<Budget>,
     policy: BatchPolicy,
-    guarantee: Guarantee,
+    /// Whether the coordinator commits the source's position (at-least-once)
+    /// or the guarantee does (a Kafka transaction).
+    commits: bool,
     drain_timeout: Duration,
     pipeline: String,
     ledger: Ledger,
@@ -107,12 +108,11 @@ pub(crate) async fn run(
     let SessionParts {
         source,
         delivery,
-        transactional,
+        committer,
         workers,
         outputs,
         budget,
         policy,
-        guarantee,
         drain_timeout,
         commit_interval,
         pipeline,
@@ -127,16 +127,13 @@ pub(crate) async fn run(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let (processed_tx, processed_rx) = mpsc::unbounded_channel::<Processed>();
     let delivery = Arc::new(delivery);
-    let delivery_task = match &transactional {
-        Some(producer) => tokio::spawn(deliver::run_transactional(
-            delivery,
-            producer.clone(),
-            control.clone(),
-            processed_rx,
-            done_tx.clone(),
-        )),
-        None => tokio::spawn(deliver::run_plain(delivery, processed_rx, done_tx.clone())),
-    };
+    let coordinator_commits = committer.coordinator_commits();
+    let delivery_task = tokio::spawn(tracing::Instrument::in_current_span(committer.run(
+        delivery,
+        control.clone(),
+        processed_rx,
+        done_tx.clone(),
+    )));
     let mut worker_txs = Vec::with_capacity(workers.len());
     let mut worker_tasks = Vec::with_capacity(workers.len());
     for (index, runners) in workers.into_iter().enumerate() {
@@ -163,7 +160,7 @@ pub(crate) async fn run(
         control: control.clone(),
         budget,
         policy,
-        guarantee,
+        commits: coordinator_commits,
         drain_timeout,
         pipeline,
         ledger: Ledger::new(),
@@ -199,9 +196,10 @@ pub(crate) async fn run(
         delivery_task.abort();
     }
     let _ = delivery_task.await;
-    let final_offsets = match c.guarantee {
-        Guarantee::AtLeastOnce => c.committable_changes(),
-        Guarantee::ExactlyOnce => Vec::new(),
+    let final_offsets = if c.commits {
+        c.committable_changes()
+    } else {
+        Vec::new()
     };
     for (p, o) in &final_offsets {
         c.committed.insert(p.clone(), *o);
@@ -292,6 +290,7 @@ async fn worker(
                         epoch: 0,
                         items: Vec::new(),
                         bytes: 0,
+                        dispatched: std::time::Instant::now(),
                     },
                     outcome: Err(PipelineError::Internal(format!(
                         "the transform worker failed: {e}"
@@ -512,6 +511,7 @@ impl Coordinator<'_> {
             epoch: self.epoch(p),
             items,
             bytes,
+            dispatched: std::time::Instant::now(),
         };
         let w = worker_of(p, self.workers.len());
         *self.in_flight.entry(p.clone()).or_default() += 1;
@@ -595,7 +595,7 @@ impl Coordinator<'_> {
         } else if self.publish_due.is_none() {
             self.publish_due = Some(self.last_publish + PUBLISH_EVERY);
         }
-        if self.guarantee == Guarantee::AtLeastOnce {
+        if self.commits {
             if self.commit_interval.is_zero() {
                 self.commit().await?;
             } else if self.commit_due.is_none() {
@@ -618,6 +618,9 @@ impl Coordinator<'_> {
     /// Counts a handled batch in the metrics.
     fn account(&self, job: &Job, bytes_in: u64, report: &deliver::BatchReport) {
         let m = &self.metrics;
+        let latency = job.dispatched.elapsed();
+        m.observe_time(|m| &m.batch_latency_seconds, &[], latency);
+        self.live.batch_latency(latency);
         m.count(|m| &m.records_received, &[], job.items.len() as u64);
         m.count(|m| &m.bytes_received, &[], bytes_in);
         m.count(|m| &m.batches, &[], 1);
@@ -732,7 +735,7 @@ impl Coordinator<'_> {
                 continue;
             }
             let r = self.revokes.swap_remove(i);
-            let offsets = if idle && self.guarantee == Guarantee::AtLeastOnce {
+            let offsets = if idle && self.commits {
                 r.partitions
                     .iter()
                     .filter_map(|p| Some((p.clone(), self.ledger.committable(p)?)))

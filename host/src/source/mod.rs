@@ -137,11 +137,10 @@ pub trait SourceControl: Send + Sync {
     /// leaves (a consumer group). The event stream ends after this.
     async fn close(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError>;
 
-    /// The consumer group metadata to commit offsets within a Kafka
-    /// transaction (exactly-once), if this source is a Kafka consumer.
-    fn group_metadata(&self) -> Option<rdkafka::consumer::ConsumerGroupMetadata> {
-        None
-    }
+    /// The control as `Any`, so that the guarantee that needs one kind of
+    /// source (Kafka transactions need the consumer's group metadata) can
+    /// ask for it without the core knowing the kind.
+    fn as_any(&self) -> &dyn std::any::Any;
 
     /// A short description for logs.
     fn describe(&self) -> String;
@@ -182,6 +181,10 @@ impl SourceControl for TaskControl {
             let _ = task.await;
         }
         Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn describe(&self) -> String {

@@ -599,12 +599,20 @@ fn close(
 }
 
 /// Commits and closes through the consumer shared with the polling thread.
-struct KafkaControl {
+pub(crate) struct KafkaControl {
     consumer: Arc<BaseConsumer<SourceContext>>,
     commands: Mutex<std::sync::mpsc::Sender<Command>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     describe: String,
     lag: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl KafkaControl {
+    /// The consumer group metadata, to commit offsets within a Kafka
+    /// transaction (exactly-once).
+    pub(crate) fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        self.consumer.group_metadata()
+    }
 }
 
 #[async_trait::async_trait]
@@ -642,8 +650,8 @@ impl SourceControl for KafkaControl {
         result
     }
 
-    fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
-        self.consumer.group_metadata()
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn describe(&self) -> String {
