@@ -159,13 +159,26 @@ fn broker() -> Option<String> {
 }
 
 fn create_topic(bootstrap: &str, topic: &str) {
-    // Auto-created by the first produce (one partition).
-    let p: BaseProducer = ClientConfig::new()
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
-        .expect("producer");
-    let _ = p.send(BaseRecord::<(), [u8]>::to(topic).payload(&b"{\"warmup\":true}"[..]));
-    let _ = p.flush(Duration::from_secs(10));
+        .expect("admin client");
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    let result = futures::executor::block_on(admin.create_topics(
+        [&new],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))
+    .expect("create topics");
+    for r in result {
+        if let Err((name, code)) = r {
+            assert!(
+                code == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                "cannot create topic {name}: {code}"
+            );
+        }
+    }
 }
 
 async fn wait_running(host: &Host, n: usize, timeout: Duration) {
@@ -314,9 +327,10 @@ fn feed(bootstrap: &str, topic: &str, rate: u64, for_how_long: Duration) -> u64 
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         while sent < due {
             let v = format!("{{\"n\":{sent}}}");
-            if p.send(BaseRecord::<(), str>::to(topic).payload(&v)).is_ok() {
-                sent += 1;
+            if p.send(BaseRecord::<(), str>::to(topic).payload(&v)).is_err() {
+                break;
             }
+            sent += 1;
             p.poll(Duration::ZERO);
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -365,6 +379,12 @@ async fn light_latency(
         host.pipeline(&format!("heavy{i}"))
             .is_some_and(|h| h.live().state() == State::Running)
     });
+    if !heavy_busy {
+        for h in host.handles() {
+            let s = h.snapshot();
+            eprintln!("{}: {:?} {:?} in {}", s.name, s.state, s.reason, s.records_in);
+        }
+    }
     let (_, cpu1) = usage();
     let cores = (cpu1 - cpu0) / started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
