@@ -327,7 +327,9 @@ fn feed(bootstrap: &str, topic: &str, rate: u64, for_how_long: Duration) -> u64 
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         while sent < due {
             let v = format!("{{\"n\":{sent}}}");
-            if p.send(BaseRecord::<(), str>::to(topic).payload(&v)).is_err() {
+            if p.send(BaseRecord::<(), str>::to(topic).payload(&v))
+                .is_err()
+            {
                 break;
             }
             sent += 1;
@@ -382,7 +384,10 @@ async fn light_latency(
     if !heavy_busy {
         for h in host.handles() {
             let s = h.snapshot();
-            eprintln!("{}: {:?} {:?} in {}", s.name, s.state, s.reason, s.records_in);
+            eprintln!(
+                "{}: {:?} {:?} in {}",
+                s.name, s.state, s.reason, s.records_in
+            );
         }
     }
     let (_, cpu1) = usage();

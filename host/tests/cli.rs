@@ -403,6 +403,93 @@ fn a_guest_cannot_forge_host_log_lines() {
     );
 }
 
+/// `SLUICE_LOG_FORMAT=json`: one JSON object per line, and a guest's log
+/// line carries its pipeline and tenant like the host's own lines.
+#[test]
+fn json_logs_carry_the_pipeline_and_tenant_even_for_guest_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "name = \"logged\"\ntenant = \"team-7\"\n[source.file]\npath = \"-\"\n[[transforms]]\nname = \"poison\"\nmodule = {:?}\n[outputs.default.stdout]\n[dead_letter.stdout]\n",
+            root().join("tests/guests/poison").display().to_string()
+        ),
+    )
+    .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", p.to_str().expect("utf8")])
+        .env("SLUICE_LOG_FORMAT", "json")
+        .env("SLUICE_LOG", "info")
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"{\"v\":\"lognewline\"}\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("sluice runs");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let guest = lines
+        .iter()
+        .find(|l| l.to_string().contains("innocent"))
+        .unwrap_or_else(|| panic!("no guest line: {stderr}"));
+    assert_eq!(guest["span"]["pipeline"], "logged", "{guest}");
+    assert_eq!(guest["span"]["tenant"], "team-7", "{guest}");
+    let host_lines = lines
+        .iter()
+        .filter(|l| l["span"]["pipeline"] == "logged")
+        .count();
+    assert!(
+        host_lines >= 2,
+        "the host's own lines carry it too: {stderr}"
+    );
+}
+
+/// A host whose instance pool does not fit in the address space says how
+/// many slots would.
+#[test]
+fn a_host_that_cannot_reserve_its_pool_says_how_many_slots_fit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("pipelines")).expect("dir");
+    let host = dir.path().join("host.toml");
+    std::fs::write(&host, "listen = \"127.0.0.1:0\"\ninstance_slots = 5000\n").expect("write");
+    // 64 GiB of address space: the binary runs, 5,000 slots of 4 GiB do not.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 67108864 && exec {} serve {}",
+            env!("CARGO_BIN_EXE_sluice"),
+            host.display()
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let fits: u32 = stderr
+        .split("at most ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no slot count: {stderr}"));
+    assert!(
+        fits > 0 && fits < 5000 && stderr.contains("5000 slots"),
+        "{stderr}"
+    );
+}
+
 /// What is wrong with a pipeline's contents is reported with the pipeline
 /// file, the line and the transform: a missing module, a directory that is
 /// not a transform project, a duplicate name, a limit out of range.

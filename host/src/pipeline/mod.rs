@@ -339,7 +339,8 @@ impl Pipeline {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Summary, PipelineError> {
         let live = self.live(Arc::new(crate::metrics::Metrics::new()));
-        self.run_live(&live, shutdown).await
+        let span = tracing::info_span!("pipeline", pipeline = %self.config.name, tenant = %self.config.tenant);
+        tracing::Instrument::instrument(self.run_live(&live, shutdown), span).await
     }
 
     /// [`run`](Self::run), publishing its counters and state to `live`
@@ -511,6 +512,12 @@ pub async fn shutdown_signal() {
 /// Loads and runs a pipeline file until its source is drained (or Ctrl-C /
 /// SIGTERM).
 pub async fn run_file(path: &Path, opts: &RunOptions) -> Result<Summary, PipelineError> {
-    let pipeline = Pipeline::load(path, opts).await?;
+    let (config, base) = PipelineConfig::load(path)?;
+    let span = tracing::info_span!("pipeline", pipeline = %config.name, tenant = %config.tenant);
+    let pipeline = tracing::Instrument::instrument(
+        Pipeline::prepare(config, base, &Engines::default(), opts),
+        span,
+    )
+    .await?;
     pipeline.run(shutdown_signal()).await
 }
