@@ -242,11 +242,11 @@ impl DeadLetter {
         if entries.is_empty() {
             return Ok(());
         }
-        let kafka = self.sink.kafka().is_some();
+        let headers = self.sink.dead_letter_encoding() == crate::sink::DeadLetterEncoding::Headers;
         let records: Vec<Record> = entries
             .iter()
             .map(|e| {
-                if kafka {
+                if headers {
                     e.to_kafka_record(&self.pipeline, &self.tenant)
                 } else {
                     e.to_record(&self.pipeline, &self.tenant)
@@ -258,9 +258,16 @@ impl DeadLetter {
             message: e.to_string(),
             transient: e.is_transient(),
         };
+        let lineage = crate::sink::Lineage {
+            positions: entries.iter().map(|e| e.position.clone()).collect(),
+            modules: entries
+                .iter()
+                .map(|e| e.module.as_deref().map(Arc::from))
+                .collect(),
+        };
         let rejects = self
             .sink
-            .submit(records)
+            .submit(crate::sink::SinkBatch { records, lineage })
             .await
             .map_err(error)?
             .await

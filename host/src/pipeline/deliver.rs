@@ -11,7 +11,7 @@ use super::chain::{ChainResult, source_of};
 use super::summary::StepStats;
 use crate::dlq::{DeadLetter, DlqEntry, Stage};
 use crate::record::{Partition, Record};
-use crate::sink::{Pending, Sink, SinkError};
+use crate::sink::{Lineage, Pending, Sink, SinkBatch, SinkError};
 use crate::source::SourceItem;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -146,6 +146,7 @@ struct Write {
     output: String,
     sink: Arc<dyn Sink>,
     records: Vec<Record>,
+    lineage: Lineage,
     /// Per record: (origin item, emitting transform).
     meta: Vec<(usize, Option<usize>)>,
     pending: Pending,
@@ -184,6 +185,11 @@ impl Delivery {
     ) -> Result<Submitted, (Job, PipelineError)> {
         let Processed { job, chain } = processed;
         let mut writes = Vec::new();
+        let digests: Vec<Arc<str>> = self
+            .transforms
+            .iter()
+            .map(|t| Arc::from(t.digest.as_str()))
+            .collect();
         for (output, routed) in chain.outputs {
             if routed.is_empty() {
                 continue;
@@ -198,8 +204,24 @@ impl Delivery {
                 .into_iter()
                 .map(|r| (r.record, (r.origin, r.from)))
                 .unzip();
+            let lineage = Lineage {
+                positions: meta
+                    .iter()
+                    .map(|&(origin, _)| source_of_position(&job.items, origin))
+                    .collect(),
+                modules: meta
+                    .iter()
+                    .map(|&(_, from)| from.and_then(|i| digests.get(i).cloned()))
+                    .collect(),
+            };
             let submitted = std::time::Instant::now();
-            let pending = match sink.submit(records.clone()).await {
+            let pending = match sink
+                .submit(SinkBatch {
+                    records: records.clone(),
+                    lineage: lineage.clone(),
+                })
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => return Err((job, e.into())),
             };
@@ -207,6 +229,7 @@ impl Delivery {
                 output,
                 sink,
                 records,
+                lineage,
                 meta,
                 pending,
                 submitted,
@@ -282,7 +305,13 @@ impl Delivery {
                 .iter()
                 .filter_map(|&i| write.records.get(i).cloned())
                 .collect();
-            write.pending = write.sink.submit(records).await?;
+            write.pending = write
+                .sink
+                .submit(SinkBatch {
+                    records,
+                    lineage: write.lineage.subset(&current),
+                })
+                .await?;
         }
     }
 
@@ -396,6 +425,11 @@ impl Delivery {
     }
 }
 
+/// The source position of item `origin`.
+fn source_of_position(items: &[SourceItem], origin: usize) -> crate::record::Position {
+    source_of(items, origin).1
+}
+
 /// A reject of a retried subset, renumbered into the whole write.
 fn remap(mut r: crate::sink::Reject, current: &[usize], total: usize) -> crate::sink::Reject {
     r.index = match current.get(r.index) {
@@ -420,7 +454,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Sink for LyingSink {
-        async fn submit(&self, _records: Vec<Record>) -> Result<Pending, SinkError> {
+        async fn submit(&self, _batch: SinkBatch) -> Result<Pending, SinkError> {
             Ok(crate::sink::ready(vec![Reject {
                 index: 7,
                 reason: "made up".into(),
@@ -437,7 +471,8 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Sink for Keep {
-        async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError> {
+        async fn submit(&self, batch: SinkBatch) -> Result<Pending, SinkError> {
+            let records = batch.records;
             self.0
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -535,11 +570,17 @@ mod tests {
     #[derive(Default)]
     struct HalfThenAll {
         calls: std::sync::Mutex<Vec<Vec<Record>>>,
+        lineages: std::sync::Mutex<Vec<Lineage>>,
     }
 
     #[async_trait::async_trait]
     impl Sink for HalfThenAll {
-        async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError> {
+        async fn submit(&self, batch: SinkBatch) -> Result<Pending, SinkError> {
+            let records = batch.records;
+            self.lineages
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(batch.lineage);
             let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
             calls.push(records.clone());
             if calls.len() == 1 {
@@ -580,12 +621,38 @@ mod tests {
             dlq_retry: Retry::default(),
             metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
         };
+        let part = Partition {
+            stream: Arc::from("orders"),
+            partition: 3,
+        };
+        let lineage = Lineage {
+            positions: (0..6)
+                .map(|i| Position {
+                    partition: part.clone(),
+                    offset: 100 + i,
+                })
+                .collect(),
+            modules: (0..6)
+                .map(|i| (i % 2 == 0).then(|| Arc::from("sha256:even")))
+                .collect(),
+        };
+        assert_eq!(
+            lineage.spans(),
+            BTreeMap::from([(part.clone(), (100, 105))])
+        );
         let mut write = Write {
             output: "default".into(),
             sink: sink.clone(),
             records: records.clone(),
             meta: (0..6).map(|i| (i, None)).collect(),
-            pending: sink.submit(records.clone()).await.expect("submit"),
+            pending: sink
+                .submit(SinkBatch {
+                    records: records.clone(),
+                    lineage: lineage.clone(),
+                })
+                .await
+                .expect("submit"),
+            lineage,
             submitted: std::time::Instant::now(),
         };
         let rejects = delivery
@@ -611,6 +678,83 @@ mod tests {
         // retry) in the second: both in the whole write's numbering.
         let idx: Vec<usize> = rejects.iter().map(|r| r.index).collect();
         assert_eq!(idx, vec![0, 3]);
+        // The retry's lineage is that of the records it carries.
+        let lineages = sink.lineages.lock().unwrap_or_else(|e| e.into_inner());
+        let offsets: Vec<i64> = lineages[1].positions.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![101, 103, 105]);
+        assert_eq!(lineages[1].modules, vec![None, None, None]);
+        assert_eq!(lineages[0].modules[0].as_deref(), Some("sha256:even"));
+    }
+
+    /// What a sink is given says where each record came from and which
+    /// module made it.
+    #[tokio::test]
+    async fn sinks_see_the_lineage_of_what_they_write() {
+        let part = Partition {
+            stream: Arc::from("s"),
+            partition: 1,
+        };
+        let items: Vec<SourceItem> = (0..3)
+            .map(|i| {
+                SourceItem::Record(SourceRecord {
+                    record: Record::from_value(&b"{}"[..]),
+                    position: Position {
+                        partition: part.clone(),
+                        offset: 40 + i,
+                    },
+                })
+            })
+            .collect();
+        let job = Job {
+            partition: part.clone(),
+            epoch: 0,
+            items,
+            bytes: 6,
+            dispatched: std::time::Instant::now(),
+        };
+        let routed = |origin: usize, from: Option<usize>| super::super::chain::Routed {
+            record: Record::from_value(&b"{\"out\":1}"[..]),
+            origin,
+            from,
+        };
+        let chain = ChainResult {
+            outputs: BTreeMap::from([(
+                "default".to_string(),
+                vec![routed(2, Some(1)), routed(0, Some(0)), routed(0, None)],
+            )]),
+            dead: Vec::new(),
+            steps: Vec::new(),
+        };
+        let sink = Arc::new(HalfThenAll::default());
+        let delivery = Delivery {
+            sinks: BTreeMap::from([("default".to_string(), sink.clone() as Arc<dyn Sink>)]),
+            dlq: Arc::new(DeadLetter::new(Arc::new(Keep::default()), "p", "t")),
+            transforms: Arc::new(vec![
+                TransformInfo {
+                    name: "a".into(),
+                    digest: "sha256:aaa".into(),
+                },
+                TransformInfo {
+                    name: "b".into(),
+                    digest: "sha256:bbb".into(),
+                },
+            ]),
+            retries: BTreeMap::new(),
+            dlq_retry: Retry::default(),
+            metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
+        };
+        let _ = delivery
+            .submit(Processed { job, chain })
+            .await
+            .map_err(|(_, e)| e)
+            .expect("submitted");
+        let lineages = sink.lineages.lock().unwrap_or_else(|e| e.into_inner());
+        let l = &lineages[0];
+        let offsets: Vec<i64> = l.positions.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![42, 40, 40]);
+        let modules: Vec<Option<&str>> = l.modules.iter().map(|m| m.as_deref()).collect();
+        assert_eq!(modules, vec![Some("sha256:bbb"), Some("sha256:aaa"), None]);
+        assert_eq!(l.spans(), BTreeMap::from([(part, (40, 42))]));
     }
 
     #[test]

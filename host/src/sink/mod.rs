@@ -119,14 +119,16 @@ pub trait Sink: Send + Sync {
     /// Enqueues `records` after everything submitted before, and returns the
     /// future of their durability. Records refused at once (e.g. too large)
     /// are reported by the future with the others.
-    async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError>;
+    async fn submit(&self, batch: SinkBatch) -> Result<Pending, SinkError>;
 
     /// A short description for logs and errors.
     fn describe(&self) -> String;
 
-    /// The Kafka producer behind this sink, if it is a Kafka sink.
-    fn kafka(&self) -> Option<&Arc<KafkaProducer>> {
-        None
+    /// How dead-letter entries are written to this sink: as JSON envelopes
+    /// (default) or as the original record with `sluice.dlq.*` headers
+    /// (sinks that keep headers, such as Kafka).
+    fn dead_letter_encoding(&self) -> DeadLetterEncoding {
+        DeadLetterEncoding::Envelope
     }
 
     /// Called when writes keep failing with transient errors: a sink whose
@@ -137,6 +139,80 @@ pub trait Sink: Send + Sync {
     /// record is read), with an error naming what is wrong.
     async fn check(&self) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// How a sink stores dead-letter entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterEncoding {
+    /// One JSON envelope per entry: the record and its failure context.
+    Envelope,
+    /// The original record, the context in `sluice.dlq.*` headers.
+    Headers,
+}
+
+/// Where the records of one write come from: per record, the source
+/// position of the input it derives from and the digest of the module that
+/// emitted it. A sink that names its objects after source positions (a lake
+/// that must write the same keys after a replay) or records which module
+/// produced what reads it here.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lineage {
+    /// Per record: the source position it derives from.
+    pub positions: Vec<crate::record::Position>,
+    /// Per record: the digest of the module that emitted it (`None`: no
+    /// transform did, e.g. a dead letter of a record that did not decode).
+    pub modules: Vec<Option<Arc<str>>>,
+}
+
+impl Lineage {
+    /// The lowest and highest positions of one partition's records: the
+    /// first and last offset a write covers, per partition.
+    pub fn spans(&self) -> BTreeMap<crate::record::Partition, (i64, i64)> {
+        let mut spans: BTreeMap<crate::record::Partition, (i64, i64)> = BTreeMap::new();
+        for p in &self.positions {
+            spans
+                .entry(p.partition.clone())
+                .and_modify(|(lo, hi)| {
+                    *lo = (*lo).min(p.offset);
+                    *hi = (*hi).max(p.offset);
+                })
+                .or_insert((p.offset, p.offset));
+        }
+        spans
+    }
+
+    /// The lineage of the records at `indices` (a retried subset).
+    pub fn subset(&self, indices: &[usize]) -> Lineage {
+        Lineage {
+            positions: indices
+                .iter()
+                .filter_map(|&i| self.positions.get(i).cloned())
+                .collect(),
+            modules: indices
+                .iter()
+                .filter_map(|&i| self.modules.get(i).cloned())
+                .collect(),
+        }
+    }
+}
+
+/// Records to write, with where they come from.
+#[derive(Debug, Clone, Default)]
+pub struct SinkBatch {
+    /// The records, in order.
+    pub records: Vec<Record>,
+    /// Their lineage (one entry per record).
+    pub lineage: Lineage,
+}
+
+impl SinkBatch {
+    /// Records without lineage (tests, tools).
+    pub fn records(records: Vec<Record>) -> Self {
+        SinkBatch {
+            records,
+            lineage: Lineage::default(),
+        }
     }
 }
 

@@ -14,7 +14,6 @@ pub use config::{Compression, KafkaSinkConfig};
 use super::{BuildContext, Pending, Reject, Sink, SinkError};
 use crate::config::Properties;
 use crate::kafka::Logs;
-use crate::record::Record;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -402,7 +401,8 @@ impl KafkaSink {
 
 #[async_trait::async_trait]
 impl Sink for KafkaSink {
-    async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError> {
+    async fn submit(&self, batch: super::SinkBatch) -> Result<Pending, SinkError> {
+        let records = batch.records;
         let producer = self.producer.producer();
         let mut rejects = Vec::new();
         let mut deliveries = Vec::with_capacity(records.len());
@@ -499,8 +499,8 @@ impl Sink for KafkaSink {
         format!("kafka `{}`", self.topic)
     }
 
-    fn kafka(&self) -> Option<&Arc<KafkaProducer>> {
-        Some(&self.producer)
+    fn dead_letter_encoding(&self) -> super::DeadLetterEncoding {
+        super::DeadLetterEncoding::Headers
     }
 
     fn recover(&self) {

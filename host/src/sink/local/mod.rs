@@ -9,7 +9,6 @@ pub use config::LocalSinkConfig;
 
 use super::{BuildContext, Pending, Sink, SinkError, encode_lines, ready};
 use crate::config::RecordFormat;
-use crate::record::Record;
 use object_store::local::LocalFileSystem;
 use object_store::{ObjectStoreExt, PutPayload};
 use std::path::{Path, PathBuf};
@@ -79,7 +78,8 @@ impl LocalSink {
 
 #[async_trait::async_trait]
 impl Sink for LocalSink {
-    async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError> {
+    async fn submit(&self, batch: super::SinkBatch) -> Result<Pending, SinkError> {
+        let records = batch.records;
         let (buf, lines, rejects) = encode_lines(&records, self.format);
         if lines == 0 {
             return Ok(ready(rejects));
@@ -166,6 +166,7 @@ impl super::SinkPlugin for LocalSinkConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Record;
 
     #[tokio::test]
     async fn a_path_that_cannot_be_a_directory_is_not_worth_retrying() {
@@ -176,7 +177,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&out);
         std::fs::write(&out, "a file").expect("block");
         let err = sink
-            .submit(vec![Record::from_value(&b"{\"a\":1}"[..])])
+            .submit(crate::sink::SinkBatch::records(vec![Record::from_value(
+                &b"{\"a\":1}"[..],
+            )]))
             .await
             .expect("submit")
             .await
@@ -190,20 +193,22 @@ mod tests {
         let sink = LocalSink::new(&dir.path().join("out"), "p", "default", RecordFormat::Value)
             .expect("sink");
         let rejects = sink
-            .submit(vec![
+            .submit(crate::sink::SinkBatch::records(vec![
                 Record::from_value(&b"{\"a\":1}"[..]),
                 Record::from_value(&b"nope"[..]),
-            ])
+            ]))
             .await
             .expect("submit")
             .await
             .expect("write");
         assert_eq!(rejects.len(), 1);
-        sink.submit(vec![Record::from_value(&b"{\"a\":2}"[..])])
-            .await
-            .expect("submit")
-            .await
-            .expect("write");
+        sink.submit(crate::sink::SinkBatch::records(vec![Record::from_value(
+            &b"{\"a\":2}"[..],
+        )]))
+        .await
+        .expect("submit")
+        .await
+        .expect("write");
         let mut files = Vec::new();
         for day in std::fs::read_dir(dir.path().join("out")).expect("dir") {
             for f in std::fs::read_dir(day.expect("entry").path()).expect("day") {

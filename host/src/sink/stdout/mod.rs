@@ -10,7 +10,6 @@ pub use config::StdoutSinkConfig;
 
 use super::{BuildContext, Pending, Sink, SinkError, encode_lines, ready};
 use crate::config::RecordFormat;
-use crate::record::Record;
 use std::io::Write;
 use std::sync::Mutex;
 use tokio::sync::oneshot;
@@ -60,7 +59,8 @@ impl StdoutSink {
 
 #[async_trait::async_trait]
 impl Sink for StdoutSink {
-    async fn submit(&self, records: Vec<Record>) -> Result<Pending, SinkError> {
+    async fn submit(&self, batch: super::SinkBatch) -> Result<Pending, SinkError> {
+        let records = batch.records;
         let (buf, lines, rejects) = encode_lines(&records, self.format);
         if lines == 0 {
             return Ok(ready(rejects));
