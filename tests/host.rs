@@ -527,6 +527,39 @@ async fn a_token_guards_the_api_and_metrics() {
     host.shutdown(Duration::from_secs(30)).await;
 }
 
+/// Two exactly-once pipelines with one transactional id would fence each
+/// other: the second file is refused, naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pipeline_with_the_same_transactional_id_is_refused() {
+    let lab = Lab::new();
+    for name in ["eos-a", "eos-b"] {
+        lab.write_pipeline(
+            name,
+            &format!(
+                "name = \"{name}\"\n[source.kafka]\nbootstrap = \"127.0.0.1:1\"\ntopics = [\"in\"]\ngroup = \"g-{name}\"\n[delivery]\nguarantee = \"exactly-once\"\ntransactional_id = \"shared-id\"\n{}[outputs.default.kafka]\ntopic = \"out\"\n[dead_letter.kafka]\ntopic = \"dlq\"\n",
+                transform(Kind::Identity, &lab)
+            ),
+        );
+    }
+    let host = Host::new(lab.host_config("")).expect("host");
+    let refused: Vec<String> = host
+        .start_all()
+        .await
+        .expect("dir")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains("eos-b.toml")
+            && refused[0].contains("`shared-id`")
+            && refused[0].contains("`eos-a`"),
+        "{refused:?}"
+    );
+    assert!(host.pipeline("eos-a").is_some() && host.pipeline("eos-b").is_none());
+    host.shutdown(Duration::from_secs(10)).await;
+}
+
 fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .iter()
