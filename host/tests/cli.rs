@@ -369,21 +369,27 @@ fn a_hostile_fixture_asserts_the_one_trapping_record_of_a_thousand() {
     assert!(stdout.contains("1 failed"), "{stdout}");
 }
 
+/// A pipeline file `name` (tenant `tenant`): stdin → the poison guest → stdout.
+fn poison_pipeline(dir: &Path, name: &str, tenant: &str) -> PathBuf {
+    let p = dir.join("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "name = \"{name}\"\ntenant = \"{tenant}\"\n[source.file]\npath = \"-\"\n[[transforms]]\nname = \"poison\"\nmodule = {:?}\n[outputs.default.stdout]\n[dead_letter.stdout]\n",
+            root().join("tests/guests/poison").display().to_string()
+        ),
+    )
+    .expect("write");
+    p
+}
+
 /// A guest's log line with a newline, a carriage return and an escape
 /// sequence is one line of the host's log, with those characters escaped:
 /// it cannot forge a line that looks like the host's own.
 #[test]
 fn a_guest_cannot_forge_host_log_lines() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = dir.path().join("p.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "name = \"forge\"\n[source.file]\npath = \"-\"\n[[transforms]]\nname = \"poison\"\nmodule = {:?}\n[outputs.default.stdout]\n[dead_letter.stdout]\n",
-            root().join("tests/guests/poison").display().to_string()
-        ),
-    )
-    .expect("write");
+    let p = poison_pipeline(dir.path(), "forge", "default");
     let out = sluice(
         &["run", p.to_str().expect("utf8")],
         Some("{\"v\":\"lognewline\"}\n"),
@@ -408,15 +414,7 @@ fn a_guest_cannot_forge_host_log_lines() {
 #[test]
 fn json_logs_carry_the_pipeline_and_tenant_even_for_guest_lines() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = dir.path().join("p.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "name = \"logged\"\ntenant = \"team-7\"\n[source.file]\npath = \"-\"\n[[transforms]]\nname = \"poison\"\nmodule = {:?}\n[outputs.default.stdout]\n[dead_letter.stdout]\n",
-            root().join("tests/guests/poison").display().to_string()
-        ),
-    )
-    .expect("write");
+    let p = poison_pipeline(dir.path(), "logged", "team-7");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", p.to_str().expect("utf8")])
         .env("SLUICE_LOG_FORMAT", "json")

@@ -36,6 +36,24 @@ pub(crate) struct Job {
     pub dispatched: std::time::Instant,
 }
 
+impl Job {
+    /// A job that stands for no batch: it carries an error of the session
+    /// itself (a worker that died, a transaction that failed before any
+    /// batch was finished) to the coordinator.
+    pub(crate) fn none() -> Job {
+        Job {
+            partition: Partition {
+                stream: Arc::from("?"),
+                partition: -1,
+            },
+            epoch: 0,
+            items: Vec::new(),
+            bytes: 0,
+            dispatched: std::time::Instant::now(),
+        }
+    }
+}
+
 /// A job after the transform chain.
 #[derive(Debug)]
 pub(crate) struct Processed {

@@ -665,6 +665,16 @@ async fn supervise(
 mod tests {
     use super::*;
 
+    fn test_live() -> Arc<Live> {
+        Live::new(
+            "p",
+            "t",
+            "file".into(),
+            Vec::new(),
+            PipelineMetrics::detached("p", "t"),
+        )
+    }
+
     #[test]
     fn restart_backoff_doubles_and_is_capped() {
         let p = RestartPolicy {
@@ -700,13 +710,7 @@ mod tests {
 
     #[test]
     fn latency_percentiles_over_the_recent_batches() {
-        let live = Live::new(
-            "p",
-            "t",
-            "file".into(),
-            Vec::new(),
-            PipelineMetrics::detached("p", "t"),
-        );
+        let live = test_live();
         assert_eq!(live.latency_percentiles(&[99.0]), vec![None]);
         for ms in 1..=100u64 {
             live.batch_latency(Duration::from_millis(ms));
@@ -727,13 +731,7 @@ mod tests {
 
     #[test]
     fn only_the_last_errors_are_kept() {
-        let live = Live::new(
-            "p",
-            "t",
-            "file".into(),
-            Vec::new(),
-            PipelineMetrics::detached("p", "t"),
-        );
+        let live = test_live();
         for i in 0..25 {
             live.note_error(format!("e{i}"));
         }

@@ -282,16 +282,7 @@ async fn worker(
             }
             Err(e) => {
                 let _ = done.send(Done {
-                    job: Job {
-                        partition: Partition {
-                            stream: Arc::from("?"),
-                            partition: -1,
-                        },
-                        epoch: 0,
-                        items: Vec::new(),
-                        bytes: 0,
-                        dispatched: std::time::Instant::now(),
-                    },
+                    job: Job::none(),
                     outcome: Err(PipelineError::Internal(format!(
                         "the transform worker failed: {e}"
                     ))),

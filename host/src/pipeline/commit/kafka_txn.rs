@@ -175,15 +175,6 @@ async fn transaction(
 fn take_job(finished: &mut Vec<Done>) -> Job {
     match finished.pop() {
         Some(d) => d.job,
-        None => Job {
-            partition: Partition {
-                stream: Arc::from("?"),
-                partition: -1,
-            },
-            epoch: 0,
-            items: Vec::new(),
-            bytes: 0,
-            dispatched: std::time::Instant::now(),
-        },
+        None => Job::none(),
     }
 }
