@@ -755,3 +755,27 @@ fn isolating_a_batch_of_loops_is_bounded_by_the_budget_and_stays_exact_for_a_few
             .any(|o| matches!(o, Outcome::Fail(f) if f.message.contains("circuit breaker opened")))
     );
 }
+
+/// What a metric adds for a runner: instantiations and failed calls since it
+/// last asked, so that a runner outliving a session is never counted twice.
+#[test]
+fn a_runner_hands_over_its_failures_and_instantiations_once() {
+    let engine = Engine::new().expect("engine");
+    let m = engine
+        .load_file(&module("tests/guests/poison"))
+        .expect("poison");
+    let mut r = Runner::new(m, spec("counted", "{}", Limits::default())).expect("init");
+    assert!(run(&mut r, "boom").is_err());
+    assert!(run(&mut r, "boom").is_err());
+    assert!(run(&mut r, "{\"ok\":1}").is_ok());
+    let (instantiations, errors) = r.take_unreported();
+    // The first instance, and one after each trap.
+    assert_eq!(instantiations, 3);
+    assert_eq!(errors.get("trap"), Some(&2), "{errors:?}");
+    assert_eq!(
+        r.take_unreported(),
+        (0, Default::default()),
+        "handed over once"
+    );
+    assert_eq!(r.errors().get("trap"), Some(&2), "the totals stay");
+}

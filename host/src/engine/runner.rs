@@ -42,6 +42,9 @@ pub struct Runner {
     capture_logs: bool,
     /// Failed calls (`process` or a re-instantiation) by error kind.
     errors: std::collections::BTreeMap<&'static str, u64>,
+    /// Instantiations and failed calls not yet handed to
+    /// [`Runner::take_unreported`].
+    unreported: (u64, std::collections::BTreeMap<&'static str, u64>),
 }
 
 impl std::fmt::Debug for Runner {
@@ -80,6 +83,7 @@ impl Runner {
             instantiations: 0,
             capture_logs: false,
             errors: Default::default(),
+            unreported: Default::default(),
         };
         runner.ensure_instance()?;
         Ok(runner)
@@ -104,6 +108,13 @@ impl Runner {
     /// `out-of-memory`, ...): what a metric of traps counts.
     pub fn errors(&self) -> &std::collections::BTreeMap<&'static str, u64> {
         &self.errors
+    }
+
+    /// Instantiations and failed calls by kind since the last call: what a
+    /// metric adds (runners outlive sessions, so counting deltas here never
+    /// counts one twice).
+    pub fn take_unreported(&mut self) -> (u64, std::collections::BTreeMap<&'static str, u64>) {
+        std::mem::take(&mut self.unreported)
     }
 
     /// Bytes of the live instance's linear memory (0 between instances).
@@ -160,6 +171,7 @@ impl Runner {
         if self.instance.is_none() {
             let instance = self.instantiate()?;
             self.instantiations += 1;
+            self.unreported.0 += 1;
             self.instance = Some(instance);
         }
         self.instance
@@ -263,6 +275,7 @@ impl Runner {
         let result = self.process_inner(records);
         if let Err(e) = &result {
             *self.errors.entry(e.kind()).or_default() += 1;
+            *self.unreported.1.entry(e.kind()).or_default() += 1;
             self.instance = None;
         }
         result

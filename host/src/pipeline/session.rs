@@ -235,20 +235,12 @@ struct Worker {
     live: Arc<Live>,
 }
 
-/// Per-transform counters a worker last reported (to count deltas).
-#[derive(Default, Clone)]
-struct Reported {
-    instantiations: u64,
-    errors: std::collections::BTreeMap<&'static str, u64>,
-}
-
 async fn worker(
     w: Worker,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     processed: mpsc::UnboundedSender<Processed>,
     done: mpsc::UnboundedSender<Done>,
 ) {
-    let mut reported: Vec<Reported> = Vec::new();
     while let Some(job) = jobs.recv().await {
         let r = w.runners.clone();
         let o = w.outputs.clone();
@@ -256,18 +248,16 @@ async fn worker(
         let live = w.live.clone();
         let index = w.index;
         let span = tracing::Span::current();
-        let mut last = std::mem::take(&mut reported);
         let result = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let mut runners = r.lock().unwrap_or_else(|e| e.into_inner());
             let chain = run_chain(&mut runners, &job.items, &o, &b);
-            report_instances(&runners, &mut last, index, &live);
-            (job, chain, last)
+            report_instances(&mut runners, index, &live);
+            (job, chain)
         })
         .await;
         match result {
-            Ok((job, chain, last)) => {
-                reported = last;
+            Ok((job, chain)) => {
                 if let Err(open) = w.breaker.observe(&chain.steps) {
                     tracing::error!(error = %open, "circuit breaker open");
                     let _ = done.send(Done {
@@ -295,26 +285,23 @@ async fn worker(
 
 /// Counts new instantiations and failed calls of a worker's runners, and
 /// publishes their guest memory.
-fn report_instances(runners: &[Runner], last: &mut Vec<Reported>, worker: usize, live: &Live) {
-    last.resize(runners.len(), Reported::default());
+fn report_instances(runners: &mut [Runner], worker: usize, live: &Live) {
     let metrics = live.metrics();
-    for (r, seen) in runners.iter().zip(last.iter_mut()) {
+    for r in runners.iter_mut() {
+        let (instantiations, errors) = r.take_unreported();
         let name = r.name();
         metrics.count(
             |m| &m.instantiations,
             &[("transform", name)],
-            r.instantiations().saturating_sub(seen.instantiations),
+            instantiations,
         );
-        seen.instantiations = r.instantiations();
-        for (kind, n) in r.errors() {
-            let before = seen.errors.get(kind).copied().unwrap_or(0);
+        for (kind, n) in errors {
             metrics.count(
                 |m| &m.transform_errors,
                 &[("transform", name), ("kind", kind)],
-                n.saturating_sub(before),
+                n,
             );
         }
-        seen.errors.clone_from(r.errors());
     }
     live.set_memory(worker, runners.iter().map(Runner::memory_bytes).collect());
 }
