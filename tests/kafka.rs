@@ -501,3 +501,158 @@ fn a_header_name_that_is_not_utf8_is_dead_lettered_and_the_source_goes_on() {
         .unwrap_or_default();
     assert!(message.contains("not UTF-8"), "{message}");
 }
+
+/// Lines and closed objects (`*.jsonl`, not a write in progress) under `dir`.
+fn closed_objects(dir: &std::path::Path) -> (usize, Vec<String>) {
+    let mut objects = 0;
+    let mut lines = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "jsonl") {
+                objects += 1;
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                lines.extend(text.lines().map(str::to_string));
+            }
+        }
+    }
+    (objects, lines)
+}
+
+/// A sink that acknowledges later than submit: a local lake whose objects
+/// close every 3,000 records (or after an hour). The in-flight budget is
+/// 500 records, so the source would stall inside the first object if held
+/// records kept their budget; they do not. Offsets are committed only for
+/// records in closed objects (checked while it runs), and SIGTERM closes
+/// the open object, commits everything and exits 0: every record once.
+#[test]
+fn a_rolling_lake_frees_the_budget_commits_only_closed_objects_and_closes_the_rest_on_shutdown() {
+    let _one = heavy();
+    let b = broker::bootstrap();
+    broker::require(&b);
+    const N: usize = 10_000;
+    let t = topics(&b, "roll", 2);
+    assert_eq!(broker::produce(&b, &t.input, numbered(N, 50)), N);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let sink = format!(
+        "[outputs.default.local]\npath = {}\n[outputs.default.local.roll]\nrecords = 3000\nage_ms = 3600000",
+        sluice_e2e::toml_path(&lake)
+    );
+    let pipeline = kafka_pipeline(
+        dir.path(),
+        &b,
+        &t,
+        &sink,
+        "[batch]\nmax_records = 100\nmax_wait_ms = 50\n[delivery]\nmax_in_flight_records = 500",
+    );
+    let log = dir.path().join("sluice.log");
+    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut checks = 0;
+    loop {
+        // Committed first, the lake after: the lake only grows, so a commit
+        // past what is closed shows as committed > lines.
+        let committed: i64 = broker::committed(&b, &t.group, &t.input)
+            .iter()
+            .map(|(_, o)| (*o).max(0))
+            .sum();
+        let (objects, lines) = closed_objects(&lake);
+        assert!(
+            committed as usize <= lines.len(),
+            "committed {committed} offsets with only {} records in closed objects",
+            lines.len()
+        );
+        checks += 1;
+        if objects >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three objects of 3,000 did not close: {objects} closed\n{}",
+            s.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (objects, lines) = closed_objects(&lake);
+    assert_eq!(
+        objects, 3,
+        "the fourth object holds the last 1,000 and is open"
+    );
+    assert_eq!(lines.len(), 9_000);
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log_tail(30)
+    );
+    // Shutdown closed the open object (whatever was read by then), and
+    // committed exactly what the lake holds.
+    let (objects, lines) = closed_objects(&lake);
+    assert_eq!(objects, 4, "shutdown closed the open object");
+    let committed: i64 = broker::committed(&b, &t.group, &t.input)
+        .iter()
+        .map(|(_, o)| (*o).max(0))
+        .sum();
+    assert_eq!(
+        committed as usize,
+        lines.len(),
+        "committed at shutdown = records in the lake"
+    );
+    // A second run takes up from there, its objects closing by age (half a
+    // second) too: the lake ends with every record once, all committed.
+    let text = std::fs::read_to_string(&pipeline).expect("pipeline");
+    std::fs::write(&pipeline, text.replace("age_ms = 3600000", "age_ms = 500")).expect("write");
+    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let committed: i64 = broker::committed(&b, &t.group, &t.input)
+            .iter()
+            .map(|(_, o)| (*o).max(0))
+            .sum();
+        let (_, lines) = closed_objects(&lake);
+        assert!(
+            committed as usize <= lines.len(),
+            "committed {committed} offsets with only {} records in closed objects",
+            lines.len()
+        );
+        if committed as usize >= N {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second run did not commit everything: {committed} of {N}\n{}",
+            s.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log_tail(30)
+    );
+    let (_, lines) = closed_objects(&lake);
+    let mut seen = vec![0u32; N];
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+        let n = v["n"].as_u64().expect("n") as usize;
+        seen[n] += 1;
+    }
+    let missing = seen.iter().filter(|&&c| c == 0).count();
+    let repeated = seen.iter().filter(|&&c| c > 1).count();
+    assert!(
+        missing == 0 && repeated == 0,
+        "every record exactly once: {missing} missing, {repeated} repeated, {} lines",
+        lines.len()
+    );
+    let committed: i64 = broker::committed(&b, &t.group, &t.input)
+        .iter()
+        .map(|(_, o)| *o)
+        .sum();
+    assert_eq!(committed as usize, N, "everything committed at shutdown");
+    assert!(checks > 0);
+}

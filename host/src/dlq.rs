@@ -15,7 +15,7 @@
 //! `errors.deadletterqueue.context.headers.enable`.
 
 use crate::record::{Header, Position, Record};
-use crate::sink::{Sink, SinkError, envelope};
+use crate::sink::{Durable, Sink, SinkError, envelope};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use std::sync::Arc;
@@ -236,11 +236,18 @@ impl DeadLetter {
         self.sink.recover();
     }
 
-    /// Writes entries; returns once they are durable. A refused entry is an
-    /// error too: the dead-letter queue is the last resort.
-    pub async fn write(&self, entries: &[DlqEntry]) -> Result<(), DlqError> {
+    /// Makes what the sink holds durable now.
+    pub async fn flush(&self) -> Result<(), SinkError> {
+        self.sink.flush().await
+    }
+
+    /// Writes entries; returns once the sink has taken them, with the
+    /// future of their durability when the sink holds them (a file that
+    /// closes later; `None`: durable now). A refused entry is an error too:
+    /// the dead-letter queue is the last resort.
+    pub async fn write(&self, entries: &[DlqEntry]) -> Result<Option<Durable>, DlqError> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let headers = self.sink.dead_letter_encoding() == crate::sink::DeadLetterEncoding::Headers;
         let records: Vec<Record> = entries
@@ -265,7 +272,7 @@ impl DeadLetter {
                 .map(|e| e.module.as_deref().map(Arc::from))
                 .collect(),
         };
-        let rejects = self
+        let crate::sink::Accepted { rejects, held } = self
             .sink
             .submit(crate::sink::SinkBatch { records, lineage })
             .await
@@ -287,7 +294,7 @@ impl DeadLetter {
                 transient: false,
             });
         }
-        Ok(())
+        Ok(held)
     }
 
     /// The sink's description.

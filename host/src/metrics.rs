@@ -68,6 +68,7 @@ pub struct Metrics {
     pub(crate) consumer_lag: Family<Labels, Gauge>,
     pub(crate) in_flight_records: Family<Labels, Gauge>,
     pub(crate) in_flight_bytes: Family<Labels, Gauge>,
+    pub(crate) held_records: Family<Labels, Gauge>,
     pub(crate) guest_memory: Family<Labels, Gauge>,
     pub(crate) state: Family<Labels, Gauge>,
     pub(crate) module_info: Family<Labels, Gauge>,
@@ -162,6 +163,11 @@ impl Metrics {
             "Bytes of the records in flight",
             Some(Unit::Bytes),
         );
+        let held_records = gauge(
+            "held_records",
+            "Records sinks have taken but hold (a file not yet closed): not yet durable, not committed",
+            None,
+        );
         let guest_memory = gauge(
             "guest_memory",
             "Linear memory of a transform's instances",
@@ -232,6 +238,7 @@ impl Metrics {
             consumer_lag,
             in_flight_records,
             in_flight_bytes,
+            held_records,
             guest_memory,
             state,
             module_info,

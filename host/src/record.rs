@@ -77,12 +77,16 @@ impl std::fmt::Display for Partition {
     }
 }
 
-/// Where a record came from.
+/// Where a record came from, as its source names it. The core reads
+/// nothing into it but the partition and the order of `offset`s within it
+/// (see [`crate::source::SourceControl`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
     /// The partition it was read from.
     pub partition: Partition,
-    /// Offset in the partition (Kafka offset, 0-based line number).
+    /// The item's ordering key in the partition, increasing in read order:
+    /// a Kafka offset, a 0-based line number, or a number the source assigns
+    /// and maps back to its own positions.
     pub offset: i64,
 }
 

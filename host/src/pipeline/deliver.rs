@@ -11,7 +11,7 @@ use super::chain::{ChainResult, source_of};
 use super::summary::StepStats;
 use crate::dlq::{DeadLetter, DlqEntry, Stage};
 use crate::record::{Partition, Record};
-use crate::sink::{Lineage, Pending, Sink, SinkBatch, SinkError};
+use crate::sink::{Accepted, Durable, Lineage, Pending, Sink, SinkBatch, SinkError};
 use crate::source::SourceItem;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -85,6 +85,49 @@ pub(crate) struct Done {
     pub job: Job,
     /// Its outcome.
     pub outcome: Result<BatchReport, PipelineError>,
+    /// Sinks hold some of its records (a file not yet closed): its budget is
+    /// free, but its positions are handled only when a [`Durable`] report
+    /// for it follows.
+    pub held: bool,
+}
+
+impl Done {
+    /// A job that failed.
+    pub(crate) fn failed(job: Job, e: PipelineError) -> Done {
+        Done {
+            job,
+            outcome: Err(e),
+            held: false,
+        }
+    }
+}
+
+/// The records of a batch that sinks held are durable (or cannot be).
+#[derive(Debug)]
+pub(crate) struct DurableBatch {
+    /// The batch's partition.
+    pub partition: Partition,
+    /// The partition's epoch when the batch was cut.
+    pub epoch: u64,
+    /// The source positions of its items.
+    pub positions: Vec<crate::record::Position>,
+    /// Durable, or why not (the session ends without committing them).
+    pub outcome: Result<(), PipelineError>,
+}
+
+/// What delivery reports to the coordinator.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// A batch is finished.
+    Done(Done),
+    /// What sinks held of a finished batch is durable.
+    Durable(DurableBatch),
+}
+
+impl From<Done> for Report {
+    fn from(d: Done) -> Self {
+        Report::Done(d)
+    }
 }
 
 /// Name and module digest of each transform, for dead-letter entries.
@@ -264,11 +307,7 @@ impl Delivery {
     /// Awaits one write, trying it again on transient errors when `retry`.
     /// A retry writes again only the records not yet written (when the
     /// sink says which), so that riding out an outage adds no duplicates.
-    async fn await_write(
-        &self,
-        write: &mut Write,
-        retry: bool,
-    ) -> Result<Vec<crate::sink::Reject>, SinkError> {
+    async fn await_write(&self, write: &mut Write, retry: bool) -> Result<Accepted, SinkError> {
         let policy = self.retries.get(&write.output).cloned().unwrap_or_default();
         let mut attempt = 1;
         let mut first_failure: Option<std::time::Instant> = None;
@@ -278,13 +317,18 @@ impl Delivery {
         loop {
             let pending = std::mem::replace(&mut write.pending, crate::sink::ready(Vec::new()));
             let error = match pending.await {
-                Ok(r) => {
+                Ok(accepted) => {
                     rejects.extend(
-                        r.into_iter()
+                        accepted
+                            .rejects
+                            .into_iter()
                             .map(|r| remap(r, &current, write.records.len())),
                     );
                     rejects.sort_by_key(|r: &crate::sink::Reject| r.index);
-                    return Ok(rejects);
+                    return Ok(Accepted {
+                        rejects,
+                        held: accepted.held,
+                    });
                 }
                 Err(e) => e,
             };
@@ -333,9 +377,18 @@ impl Delivery {
         }
     }
 
+    /// Makes what every sink holds durable now (shutdown, revocation).
+    pub(crate) async fn flush(&self) -> Result<(), SinkError> {
+        for sink in self.sinks.values() {
+            sink.flush().await?;
+        }
+        self.dlq.flush().await
+    }
+
     /// Phase two: await the writes, then write the dead letters (the
-    /// transform's failures and the sinks' rejects).
-    pub(crate) async fn finish(&self, submitted: Submitted, retry: bool) -> Done {
+    /// transform's failures and the sinks' rejects). Returns, with the
+    /// report, the durability of what sinks hold (empty: all durable).
+    pub(crate) async fn finish(&self, submitted: Submitted, retry: bool) -> (Done, Vec<Durable>) {
         let Submitted {
             job,
             steps,
@@ -346,15 +399,14 @@ impl Delivery {
             steps,
             ..Default::default()
         };
+        let mut held = Vec::new();
         for mut write in writes {
             let rejects = match self.await_write(&mut write, retry).await {
-                Ok(r) => r,
-                Err(e) => {
-                    return Done {
-                        job,
-                        outcome: Err(e.into()),
-                    };
+                Ok(Accepted { rejects, held: h }) => {
+                    held.extend(h);
+                    rejects
                 }
+                Err(e) => return (Done::failed(job, e.into()), held),
             };
             self.metrics.observe_time(
                 |m| &m.sink_write_seconds,
@@ -376,15 +428,13 @@ impl Delivery {
             if let Some(bad) = rejects.iter().find(|r| r.index >= write.meta.len()) {
                 // A record the sink refused but cannot name would be in
                 // neither the sink nor the DLQ: stop without committing.
-                return Done {
-                    job,
-                    outcome: Err(PipelineError::Internal(format!(
-                        "sink {} rejected record {} of a write of {} records: no such record (the run stops; records of this batch are not committed)",
-                        write.sink.describe(),
-                        bad.index,
-                        write.meta.len()
-                    ))),
-                };
+                let e = PipelineError::Internal(format!(
+                    "sink {} rejected record {} of a write of {} records: no such record (the run stops; records of this batch are not committed)",
+                    write.sink.describe(),
+                    bad.index,
+                    write.meta.len()
+                ));
+                return (Done::failed(job, e), held);
             }
             for reject in rejects {
                 let Some(&(origin, from)) = write.meta.get(reject.index) else {
@@ -406,15 +456,19 @@ impl Delivery {
         }
         let mut attempt = 1;
         let mut first_failure: Option<std::time::Instant> = None;
-        while let Err(e) = self.dlq.write(&dead).await {
+        loop {
+            let e = match self.dlq.write(&dead).await {
+                Ok(h) => {
+                    held.extend(h);
+                    break;
+                }
+                Err(e) => e,
+            };
             self.metrics.count(|m| &m.dlq_write_failures, &[], 1);
             let since = *first_failure.get_or_insert_with(std::time::Instant::now);
             let wait = self.dlq_retry.backoff(attempt + 1);
             if !(retry && e.transient && self.dlq_retry.allows(attempt + 1, since, wait)) {
-                return Done {
-                    job,
-                    outcome: Err(e.into()),
-                };
+                return (Done::failed(job, e.into()), held);
             }
             attempt += 1;
             tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "dead-letter write failed: retrying");
@@ -436,10 +490,14 @@ impl Delivery {
                 ))
                 .or_default() += 1;
         }
-        Done {
-            job,
-            outcome: Ok(report),
-        }
+        (
+            Done {
+                job,
+                outcome: Ok(report),
+                held: false,
+            },
+            held,
+        )
     }
 }
 
@@ -545,7 +603,7 @@ mod tests {
             .await
             .map_err(|(_, e)| e)
             .expect("submitted");
-        let done = delivery.finish(submitted, true).await;
+        let (done, _) = delivery.finish(submitted, true).await;
         let err = done.outcome.expect_err("the run stops");
         assert!(
             matches!(err, PipelineError::Internal(_))
@@ -694,7 +752,7 @@ mod tests {
         );
         // Record 0 refused in the first write, record 3 (index 1 of the
         // retry) in the second: both in the whole write's numbering.
-        let idx: Vec<usize> = rejects.iter().map(|r| r.index).collect();
+        let idx: Vec<usize> = rejects.rejects.iter().map(|r| r.index).collect();
         assert_eq!(idx, vec![0, 3]);
         // The retry's lineage is that of the records it carries.
         let lineages = sink.lineages.lock().unwrap_or_else(|e| e.into_inner());

@@ -135,6 +135,9 @@ pub struct Snapshot {
     pub in_flight_records: usize,
     /// Bytes in flight.
     pub in_flight_bytes: usize,
+    /// Records sinks have taken but hold, not yet durable (a file not yet
+    /// closed): their budget is free, their positions not yet committed.
+    pub held_records: usize,
     /// Restarts so far.
     pub restarts: u64,
     /// The last errors, newest last.
@@ -171,6 +174,7 @@ struct Inner {
     session: Session,
     /// Guest memory per worker and transform.
     memory: Vec<Vec<u64>>,
+    held_records: usize,
     rates: Rates,
     /// Recent batch latencies, in µs.
     latencies: VecDeque<u32>,
@@ -215,6 +219,7 @@ impl Live {
                 transforms,
                 session: Session::default(),
                 memory: Vec::new(),
+                held_records: 0,
                 latencies: VecDeque::with_capacity(LATENCIES),
                 rates: Rates {
                     at: Instant::now(),
@@ -334,6 +339,16 @@ impl Live {
     }
 
     /// Worker `worker`'s guest memory per transform.
+    /// Records sinks hold, not yet durable.
+    pub(crate) fn set_held(&self, records: usize) {
+        self.inner().held_records = records;
+        self.metrics.set(
+            |m| &m.held_records,
+            &[],
+            i64::try_from(records).unwrap_or(i64::MAX),
+        );
+    }
+
     pub(crate) fn set_memory(&self, worker: usize, per_transform: Vec<u64>) {
         let mut i = self.inner();
         if i.memory.len() <= worker {
@@ -428,6 +443,7 @@ impl Live {
                     lag: None,
                     in_flight_records,
                     in_flight_bytes,
+                    held_records: i.held_records,
                     restarts: i.summary.restarts,
                     last_errors: i.errors.iter().cloned().collect(),
                     batch_latency_p50_ms: None,

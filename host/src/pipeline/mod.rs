@@ -16,7 +16,7 @@
 mod breaker;
 mod chain;
 mod commit;
-mod deliver;
+pub(crate) mod deliver;
 pub mod live;
 mod session;
 mod summary;

@@ -18,7 +18,7 @@ use super::PipelineError;
 use super::breaker::Breaker;
 use super::chain::run_chain;
 use super::commit::Committer;
-use super::deliver::{self, Delivery, Done, Job, Processed};
+use super::deliver::{self, Delivery, Done, DurableBatch, Job, Processed, Report};
 use super::live::{Live, PUBLISH_EVERY, State};
 use super::summary::Summary;
 use crate::batch::{Batcher, ByteSize};
@@ -27,8 +27,10 @@ use crate::engine::Runner;
 use crate::flow::Budget;
 use crate::ledger::Ledger;
 use crate::metrics::PipelineMetrics;
-use crate::record::Partition;
-use crate::source::{Revocation, RunningSource, SourceControl, SourceEvent, SourceItem};
+use crate::record::{Partition, Position};
+use crate::source::{
+    Acknowledgement, Revocation, RunningSource, SourceControl, SourceEvent, SourceItem,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
@@ -84,8 +86,20 @@ struct Coordinator<'a> {
     ledger: Ledger,
     batchers: HashMap<Partition, Batcher<SourceItem>>,
     epochs: HashMap<Partition, u64>,
+    /// Per partition: jobs not yet durable (being processed or written, or
+    /// held by a sink).
     in_flight: HashMap<Partition, usize>,
+    /// Jobs cut and not yet taken by their sinks.
     jobs_in_flight: usize,
+    /// Jobs sinks have taken but hold (not yet durable), and their records.
+    held_jobs: usize,
+    held_records: usize,
+    /// The sinks, to make what they hold durable (shutdown, revocation).
+    delivery: Arc<Delivery>,
+    /// A flush of the sinks under way.
+    flushing: Option<tokio::task::JoinHandle<()>>,
+    /// The source takes per-item acknowledgements.
+    per_item: bool,
     committed: HashMap<Partition, i64>,
     commit_interval: Duration,
     /// When handled offsets not yet committed must be (at-least-once).
@@ -124,12 +138,12 @@ pub(crate) async fn run(
         mut events,
         control,
     } = source;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Report>();
     let (processed_tx, processed_rx) = mpsc::unbounded_channel::<Processed>();
     let delivery = Arc::new(delivery);
     let coordinator_commits = committer.coordinator_commits();
     let delivery_task = tokio::spawn(tracing::Instrument::in_current_span(committer.run(
-        delivery,
+        delivery.clone(),
         control.clone(),
         processed_rx,
         done_tx.clone(),
@@ -168,6 +182,11 @@ pub(crate) async fn run(
         epochs: HashMap::new(),
         in_flight: HashMap::new(),
         jobs_in_flight: 0,
+        held_jobs: 0,
+        held_records: 0,
+        delivery,
+        flushing: None,
+        per_item: control.acknowledgement() == Acknowledgement::PerItem,
         committed: HashMap::new(),
         commit_interval,
         commit_due: None,
@@ -239,7 +258,7 @@ async fn worker(
     w: Worker,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     processed: mpsc::UnboundedSender<Processed>,
-    done: mpsc::UnboundedSender<Done>,
+    done: mpsc::UnboundedSender<Report>,
 ) {
     while let Some(job) = jobs.recv().await {
         let r = w.runners.clone();
@@ -260,10 +279,7 @@ async fn worker(
             Ok((job, chain)) => {
                 if let Err(open) = w.breaker.observe(&chain.steps) {
                     tracing::error!(error = %open, "circuit breaker open");
-                    let _ = done.send(Done {
-                        job,
-                        outcome: Err(open.into()),
-                    });
+                    let _ = done.send(Done::failed(job, open.into()).into());
                     return;
                 }
                 if processed.send(Processed { job, chain }).is_err() {
@@ -271,12 +287,8 @@ async fn worker(
                 }
             }
             Err(e) => {
-                let _ = done.send(Done {
-                    job: Job::none(),
-                    outcome: Err(PipelineError::Internal(format!(
-                        "the transform worker failed: {e}"
-                    ))),
-                });
+                let e = PipelineError::Internal(format!("the transform worker failed: {e}"));
+                let _ = done.send(Done::failed(Job::none(), e).into());
                 return;
             }
         }
@@ -330,7 +342,7 @@ impl Coordinator<'_> {
     async fn run(
         &mut self,
         events: &mut mpsc::UnboundedReceiver<Result<SourceEvent, crate::source::SourceError>>,
-        done_rx: &mut mpsc::UnboundedReceiver<Done>,
+        done_rx: &mut mpsc::UnboundedReceiver<Report>,
         shutdown: &mut Pin<&mut (dyn Future<Output = ()> + Send)>,
     ) -> Result<SessionEnd, PipelineError> {
         let mut source_open = true;
@@ -344,7 +356,16 @@ impl Coordinator<'_> {
         let mut paused = *pause.borrow_and_update();
         let mut pause_open = true;
         loop {
-            if (stopping || !source_open) && self.jobs_in_flight == 0 && self.batchers.is_empty() {
+            let draining = stopping || !source_open;
+            if draining && self.jobs_in_flight == 0 && self.held_jobs > 0 {
+                // Only what sinks hold is left: have them close it now.
+                self.request_flush();
+            }
+            if draining
+                && self.jobs_in_flight == 0
+                && self.held_jobs == 0
+                && self.batchers.is_empty()
+            {
                 self.answer_all_revokes();
                 if let Some((e, _)) = source_error {
                     return Err(e);
@@ -376,7 +397,8 @@ impl Coordinator<'_> {
             tokio::select! {
                 biased;
                 finished = done_rx.recv() => match finished {
-                    Some(d) => self.on_done(d).await?,
+                    Some(Report::Done(d)) => self.on_done(d).await?,
+                    Some(Report::Durable(d)) => self.on_durable(d).await?,
                     None => return Err(PipelineError::Internal("delivery stopped".into())),
                 },
                 _ = shutdown.as_mut(), if !stopping => {
@@ -500,7 +522,8 @@ impl Coordinator<'_> {
             // The worker is gone: the session is ending; count it done.
             let job = e.0;
             self.budget.release(job.items.len(), job.bytes);
-            self.finish_job(&job.partition);
+            self.job_taken();
+            self.partition_done(&job.partition);
         }
     }
 
@@ -529,8 +552,13 @@ impl Coordinator<'_> {
         }
     }
 
-    fn finish_job(&mut self, p: &Partition) {
+    /// A job's sinks have taken it (or it failed).
+    fn job_taken(&mut self) {
         self.jobs_in_flight = self.jobs_in_flight.saturating_sub(1);
+    }
+
+    /// A job of `p` is durable (or dropped).
+    fn partition_done(&mut self, p: &Partition) {
         if let Some(n) = self.in_flight.get_mut(p) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -540,20 +568,24 @@ impl Coordinator<'_> {
     }
 
     async fn on_done(&mut self, done: Done) -> Result<(), PipelineError> {
-        let Done { job, outcome } = done;
+        let Done { job, outcome, held } = done;
+        // The sinks have the records (durable, or held): the budget is free.
         self.budget.release(job.items.len(), job.bytes);
-        self.finish_job(&job.partition);
+        self.job_taken();
+        if !held {
+            self.partition_done(&job.partition);
+        }
         let report = outcome?;
+        if held {
+            self.held_jobs += 1;
+            self.held_records += job.items.len();
+            self.live.set_held(self.held_records);
+        }
         if job.epoch != self.epoch(&job.partition) {
             // The partition was revoked meanwhile and its work dropped.
             return Ok(());
         }
-        let mut bytes_in = 0u64;
-        for item in &job.items {
-            let pos = item.position();
-            self.ledger.handled(&pos.partition, pos.offset);
-            bytes_in += item.byte_size() as u64;
-        }
+        let bytes_in: u64 = job.items.iter().map(|i| i.byte_size() as u64).sum();
         self.summary.bytes_in += bytes_in;
         self.account(&job, bytes_in, &report);
         let s = &mut *self.summary;
@@ -573,17 +605,71 @@ impl Coordinator<'_> {
         } else if self.publish_due.is_none() {
             self.publish_due = Some(self.last_publish + PUBLISH_EVERY);
         }
+        if !held {
+            let positions = job.items.iter().map(|i| i.position().clone()).collect();
+            self.handled(&job.partition, positions).await?;
+        }
+        Ok(())
+    }
+
+    /// What sinks held of a batch is durable.
+    async fn on_durable(&mut self, d: DurableBatch) -> Result<(), PipelineError> {
+        self.held_jobs = self.held_jobs.saturating_sub(1);
+        self.held_records = self.held_records.saturating_sub(d.positions.len());
+        self.live.set_held(self.held_records);
+        self.partition_done(&d.partition);
+        d.outcome?;
+        if d.epoch != self.epoch(&d.partition) {
+            self.check_revokes();
+            return Ok(());
+        }
+        self.handled(&d.partition, d.positions).await
+    }
+
+    /// Items of `partition` are in a sink or the dead-letter queue, durably:
+    /// acknowledge them (per-item sources) and move the watermark.
+    async fn handled(
+        &mut self,
+        partition: &Partition,
+        positions: Vec<Position>,
+    ) -> Result<(), PipelineError> {
+        for pos in &positions {
+            self.ledger.handled(&pos.partition, pos.offset);
+        }
+        if self.per_item && !positions.is_empty() {
+            let acked = self.control.acknowledge(&positions).await;
+            self.metrics.count(|m| &m.commits, &[], 1);
+            if acked.is_err() {
+                self.metrics.count(|m| &m.commit_failures, &[], 1);
+            }
+            acked?;
+        }
         if self.commits {
             if self.commit_interval.is_zero() {
                 self.commit().await?;
             } else if self.commit_due.is_none() {
                 self.commit_due = Some(Instant::now() + self.commit_interval);
             }
-        } else if let Some(o) = self.ledger.committable(&job.partition) {
-            self.committed.insert(job.partition.clone(), o);
+        } else if let Some(o) = self.ledger.committable(partition) {
+            self.committed.insert(partition.clone(), o);
         }
         self.check_revokes();
         Ok(())
+    }
+
+    /// Asks the sinks to make what they hold durable, unless they are at it.
+    fn request_flush(&mut self) {
+        if self.flushing.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let delivery = self.delivery.clone();
+        self.flushing = Some(tokio::spawn(tracing::Instrument::in_current_span(
+            async move {
+                if let Err(e) = delivery.flush().await {
+                    tracing::warn!(error = %e, "flushing the sinks failed (their held writes report it)");
+                }
+            },
+        )));
     }
 
     /// Publishes the counters to the live state.
@@ -687,6 +773,11 @@ impl Coordinator<'_> {
             done: r.done,
             deadline: Instant::now() + self.drain_timeout,
         });
+        if self.held_jobs > 0 {
+            // The partitions' records held by sinks must be durable before
+            // their offsets are committed and the partitions let go.
+            self.request_flush();
+        }
         self.check_revokes();
     }
 
@@ -772,5 +863,233 @@ mod tests {
         assert_eq!(golden, GOLDEN_WORKERS.to_vec());
         let used: BTreeSet<usize> = (0..50).map(|n| worker_of(&p(n), 4)).collect();
         assert_eq!(used.len(), 4, "partitions spread over the workers");
+    }
+
+    /// A sink that holds every record until it is flushed (a file that
+    /// closes only at shutdown), and says which records are durable.
+    #[derive(Default)]
+    struct HoldingSink {
+        held: Mutex<Vec<(Vec<String>, tokio::sync::oneshot::Sender<()>)>>,
+        durable: Arc<Mutex<BTreeSet<String>>>,
+        flushes: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::sink::Sink for HoldingSink {
+        async fn submit(
+            &self,
+            batch: crate::sink::SinkBatch,
+        ) -> Result<crate::sink::Pending, crate::sink::SinkError> {
+            let values: Vec<String> = batch
+                .records
+                .iter()
+                .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into())
+                .collect();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.held.lock().expect("lock").push((values, tx));
+            let held: crate::sink::Durable = Box::pin(async move {
+                rx.await.map_err(|_| crate::sink::SinkError::Config {
+                    sink: "holding".into(),
+                    message: "dropped".into(),
+                })
+            });
+            Ok(Box::pin(std::future::ready(Ok(crate::sink::Accepted {
+                rejects: Vec::new(),
+                held: Some(held),
+            }))))
+        }
+
+        fn describe(&self) -> String {
+            "holding".into()
+        }
+
+        async fn flush(&self) -> Result<(), crate::sink::SinkError> {
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let held: Vec<_> = self.held.lock().expect("lock").drain(..).collect();
+            for (values, tx) in held {
+                self.durable.lock().expect("lock").extend(values);
+                let _ = tx.send(());
+            }
+            Ok(())
+        }
+    }
+
+    /// A source taking per-item acknowledgements: it checks that each
+    /// acknowledged item is durable in the sink, and counts acknowledgements
+    /// per item.
+    struct AckingControl {
+        durable: Arc<Mutex<BTreeSet<String>>>,
+        acks: Mutex<std::collections::BTreeMap<i64, usize>>,
+        /// Items acknowledged before durable; commits (negated) past an
+        /// item not durable.
+        early: Mutex<Vec<i64>>,
+        commits: Mutex<Vec<(Partition, i64)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl SourceControl for AckingControl {
+        async fn commit(
+            &self,
+            offsets: &[(Partition, i64)],
+        ) -> Result<(), crate::source::SourceError> {
+            let durable = self.durable.lock().expect("lock").clone();
+            for (_, next) in offsets {
+                if (0..*next).any(|o| !durable.contains(&o.to_string())) {
+                    self.early.lock().expect("lock").push(-*next);
+                }
+            }
+            self.commits
+                .lock()
+                .expect("lock")
+                .extend_from_slice(offsets);
+            Ok(())
+        }
+        async fn close(
+            &self,
+            offsets: &[(Partition, i64)],
+        ) -> Result<(), crate::source::SourceError> {
+            self.commit(offsets).await
+        }
+        fn acknowledgement(&self) -> Acknowledgement {
+            Acknowledgement::PerItem
+        }
+        async fn acknowledge(
+            &self,
+            positions: &[Position],
+        ) -> Result<(), crate::source::SourceError> {
+            let durable = self.durable.lock().expect("lock").clone();
+            for p in positions {
+                *self.acks.lock().expect("lock").entry(p.offset).or_default() += 1;
+                if !durable.contains(&p.offset.to_string()) {
+                    self.early.lock().expect("lock").push(p.offset);
+                }
+            }
+            Ok(())
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn describe(&self) -> String {
+            "acking".into()
+        }
+    }
+
+    /// The two seams together: a source that wants every item acknowledged
+    /// on its own, and a sink that acknowledges later than submit (it holds
+    /// everything until it is flushed). The in-flight budget (10 records)
+    /// is far smaller than what the sink holds (all 200): the source is not
+    /// stalled by it, because the budget is freed when the sink takes a
+    /// batch; yet no item is acknowledged, nor its position committed,
+    /// before the sink has made it durable — which it does when the drained
+    /// session flushes it.
+    #[tokio::test]
+    async fn a_sink_that_holds_records_frees_the_budget_and_items_are_acknowledged_once_durable() {
+        let sink = Arc::new(HoldingSink::default());
+        let control = Arc::new(AckingControl {
+            durable: sink.durable.clone(),
+            acks: Mutex::default(),
+            early: Mutex::default(),
+            commits: Mutex::default(),
+        });
+        let budget = Arc::new(Budget::new(10, 1 << 20));
+        let (tx, events) = mpsc::unbounded_channel();
+        let part = Partition {
+            stream: Arc::from("s"),
+            partition: 0,
+        };
+        let feeder = {
+            let budget = budget.clone();
+            let part = part.clone();
+            tokio::spawn(async move {
+                for offset in 0..200i64 {
+                    let record = crate::record::Record::from_value(offset.to_string());
+                    budget.acquire(record.size()).await;
+                    let item = SourceItem::Record(crate::record::SourceRecord {
+                        record,
+                        position: Position {
+                            partition: part.clone(),
+                            offset,
+                        },
+                    });
+                    if tx.send(Ok(SourceEvent::Item(item))).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let metrics = PipelineMetrics::new(Arc::new(crate::metrics::Metrics::new()), "p", "t");
+        let live = Live::new("p", "t", "acking".into(), Vec::new(), metrics.clone());
+        let holding: Arc<dyn crate::sink::Sink> = sink.clone();
+        let delivery = Delivery {
+            sinks: [("default".to_string(), holding)].into_iter().collect(),
+            dlq: Arc::new(crate::dlq::DeadLetter::new(
+                Arc::new(HoldingSink::default()),
+                "p",
+                "t",
+            )),
+            transforms: Arc::new(Vec::new()),
+            retries: Default::default(),
+            dlq_retry: deliver::Retry::default(),
+            metrics,
+        };
+        let parts = SessionParts {
+            source: RunningSource {
+                events,
+                control: control.clone(),
+            },
+            delivery,
+            committer: Arc::new(super::super::commit::watermark::Watermark),
+            workers: vec![Arc::new(Mutex::new(Vec::new()))],
+            outputs: Arc::new(["default".to_string()].into_iter().collect()),
+            budget: budget.clone(),
+            policy: BatchPolicy {
+                max_records: 5,
+                max_bytes: 1 << 20,
+                max_wait_ms: 10,
+            },
+            drain_timeout: Duration::from_secs(30),
+            commit_interval: Duration::ZERO,
+            pipeline: "p".into(),
+            breaker: Arc::new(Breaker::new(Default::default())),
+            live: live.clone(),
+        };
+        let mut summary = Summary::default();
+        let never = std::future::pending::<()>();
+        tokio::pin!(never);
+        let mut shutdown: Pin<&mut (dyn Future<Output = ()> + Send)> = never;
+        // A liveness guard, not a measurement: before the seam, this run
+        // never ended (the held batches kept the budget spent).
+        let end = tokio::time::timeout(
+            Duration::from_secs(60),
+            run(parts, &mut summary, &mut shutdown),
+        )
+        .await
+        .expect("the session ends: the held batches did not stall the source")
+        .expect("the session succeeds");
+        assert_eq!(end, SessionEnd::Drained);
+        feeder.await.expect("feeder");
+        assert_eq!(summary.records_in, 200);
+        assert_eq!(summary.outputs.get("default"), Some(&200));
+        assert_eq!(sink.durable.lock().expect("lock").len(), 200);
+        assert!(sink.flushes.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        let acks = control.acks.lock().expect("lock").clone();
+        assert_eq!(acks.len(), 200, "every item acknowledged");
+        assert!(
+            acks.values().all(|&n| n == 1),
+            "each exactly once: {acks:?}"
+        );
+        assert!(
+            control.early.lock().expect("lock").is_empty(),
+            "acknowledged before durable: {:?}",
+            control.early.lock().expect("lock")
+        );
+        // The watermark is committed too, to the end, and never past a
+        // record that was only held (checked by the control at each commit:
+        // `early` holds such commits as negative numbers).
+        let commits = control.commits.lock().expect("lock").clone();
+        assert_eq!(commits.last(), Some(&(part.clone(), 200)), "{commits:?}");
+        assert_eq!(budget.in_flight(), (0, 0));
+        assert_eq!(live.snapshot().held_records, 0);
     }
 }

@@ -6,8 +6,15 @@
 //!
 //! A write has two phases, so that records keep their order while several
 //! batches are in flight: [`Sink::submit`] enqueues a batch (in call order)
-//! and returns a [`Pending`] future that resolves once every accepted record
-//! is durable, with the records the sink refused permanently.
+//! and returns a [`Pending`] future that resolves, with the records the sink
+//! refused permanently, once the sink has taken the others. A sink that
+//! writes at once (Kafka, one object per write) takes them when they are
+//! durable. A sink that holds records until a file closes acknowledges
+//! later: its [`Accepted`] carries a [`Durable`] future, the pipeline drops
+//! its copies and frees their in-flight budget at once (so a file that rolls
+//! every few minutes does not stall the source), and commits their source
+//! positions only when that future resolves. Such a sink bounds what it
+//! holds itself, by making `submit` wait.
 
 pub mod kafka;
 pub mod local;
@@ -110,8 +117,48 @@ impl SinkError {
     }
 }
 
-/// The second phase of a write: resolves once the batch is durable.
-pub type Pending = Pin<Box<dyn Future<Output = Result<Vec<Reject>, SinkError>> + Send>>;
+/// The second phase of a write: resolves once the sink has taken the batch.
+pub type Pending = Pin<Box<dyn Future<Output = Result<Accepted, SinkError>> + Send>>;
+
+/// Resolves once records a sink holds are durable. It cannot refuse a
+/// record any more: it fails only as a whole (the pipeline then stops
+/// without committing them, and they are read again).
+pub type Durable = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+
+/// What a sink did with a submitted batch.
+pub struct Accepted {
+    /// Records refused for themselves (to the dead-letter queue).
+    pub rejects: Vec<Reject>,
+    /// `None`: the other records are durable now. `Some`: the sink holds
+    /// them (in a file that closes later) and this resolves when they are
+    /// durable.
+    pub held: Option<Durable>,
+}
+
+impl Accepted {
+    /// Everything not refused is durable now.
+    pub fn durable(rejects: Vec<Reject>) -> Self {
+        Accepted {
+            rejects,
+            held: None,
+        }
+    }
+}
+
+impl From<Vec<Reject>> for Accepted {
+    fn from(rejects: Vec<Reject>) -> Self {
+        Accepted::durable(rejects)
+    }
+}
+
+impl std::fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accepted")
+            .field("rejects", &self.rejects)
+            .field("held", &self.held.is_some())
+            .finish()
+    }
+}
 
 /// A destination for records.
 #[async_trait::async_trait]
@@ -134,6 +181,13 @@ pub trait Sink: Send + Sync {
     /// Called when writes keep failing with transient errors: a sink whose
     /// client can wedge (a Kafka producer after an outage) starts afresh.
     fn recover(&self) {}
+
+    /// Makes what the sink holds durable now (closes open files), so that
+    /// held writes resolve: on shutdown and when partitions are taken away.
+    /// Sinks that hold nothing do nothing.
+    async fn flush(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
 
     /// Checks that the destination exists and is reachable (before any
     /// record is read), with an error naming what is wrong.
@@ -443,9 +497,9 @@ pub fn encode_lines(records: &[Record], format: RecordFormat) -> (Vec<u8>, usize
     (buf, lines, rejects)
 }
 
-/// A pending write that is already complete.
+/// A pending write that is already complete (and durable).
 pub fn ready(rejects: Vec<Reject>) -> Pending {
-    Box::pin(std::future::ready(Ok(rejects)))
+    Box::pin(std::future::ready(Ok(Accepted::durable(rejects))))
 }
 
 #[cfg(test)]

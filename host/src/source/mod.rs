@@ -124,14 +124,47 @@ pub enum SourceError {
     },
 }
 
+/// How a source learns that what it handed over is handled (in a sink or
+/// in the dead-letter queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acknowledgement {
+    /// A watermark per partition ([`SourceControl::commit`]): everything
+    /// below it is handled (Kafka offsets, Kinesis checkpoints).
+    Watermark,
+    /// Each item on its own, in any order ([`SourceControl::acknowledge`]),
+    /// as soon as it is handled: an SQS message deleted, an HTTP request
+    /// answered. The watermark is committed as well.
+    PerItem,
+}
+
 /// How the pipeline drives a running source.
+///
+/// Positions are the source's: the core never reads a [`Position`]'s
+/// `offset` as anything but its ordering key within a partition (increasing
+/// in read order). It is a Kafka offset or a line number; a source whose
+/// native positions are not integers (a Kinesis sequence number, an SQS
+/// receipt handle) numbers its items itself and maps the numbers back when
+/// it commits or acknowledges.
 #[async_trait::async_trait]
 pub trait SourceControl: Send + Sync {
-    /// Makes handled offsets durable upstream (Kafka convention: the next
-    /// offset to read). Called only once every record before those offsets is
-    /// in a sink or in the dead-letter queue. Sources without upstream state
-    /// do nothing.
+    /// Makes handled positions durable upstream: per partition, the key
+    /// below which every item is handled (which is Kafka's convention, the
+    /// next offset to read). Called only once every item below it is in a
+    /// sink or in the dead-letter queue. Sources without upstream state do
+    /// nothing.
     async fn commit(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError>;
+
+    /// How this source wants to be told what is handled.
+    fn acknowledgement(&self) -> Acknowledgement {
+        Acknowledgement::Watermark
+    }
+
+    /// With [`Acknowledgement::PerItem`]: these items are handled (each is
+    /// acknowledged once, after it is in a sink or in the dead-letter
+    /// queue, in no particular order).
+    async fn acknowledge(&self, _positions: &[Position]) -> Result<(), SourceError> {
+        Ok(())
+    }
 
     /// Stops reading, commits `offsets` and waits for that commit, then
     /// leaves (a consumer group). The event stream ends after this.

@@ -6,7 +6,7 @@
 
 use super::Committer;
 use crate::pipeline::PipelineError;
-use crate::pipeline::deliver::{Delivery, Done, Job, Processed};
+use crate::pipeline::deliver::{Delivery, Done, Job, Processed, Report};
 use crate::record::Partition;
 use crate::sink::{KafkaProducer, Sinks, TxnError};
 use crate::source::SourceControl;
@@ -51,7 +51,7 @@ impl Committer for KafkaTransactions {
         delivery: Arc<Delivery>,
         control: Arc<dyn SourceControl>,
         batches: mpsc::UnboundedReceiver<Processed>,
-        done: mpsc::UnboundedSender<Done>,
+        done: mpsc::UnboundedSender<Report>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(run_transactional(
             delivery,
@@ -74,7 +74,7 @@ async fn run_transactional(
     producer: Arc<KafkaProducer>,
     control: Arc<dyn SourceControl>,
     mut batches: mpsc::UnboundedReceiver<Processed>,
-    done: mpsc::UnboundedSender<Done>,
+    done: mpsc::UnboundedSender<Report>,
 ) {
     while let Some(first) = batches.recv().await {
         let mut group = vec![first];
@@ -87,7 +87,7 @@ async fn run_transactional(
         match transaction(&delivery, &producer, control.as_ref(), group).await {
             Ok(finished) => {
                 for d in finished {
-                    let _ = done.send(d);
+                    let _ = done.send(d.into());
                 }
             }
             Err((job, e)) => {
@@ -95,10 +95,7 @@ async fn run_transactional(
                 if let Err(abort) = producer.abort().await {
                     tracing::warn!(error = %abort, "abort failed too");
                 }
-                let _ = done.send(Done {
-                    job,
-                    outcome: Err(e),
-                });
+                let _ = done.send(Done::failed(job, e).into());
                 // The session ends on this error; nothing more is delivered.
                 return;
             }
@@ -139,9 +136,16 @@ async fn transaction(
     }
     let mut finished = Vec::with_capacity(submitted.len());
     for s in submitted {
-        let d = delivery.finish(s, false).await;
+        let (d, held) = delivery.finish(s, false).await;
         if let Err(e) = d.outcome {
             return Err((d.job, doomed(e)));
+        }
+        // What a sink holds must be durable before the offsets commit with
+        // the transaction (no exactly-once sink holds records today).
+        for h in held {
+            if let Err(e) = h.await {
+                return Err((d.job, doomed(e.into())));
+            }
         }
         finished.push(d);
     }

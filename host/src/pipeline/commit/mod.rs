@@ -5,7 +5,11 @@
 //! - [`watermark`] — at-least-once: batches are submitted in order and
 //!   awaited concurrently; a batch is done when all its outputs and dead
 //!   letters are acknowledged, and the coordinator commits the source's
-//!   watermark (never past a record in flight).
+//!   watermark (never past a record in flight) or acknowledges each item
+//!   (sources that take per-item acknowledgements). A sink that holds
+//!   records (a file that closes later) makes a batch done in two steps:
+//!   taken (its in-flight budget is free) and durable (its positions count
+//!   as handled).
 //! - [`kafka_txn`] — exactly-once: groups of batches are written in one
 //!   Kafka transaction with their consumer offsets; a batch is done when the
 //!   transaction commits. This is the only place (with the Kafka plugins)
@@ -15,7 +19,7 @@ pub(crate) mod kafka_txn;
 pub(crate) mod watermark;
 
 use super::PipelineError;
-use super::deliver::{Delivery, Done, Processed};
+use super::deliver::{Delivery, Processed, Report};
 use crate::config::{Guarantee, PipelineConfig};
 use crate::sink::Sinks;
 use crate::source::SourceControl;
@@ -26,14 +30,15 @@ use tokio::sync::mpsc;
 /// A delivery guarantee.
 pub(crate) trait Committer: Send + Sync {
     /// Delivers every processed batch from `batches`, reporting each one
-    /// done (or failed: the session then ends) on `done`, until `batches`
-    /// closes. `control` is the running source's.
+    /// done (or failed: the session then ends) on `done` — and, when sinks
+    /// held some of its records, durable later — until `batches` closes.
+    /// `control` is the running source's.
     fn run(
         self: Arc<Self>,
         delivery: Arc<Delivery>,
         control: Arc<dyn SourceControl>,
         batches: mpsc::UnboundedReceiver<Processed>,
-        done: mpsc::UnboundedSender<Done>,
+        done: mpsc::UnboundedSender<Report>,
     ) -> BoxFuture<'static, ()>;
 
     /// Whether the coordinator commits the source's position itself once

@@ -490,7 +490,7 @@ impl Sink for KafkaSink {
                     failed,
                     rejects,
                 }),
-                None => Ok(rejects),
+                None => Ok(rejects.into()),
             }
         }))
     }

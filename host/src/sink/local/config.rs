@@ -16,4 +16,58 @@ pub struct LocalSinkConfig {
     /// How transient write errors are retried.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// When set, records are collected into larger objects that close at a
+    /// size, a record count or an age, whichever comes first (and on
+    /// shutdown); the source's offsets are committed once the object
+    /// holding their records is written. Without it, every write is one
+    /// object.
+    #[serde(default)]
+    pub roll: Option<RollConfig>,
+}
+
+/// `[outputs.<name>.local.roll]`: when an open object closes.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollConfig {
+    /// Close once the object holds this many records (default: no limit).
+    #[serde(default)]
+    pub records: Option<u64>,
+    /// Close once the object holds this many bytes (default 64 MiB, at most
+    /// 1 GiB). This bounds the sink's memory: about two objects' worth.
+    #[serde(default = "default_roll_bytes")]
+    pub bytes: u64,
+    /// Close once the object's first record is this old, in ms (default
+    /// 60000).
+    #[serde(default = "default_roll_age_ms")]
+    pub age_ms: u64,
+}
+
+/// Largest `roll.bytes`.
+pub const MAX_ROLL_BYTES: u64 = 1 << 30;
+
+fn default_roll_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_roll_age_ms() -> u64 {
+    60_000
+}
+
+impl RollConfig {
+    /// Checks the values; the message names the field.
+    pub fn check(&self, field: &str) -> Result<(), String> {
+        if self.records == Some(0) {
+            return Err(format!("{field}.local.roll.records must be at least 1"));
+        }
+        if self.bytes == 0 || self.bytes > MAX_ROLL_BYTES {
+            return Err(format!(
+                "{field}.local.roll.bytes must be between 1 and {MAX_ROLL_BYTES} (1 GiB), not {}",
+                self.bytes
+            ));
+        }
+        if self.age_ms == 0 {
+            return Err(format!("{field}.local.roll.age_ms must be at least 1"));
+        }
+        Ok(())
+    }
 }

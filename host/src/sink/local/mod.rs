@@ -1,13 +1,16 @@
 //! JSON Lines files on local disk through `object_store`'s `LocalFileSystem`
 //! (the same interface S3, GCS and Azure sinks will use). Each write becomes
-//! one object, written atomically (temporary file + rename):
+//! one object — or, with `roll`, records are collected into objects that
+//! close at a size, a count or an age ([`roll`]) — written atomically
+//! (temporary file + rename):
 //! `<path>/dt=<YYYY-MM-DD>/<pipeline>-<output>-<run>-<seq>.jsonl`.
 
 mod config;
+mod roll;
 
-pub use config::LocalSinkConfig;
+pub use config::{LocalSinkConfig, RollConfig};
 
-use super::{BuildContext, Pending, Sink, SinkError, encode_lines, ready};
+use super::{Accepted, BuildContext, Pending, Sink, SinkError, encode_lines, ready};
 use crate::config::RecordFormat;
 use object_store::local::LocalFileSystem;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -22,6 +25,8 @@ pub struct LocalSink {
     format: RecordFormat,
     stem: String,
     seq: AtomicU64,
+    /// Rolling objects, when configured.
+    roller: Option<roll::Roller>,
 }
 
 impl std::fmt::Debug for LocalSink {
@@ -72,7 +77,23 @@ impl LocalSink {
             format,
             stem: format!("{}-{}-{run}", clean(pipeline), clean(output)),
             seq: AtomicU64::new(0),
+            roller: None,
         })
+    }
+
+    /// Collects records into objects that close by `roll` (must be called
+    /// inside a tokio runtime); writes are retried by `retry`.
+    pub fn rolling(mut self, roll: RollConfig, retry: crate::config::RetryConfig) -> Self {
+        self.roller = Some(roll::Roller::new(
+            roll::Target {
+                store: self.store.clone(),
+                stem: self.stem.clone(),
+                describe: self.describe(),
+                retry: retry.into(),
+            },
+            roll,
+        ));
+        self
     }
 }
 
@@ -83,6 +104,13 @@ impl Sink for LocalSink {
         let (buf, lines, rejects) = encode_lines(&records, self.format);
         if lines == 0 {
             return Ok(ready(rejects));
+        }
+        if let Some(roller) = &self.roller {
+            let held = roller.add(buf, lines as u64).await;
+            return Ok(Box::pin(std::future::ready(Ok(Accepted {
+                rejects,
+                held: Some(held),
+            }))));
         }
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let day = chrono::Utc::now().format("%Y-%m-%d");
@@ -99,12 +127,19 @@ impl Sink for LocalSink {
                     transient: transient(&e),
                     message: format!("cannot write `{location}`: {e}"),
                 })?;
-            Ok(rejects)
+            Ok(rejects.into())
         }))
     }
 
     fn describe(&self) -> String {
         format!("local `{}`", self.root.display())
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        match &self.roller {
+            Some(r) => r.flush().await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -145,13 +180,24 @@ impl super::SinkPlugin for LocalSinkConfig {
         Some(self.format)
     }
 
+    fn check(&self, field: &str, _pipeline: &crate::config::PipelineConfig) -> Result<(), String> {
+        match &self.roll {
+            Some(roll) => roll.check(field),
+            None => Ok(()),
+        }
+    }
+
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError> {
-        Ok(Arc::new(LocalSink::new(
+        let sink = LocalSink::new(
             &ctx.base.join(&self.path),
             &ctx.pipeline.name,
             ctx.output,
             self.format,
-        )?))
+        )?;
+        Ok(Arc::new(match self.roll {
+            Some(roll) => sink.rolling(roll, self.retry),
+            None => sink,
+        }))
     }
 
     fn read_dead_letters(
@@ -201,7 +247,7 @@ mod tests {
             .expect("submit")
             .await
             .expect("write");
-        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects.rejects.len(), 1);
         sink.submit(crate::sink::SinkBatch::records(vec![Record::from_value(
             &b"{\"a\":2}"[..],
         )]))
@@ -224,6 +270,172 @@ mod tests {
         assert!(
             files[0].to_string_lossy().contains("p-default-"),
             "{files:?}"
+        );
+    }
+
+    fn objects(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for day in std::fs::read_dir(dir).expect("dir") {
+            for f in std::fs::read_dir(day.expect("entry").path()).expect("day") {
+                let path = f.expect("file").path();
+                out.push(std::fs::read_to_string(path).expect("read"));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn lines(values: &[&str]) -> crate::sink::SinkBatch {
+        crate::sink::SinkBatch::records(
+            values
+                .iter()
+                .map(|v| Record::from_value(v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    fn rolling(dir: &Path, roll: RollConfig) -> LocalSink {
+        LocalSink::new(dir, "p", "default", RecordFormat::Value)
+            .expect("sink")
+            .rolling(roll, crate::config::RetryConfig::default())
+    }
+
+    #[tokio::test]
+    async fn a_rolling_sink_holds_writes_until_the_object_closes_by_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let sink = rolling(
+            &out,
+            RollConfig {
+                records: Some(5),
+                bytes: 1 << 20,
+                age_ms: 3_600_000,
+            },
+        );
+        let first = sink.submit(lines(&["1", "2"])).await.expect("submit").await;
+        let first = first.expect("taken");
+        assert!(first.rejects.is_empty());
+        let mut held1 = first.held.expect("held, not durable yet");
+        let second = sink
+            .submit(lines(&["3", "nope"]))
+            .await
+            .expect("submit")
+            .await
+            .expect("taken");
+        assert_eq!(second.rejects.len(), 1, "refused at once, not later");
+        // Three records held: nothing written, the first write not durable.
+        assert!(
+            futures::poll!(&mut held1).is_pending(),
+            "durable before its object closed"
+        );
+        assert!(!out.join("dt=").exists() && std::fs::read_dir(&out).expect("dir").count() == 0);
+        let third = sink
+            .submit(lines(&["4", "5"]))
+            .await
+            .expect("submit")
+            .await
+            .expect("taken");
+        // Five records: the object closes; every write in it is durable.
+        held1.await.expect("durable");
+        second.held.expect("held").await.expect("durable");
+        third.held.expect("held").await.expect("durable");
+        assert_eq!(objects(&out), vec!["1\n2\n3\n4\n5\n"]);
+        // Nothing open: a flush writes nothing.
+        sink.flush().await.expect("flush");
+        assert_eq!(objects(&out).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rolling_sink_closes_by_age_and_on_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let by_age = rolling(
+            &dir.path().join("age"),
+            RollConfig {
+                records: None,
+                bytes: 1 << 20,
+                age_ms: 20,
+            },
+        );
+        let a = by_age
+            .submit(lines(&["1"]))
+            .await
+            .expect("submit")
+            .await
+            .expect("taken");
+        // Resolves without more writes and without a flush: by age.
+        a.held.expect("held").await.expect("durable");
+        assert_eq!(objects(&dir.path().join("age")), vec!["1\n"]);
+
+        let on_flush = rolling(
+            &dir.path().join("flush"),
+            RollConfig {
+                records: None,
+                bytes: 1 << 20,
+                age_ms: 3_600_000,
+            },
+        );
+        let b = on_flush
+            .submit(lines(&["2", "3"]))
+            .await
+            .expect("submit")
+            .await
+            .expect("taken");
+        on_flush.flush().await.expect("flush");
+        b.held.expect("held").await.expect("durable");
+        assert_eq!(objects(&dir.path().join("flush")), vec!["2\n3\n"]);
+    }
+
+    #[tokio::test]
+    async fn a_rolled_object_that_cannot_be_written_fails_every_write_it_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let sink = rolling(
+            &out,
+            RollConfig {
+                records: Some(2),
+                bytes: 1 << 20,
+                age_ms: 3_600_000,
+            },
+        );
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::write(&out, "a file").expect("block");
+        let a = sink
+            .submit(lines(&["1"]))
+            .await
+            .expect("submit")
+            .await
+            .expect("taken");
+        let b = sink
+            .submit(lines(&["2"]))
+            .await
+            .expect("submit")
+            .await
+            .expect("taken");
+        for held in [a.held, b.held] {
+            let err = held.expect("held").await.expect_err("not written");
+            assert!(!err.is_transient(), "{err}");
+            assert!(err.to_string().contains("cannot write"), "{err}");
+        }
+    }
+
+    #[test]
+    fn roll_settings_are_checked_by_name() {
+        let bad = RollConfig {
+            records: Some(0),
+            bytes: 1,
+            age_ms: 1,
+        };
+        let err = bad.check("outputs.lake").expect_err("zero records");
+        assert!(err.contains("outputs.lake.local.roll.records"), "{err}");
+        let bad = RollConfig {
+            records: None,
+            bytes: config::MAX_ROLL_BYTES + 1,
+            age_ms: 1,
+        };
+        assert!(
+            bad.check("outputs.lake")
+                .expect_err("too big")
+                .contains("roll.bytes")
         );
     }
 }

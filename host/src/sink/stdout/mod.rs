@@ -81,7 +81,7 @@ impl Sink for StdoutSink {
                 .await
                 .map_err(|_| io(std::io::Error::other("the stdout writer stopped")))?
                 .map_err(io)?;
-            Ok(rejects)
+            Ok(rejects.into())
         }))
     }
 
