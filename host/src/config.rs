@@ -241,6 +241,10 @@ pub struct DeliveryConfig {
     /// fewer commits and more records repeated after a crash. On a
     /// rebalance and at shutdown, offsets are committed at once.
     pub commit_interval_ms: u64,
+    /// Adds a `sluice.module` header to every output record: the SHA-256
+    /// digest of the module that emitted it (default false), so consumers
+    /// can tell which version of a transform produced what.
+    pub module_header: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -254,6 +258,7 @@ impl Default for DeliveryConfig {
             max_in_flight_mb: 64,
             drain_timeout_ms: 30_000,
             commit_interval_ms: 1_000,
+            module_header: false,
         }
     }
 }

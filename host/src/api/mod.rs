@@ -1,12 +1,15 @@
 //! The host's HTTP listener: the status page (`/`, assets embedded, works
-//! offline), Prometheus metrics (`/metrics`) and the read-only JSON API
-//! (`GET /api/pipelines`, `GET /api/pipelines/{name}`).
+//! offline), Prometheus metrics (`/metrics`), the read-only JSON API
+//! (`GET /api/pipelines`, `GET /api/pipelines/{name}`) and the admin API
+//! ([`admin`]).
 //!
-//! With a token configured, `/metrics` and `/api/*` require
-//! `Authorization: Bearer <token>` (compared in constant time, over digests
-//! so that not even the length leaks); the page itself holds no data and
-//! asks for the token. The host file refuses a non-loopback address without
-//! a token.
+//! With tokens configured, `/metrics` and `/api/*` require
+//! `Authorization: Bearer <token>` (see [`crate::host::auth`]); a tenant
+//! token sees only its tenant's pipelines, and `/metrics` needs an admin
+//! token. The page itself holds no data and asks for the token. The host
+//! file refuses a non-loopback address without a token.
+
+mod admin;
 
 use crate::host::Host;
 use axum::extract::{Path, State};
@@ -14,10 +17,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use sha2::{Digest, Sha256};
+use crate::host::auth::{Principal, identify};
 use std::future::Future;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 const STATUS_PAGE: &str = include_str!("status.html");
 
@@ -28,6 +30,7 @@ pub fn router(host: Arc<Host>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/pipelines", get(pipelines))
         .route("/api/pipelines/{name}", get(pipeline))
+        .merge(admin::routes())
         .with_state(host)
 }
 
@@ -42,25 +45,52 @@ pub async fn serve(
         .await
 }
 
-fn authorized(host: &Host, headers: &HeaderMap) -> bool {
-    let Some(expected) = host.config().token.as_deref() else {
-        return true;
-    };
+/// Who is calling.
+pub(crate) enum Caller {
+    /// No tokens are configured (loopback only): reads are open.
+    Open,
+    /// The holder of a valid token.
+    Known(Principal),
+}
+
+impl Caller {
+    /// Whether the caller may see pipelines of `tenant`.
+    fn may_see(&self, tenant: &str) -> bool {
+        match self {
+            Caller::Open => true,
+            Caller::Known(p) => p.may_act_on(tenant),
+        }
+    }
+}
+
+/// Identifies the caller, or answers 401.
+#[allow(clippy::result_large_err)] // the refusal is the response itself
+pub(crate) fn caller(host: &Host, headers: &HeaderMap) -> Result<Caller, Response> {
+    let tokens = &host.config().tokens;
+    if tokens.is_empty() {
+        return Ok(Caller::Open);
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let a = Sha256::digest(expected.as_bytes());
-    let b = Sha256::digest(given.trim().as_bytes());
-    bool::from(a.as_slice().ct_eq(b.as_slice()))
+    match identify(tokens, given) {
+        Some(p) => Ok(Caller::Known(p)),
+        None => Err(unauthorized()),
+    }
+}
+
+/// A JSON error body with `status`.
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
-        Json(serde_json::json!({"error": "a bearer token is required (Authorization: Bearer <token>)"})),
+        Json(serde_json::json!({"error": "a valid bearer token is required (Authorization: Bearer <token>)"})),
     )
         .into_response()
 }
@@ -79,8 +109,16 @@ async fn status_page() -> impl IntoResponse {
 }
 
 async fn metrics(State(host): State<Arc<Host>>, headers: HeaderMap) -> Response {
-    if !authorized(&host, &headers) {
-        return unauthorized();
+    match caller(&host, &headers) {
+        Ok(Caller::Open) => {}
+        Ok(Caller::Known(p)) if p.is_admin() => {}
+        Ok(Caller::Known(_)) => {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "the metrics cover every tenant: they need an admin token",
+            );
+        }
+        Err(r) => return r,
     }
     (
         [(
@@ -93,18 +131,26 @@ async fn metrics(State(host): State<Arc<Host>>, headers: HeaderMap) -> Response 
 }
 
 async fn pipelines(State(host): State<Arc<Host>>, headers: HeaderMap) -> Response {
-    if !authorized(&host, &headers) {
-        return unauthorized();
-    }
-    let refused: Vec<serde_json::Value> = host
-        .refused()
+    let who = match caller(&host, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    // Refused files name no tenant that can be trusted: admins only.
+    let refused: Vec<serde_json::Value> = match &who {
+        Caller::Known(p) if !p.is_admin() => Vec::new(),
+        _ => host
+            .refused()
+            .into_iter()
+            .map(|(file, error)| serde_json::json!({"file": file.display().to_string(), "error": error}))
+            .collect(),
+    };
+    let pipelines: Vec<_> = host
+        .snapshots()
         .into_iter()
-        .map(
-            |(file, error)| serde_json::json!({"file": file.display().to_string(), "error": error}),
-        )
+        .filter(|s| who.may_see(&s.tenant))
         .collect();
     Json(serde_json::json!({
-        "pipelines": host.snapshots(),
+        "pipelines": pipelines,
         "refused": refused,
     }))
     .into_response()
@@ -115,10 +161,15 @@ async fn pipeline(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorized(&host, &headers) {
-        return unauthorized();
-    }
+    let who = match caller(&host, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     match host.pipeline(&name) {
+        Some(h) if !who.may_see(h.live().tenant()) => error_response(
+            StatusCode::FORBIDDEN,
+            "this pipeline belongs to another tenant",
+        ),
         Some(h) => Json(h.snapshot()).into_response(),
         None => (
             StatusCode::NOT_FOUND,

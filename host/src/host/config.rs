@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:7070"      # the HTTP listener: /, /metrics, /api
-//! token_file = "secrets/token"   # or token_env = "SLUICE_TOKEN"
+//! token_file = "secrets/token"   # or token_env = "SLUICE_TOKEN": an admin token
+//! tokens_file = "tokens.toml"    # more tokens: admins, and tenants (see `auth`)
 //! data_dir = "data"              # compiled-module cache (and later state)
 //! pipelines = "pipelines"        # one pipeline file (*.toml) per pipeline
 //! instance_slots = 1100          # the shared pool: live transform instances
@@ -56,6 +57,7 @@ struct Raw {
     listen: Option<String>,
     token_file: Option<PathBuf>,
     token_env: Option<String>,
+    tokens_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     pipelines: Option<PathBuf>,
     instance_slots: Option<u32>,
@@ -72,6 +74,10 @@ pub struct HostConfig {
     /// The bearer token the API and status page require, if any. Required
     /// on a non-loopback address.
     pub token: Option<String>,
+    /// Every token the API accepts: `token` (an admin, named `admin`) and
+    /// those of `tokens_file`. Empty: reads are open (loopback only) and
+    /// writes are refused.
+    pub tokens: Vec<super::auth::ApiToken>,
     /// The data directory (compiled-module cache).
     pub data_dir: PathBuf,
     /// The directory of pipeline files.
@@ -90,6 +96,7 @@ impl std::fmt::Debug for HostConfig {
         f.debug_struct("HostConfig")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("tokens", &self.tokens)
             .field("data_dir", &self.data_dir)
             .field("pipelines", &self.pipelines)
             .field("instance_slots", &self.instance_slots)
@@ -169,7 +176,26 @@ impl HostConfig {
                 message: format!("the token is {} characters; use at least 16", t.len()),
             });
         }
-        if !listen.ip().is_loopback() && token.is_none() {
+        let mut tokens = Vec::new();
+        if let Some(t) = &token {
+            tokens.push(
+                super::auth::ApiToken::new("admin", t, super::auth::Role::Admin).map_err(
+                    |message| HostConfigError::Token {
+                        path: path.to_path_buf(),
+                        message,
+                    },
+                )?,
+            );
+        }
+        if let Some(file) = &raw.tokens_file {
+            tokens.extend(super::auth::load_tokens(&base.join(file)).map_err(|message| {
+                HostConfigError::Token {
+                    path: path.to_path_buf(),
+                    message,
+                }
+            })?);
+        }
+        if !listen.ip().is_loopback() && tokens.is_empty() {
             return Err(invalid(
                 line_of("listen"),
                 format!(
@@ -189,6 +215,7 @@ impl HostConfig {
         Ok(HostConfig {
             listen,
             token,
+            tokens,
             data_dir: base.join(raw.data_dir.unwrap_or_else(|| "data".into())),
             pipelines: base.join(raw.pipelines.unwrap_or_else(|| "pipelines".into())),
             instance_slots,

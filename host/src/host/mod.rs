@@ -9,9 +9,15 @@
 //! breaker and restart policy; one that fails is marked failed alone, with
 //! the reason, and the others keep running.
 
+pub mod audit;
+pub mod auth;
 pub mod config;
+pub mod deploy;
+pub mod registry;
+pub mod state;
 
 pub use config::{HostConfig, HostConfigError};
+pub use deploy::{DeployError, DeployReport};
 
 use crate::config::{ConfigError, Guarantee, PipelineConfig};
 use crate::engine::{EngineOptions, Engines, LoadError};
@@ -55,6 +61,25 @@ pub enum RefusedPipeline {
     Setup(#[from] PipelineError),
 }
 
+/// Why a host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The engine (its pool) could not be made.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The module registry cannot be opened.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    /// The data directory cannot be used.
+    #[error("data directory `{}`: {source}", .path.display())]
+    Data {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// A pipeline the host knows: running (or ended) or refused.
 #[derive(Debug)]
 struct Entry {
@@ -70,6 +95,11 @@ pub struct Host {
     metrics: Arc<Metrics>,
     pipelines: RwLock<BTreeMap<String, Entry>>,
     refused: RwLock<Vec<(PathBuf, String)>>,
+    registry: registry::Registry,
+    state: state::StateStore,
+    audit: audit::Audit,
+    /// Serialises changes of the desired state.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Host {
@@ -81,7 +111,7 @@ impl std::fmt::Debug for Host {
 impl Host {
     /// A host with `config`: reserves the instance pool now (an error says
     /// how many slots would fit when it cannot).
-    pub fn new(config: HostConfig) -> Result<Arc<Self>, LoadError> {
+    pub fn new(config: HostConfig) -> Result<Arc<Self>, HostError> {
         let engines = Engines::new(EngineOptions {
             slots: config.instance_slots,
             require_pool: true,
@@ -89,12 +119,24 @@ impl Host {
             ..EngineOptions::default()
         });
         engines.plain()?;
+        let data = |source| HostError::Data {
+            path: config.data_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(data)?;
+        let registry = registry::Registry::open(&config.data_dir)?;
+        let state = state::StateStore::open(&config.data_dir).map_err(data)?;
+        let audit = audit::Audit::open(&config.data_dir).map_err(data)?;
         Ok(Arc::new(Host {
             config,
             engines,
             metrics: Arc::new(Metrics::new()),
             pipelines: RwLock::new(BTreeMap::new()),
             refused: RwLock::new(Vec::new()),
+            registry,
+            state,
+            audit,
+            changes: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -142,8 +184,9 @@ impl Host {
 
     /// Loads, checks and starts one pipeline file.
     pub async fn start_file(self: &Arc<Self>, file: &Path) -> Result<(), RefusedPipeline> {
-        let (config, base) = PipelineConfig::load(file)?;
+        let (mut config, base) = PipelineConfig::load(file)?;
         self.check_unique(file, &config)?;
+        let desired = self.apply_desired_state(&mut config).await?;
         let name = config.name.clone();
         let tenant = config.tenant.clone();
         let transactional_id = (config.delivery.guarantee == Guarantee::ExactlyOnce)
@@ -159,6 +202,7 @@ impl Host {
             span,
         )
         .await?;
+        self.record_file_versions(&pipeline, desired).await;
         let live = pipeline.live(self.metrics.clone());
         // Checked again: another file may have taken the name meanwhile.
         let mut pipelines = self.pipelines.write().unwrap_or_else(|e| e.into_inner());
@@ -180,6 +224,60 @@ impl Host {
             },
         );
         Ok(())
+    }
+
+    /// Points the transforms of `config` at their active versions in the
+    /// desired state (kept across restarts). Returns the state.
+    async fn apply_desired_state(
+        &self,
+        config: &mut PipelineConfig,
+    ) -> Result<state::PipelineState, RefusedPipeline> {
+        let desired = self
+            .state
+            .load(&config.name)
+            .map_err(|e| RefusedPipeline::Setup(PipelineError::Internal(e)))?;
+        for t in &mut config.transforms {
+            if let Some(digest) = desired.active(&t.name) {
+                let path = self.registry.local_file(digest).await.map_err(|e| {
+                    RefusedPipeline::Setup(PipelineError::Internal(format!(
+                        "pipeline `{}`, transform `{}`: its active version cannot be loaded: {e}",
+                        config.name, t.name
+                    )))
+                })?;
+                tracing::info!(pipeline = %config.name, transform = %t.name, digest, "starting with the active version of the desired state");
+                t.module = path;
+            }
+        }
+        Ok(desired)
+    }
+
+    /// Stores the modules a pipeline started with in the registry, and
+    /// makes them the first version of transforms with no desired state,
+    /// so that a later rollback can come back to them.
+    async fn record_file_versions(&self, pipeline: &Pipeline, mut desired: state::PipelineState) {
+        let mut changed = false;
+        for module in pipeline.modules() {
+            let name = module.0;
+            if desired.active(&name).is_some() {
+                continue;
+            }
+            let stored = match std::fs::read(module.1.path()) {
+                Ok(bytes) => self.registry.put(&bytes).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match stored {
+                Ok(digest) => {
+                    desired.transforms.insert(name, vec![digest]);
+                    changed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %pipeline.config().name, transform = %name, error = %e, "cannot store the module in the registry: a rollback to it will not be possible");
+                }
+            }
+        }
+        if changed && let Err(e) = self.state.save(&desired) {
+            tracing::warn!(pipeline = %pipeline.config().name, error = %e, "cannot keep the desired state");
+        }
     }
 
     fn check_unique(&self, file: &Path, config: &PipelineConfig) -> Result<(), RefusedPipeline> {
@@ -228,6 +326,44 @@ impl Host {
     /// Every pipeline's snapshot, in name order.
     pub fn snapshots(&self) -> Vec<Snapshot> {
         self.handles().iter().map(|h| h.snapshot()).collect()
+    }
+
+    /// The tenant of pipeline `name`.
+    pub fn tenant_of(&self, name: &str) -> Option<String> {
+        self.pipeline(name).map(|h| h.live().tenant().to_string())
+    }
+
+    /// The newest `limit` dead-letter entries of pipeline `name`, as JSON,
+    /// for a caller who may act on it.
+    pub async fn dead_letters(
+        &self,
+        who: &auth::Principal,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, DeployError> {
+        let file = {
+            let pipelines = self.pipelines.read().unwrap_or_else(|e| e.into_inner());
+            let entry = pipelines
+                .get(name)
+                .ok_or_else(|| DeployError::NoPipeline(name.to_string()))?;
+            if !who.may_act_on(entry.handle.live().tenant()) {
+                return Err(DeployError::Forbidden {
+                    who: who.name.clone(),
+                    pipeline: name.to_string(),
+                });
+            }
+            entry.file.clone()
+        };
+        tokio::task::spawn_blocking(move || {
+            let (config, base) = PipelineConfig::load(&file)
+                .map_err(|e| DeployError::State(e.to_string()))?;
+            let entries = crate::replay::read(&config, &base, &crate::replay::Filter::default())
+                .map_err(|e| DeployError::State(e.to_string()))?;
+            let skip = entries.len().saturating_sub(limit);
+            Ok(entries.iter().skip(skip).map(|e| e.to_json()).collect())
+        })
+        .await
+        .map_err(|e| DeployError::State(e.to_string()))?
     }
 
     /// Pipeline files refused at start, with why.

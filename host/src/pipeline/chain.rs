@@ -3,6 +3,7 @@
 //! the chain for their sinks; failures become dead-letter entries that carry
 //! the original source record and position.
 
+use std::sync::Arc;
 use super::breaker::Breaker;
 use super::summary::StepStats;
 use crate::dlq::{DlqEntry, Stage};
@@ -31,6 +32,9 @@ pub(crate) struct ChainResult {
     pub dead: Vec<DlqEntry>,
     /// Per-transform counters.
     pub steps: Vec<StepStats>,
+    /// Per transform: the digest of the module that processed this batch
+    /// (a swap changes it between batches, never inside one).
+    pub digests: Vec<Arc<str>>,
 }
 
 /// The original record and position of a source item.
@@ -217,6 +221,10 @@ pub(crate) fn run_chain(
         outputs: routed,
         dead,
         steps,
+        digests: runners
+            .iter()
+            .map(|r| Arc::from(r.module().digest()))
+            .collect(),
     }
 }
 

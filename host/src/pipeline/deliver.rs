@@ -217,6 +217,7 @@ struct Write {
 /// A batch whose writes are enqueued.
 pub(crate) struct Submitted {
     job: Job,
+    digests: Vec<Arc<str>>,
     steps: Vec<StepStats>,
     dead: Vec<DlqEntry>,
     writes: Vec<Write>,
@@ -236,7 +237,12 @@ pub(crate) struct Delivery {
     pub dlq_retry: Retry,
     /// The pipeline's metrics.
     pub metrics: crate::metrics::PipelineMetrics,
+    /// Tag output records with the emitting module's digest.
+    pub module_header: bool,
 }
+
+/// The output header naming the module that emitted a record.
+pub const MODULE_HEADER: &str = "sluice.module";
 
 impl Delivery {
     /// Phase one, in batch order: enqueue every output of the batch.
@@ -246,11 +252,7 @@ impl Delivery {
     ) -> Result<Submitted, (Job, PipelineError)> {
         let Processed { job, chain } = processed;
         let mut writes = Vec::new();
-        let digests: Vec<Arc<str>> = self
-            .transforms
-            .iter()
-            .map(|t| Arc::from(t.digest.as_str()))
-            .collect();
+        let digests = chain.digests;
         for (output, routed) in chain.outputs {
             if routed.is_empty() {
                 continue;
@@ -261,10 +263,20 @@ impl Delivery {
                     PipelineError::Internal(format!("no sink for output `{output}`")),
                 ));
             };
-            let (records, meta): (Vec<Record>, Vec<(usize, Option<usize>)>) = routed
+            let (mut records, meta): (Vec<Record>, Vec<(usize, Option<usize>)>) = routed
                 .into_iter()
                 .map(|r| (r.record, (r.origin, r.from)))
                 .unzip();
+            if self.module_header {
+                for (record, &(_, from)) in records.iter_mut().zip(&meta) {
+                    if let Some(d) = from.and_then(|i| digests.get(i)) {
+                        record.headers.retain(|h| h.name.as_ref() != MODULE_HEADER.as_bytes());
+                        record
+                            .headers
+                            .push(crate::record::Header::new(MODULE_HEADER, d.to_string()));
+                    }
+                }
+            }
             let lineage = Lineage {
                 positions: meta
                     .iter()
@@ -298,6 +310,7 @@ impl Delivery {
         }
         Ok(Submitted {
             job,
+            digests,
             steps: chain.steps,
             dead: chain.dead,
             writes,
@@ -391,6 +404,7 @@ impl Delivery {
     pub(crate) async fn finish(&self, submitted: Submitted, retry: bool) -> (Done, Vec<Durable>) {
         let Submitted {
             job,
+            digests,
             steps,
             mut dead,
             writes,
@@ -448,8 +462,10 @@ impl Delivery {
                     "rejected",
                     format!("output `{}`: {}", write.output, reject.reason),
                 );
-                if let Some(t) = from.and_then(|i| self.transforms.get(i)) {
-                    entry = entry.in_transform(&t.name, &t.digest);
+                if let Some(i) = from
+                    && let (Some(t), Some(d)) = (self.transforms.get(i), digests.get(i))
+                {
+                    entry = entry.in_transform(&t.name, d);
                 }
                 dead.push(entry);
             }
@@ -597,6 +613,7 @@ mod tests {
             retries: BTreeMap::new(),
             dlq_retry: Retry::default(),
             metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
+            module_header: false,
         };
         let submitted = delivery
             .submit(Processed { job, chain })
@@ -696,6 +713,7 @@ mod tests {
             retries: BTreeMap::new(),
             dlq_retry: Retry::default(),
             metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
+            module_header: false,
         };
         let part = Partition {
             stream: Arc::from("orders"),
@@ -800,6 +818,7 @@ mod tests {
             )]),
             dead: Vec::new(),
             steps: Vec::new(),
+            digests: vec![Arc::from("sha256:aaa"), Arc::from("sha256:bbb")],
         };
         let sink = Arc::new(HalfThenAll::default());
         let delivery = Delivery {
@@ -818,6 +837,7 @@ mod tests {
             retries: BTreeMap::new(),
             dlq_retry: Retry::default(),
             metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
+            module_header: false,
         };
         let _ = delivery
             .submit(Processed { job, chain })

@@ -188,6 +188,7 @@ pub struct Live {
     started: Instant,
     inner: Mutex<Inner>,
     pause: watch::Sender<bool>,
+    swaps: super::swap::SwapQueue,
     metrics: PipelineMetrics,
 }
 
@@ -230,6 +231,7 @@ impl Live {
                 },
             }),
             pause: watch::channel(false).0,
+            swaps: Default::default(),
             metrics,
         });
         live.set_state(State::Starting, None);
@@ -357,6 +359,34 @@ impl Live {
         if let Some(slot) = i.memory.get_mut(worker) {
             *slot = per_transform;
         }
+    }
+
+    /// Swaps waiting for the coordinator.
+    pub(crate) fn swaps(&self) -> &super::swap::SwapQueue {
+        &self.swaps
+    }
+
+    /// Transform `index` now runs the module `digest`.
+    pub(crate) fn set_digest(&self, index: usize, digest: &str) {
+        let old = {
+            let mut i = self.inner();
+            let Some(t) = i.transforms.get_mut(index) else {
+                return;
+            };
+            let old = std::mem::replace(&mut t.digest, digest.to_string());
+            (t.name.clone(), old)
+        };
+        self.metrics.set(
+            |m| &m.module_info,
+            &[("transform", &old.0), ("digest", &old.1)],
+            0,
+        );
+        self.publish_module_info();
+    }
+
+    /// The transforms and their active digests.
+    pub fn transforms(&self) -> Vec<TransformView> {
+        self.inner().transforms.clone()
     }
 
     fn publish_module_info(&self) {
@@ -529,6 +559,10 @@ impl PipelineError {
 /// A pipeline running on its own task: stop, pause, resume, look.
 pub struct PipelineHandle {
     live: Arc<Live>,
+    /// Each transform's instance settings, for the instances of a swap.
+    specs: Vec<crate::engine::InstanceSpec>,
+    /// Workers (a swap makes one instance per worker).
+    workers: usize,
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<Result<Summary, PipelineError>>>>,
@@ -547,6 +581,8 @@ impl PipelineHandle {
     /// `restart` says. Every log line of the task carries the pipeline's
     /// name and tenant.
     pub fn spawn(pipeline: Pipeline, live: Arc<Live>, restart: RestartPolicy) -> Self {
+        let specs = pipeline.specs().to_vec();
+        let workers = pipeline.config().delivery.workers;
         let (stop, mut stop_rx) = watch::channel(false);
         let (done_tx, done) = watch::channel(false);
         let span = tracing::info_span!("pipeline", pipeline = %live.name, tenant = %live.tenant);
@@ -555,12 +591,15 @@ impl PipelineHandle {
             async move {
                 let result = supervise(pipeline, &l, restart, &mut stop_rx).await;
                 done_tx.send_replace(true);
+                l.swaps().refuse_all(&l.name);
                 result
             },
             span,
         ));
         PipelineHandle {
             live,
+            specs,
+            workers,
             stop,
             done,
             task: Mutex::new(Some(task)),
@@ -590,6 +629,57 @@ impl PipelineHandle {
     /// Reads again after [`pause`](Self::pause).
     pub fn resume(&self) {
         self.live.request_pause(false);
+    }
+
+    /// Replaces transform `transform`'s module with `module` at the next
+    /// batch boundary across all partitions (see [`super::swap`]): makes
+    /// and initialises the new instances first (refused: nothing changes),
+    /// then waits until the old version's batches in flight are delivered
+    /// and the new version takes the next batch.
+    pub async fn swap(
+        &self,
+        transform: &str,
+        module: Arc<crate::engine::Module>,
+    ) -> Result<super::Swapped, super::SwapError> {
+        let asked = std::time::Instant::now();
+        let Some(index) = self.specs.iter().position(|s| &*s.name == transform) else {
+            return Err(super::SwapError::NoTransform {
+                pipeline: self.name().to_string(),
+                transform: transform.to_string(),
+            });
+        };
+        if self.is_done() {
+            return Err(super::SwapError::NotRunning(self.name().to_string()));
+        }
+        let spec = self.specs[index].clone();
+        let workers = self.workers.max(1);
+        let m = module.clone();
+        let runners = tokio::task::spawn_blocking(move || {
+            (0..workers)
+                .map(|_| crate::engine::Runner::new(m.clone(), spec.clone()))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| super::SwapError::Internal(e.to_string()))??;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.live.swaps().push(super::swap::SwapRequest {
+            index,
+            module,
+            runners,
+            asked,
+            reply,
+        });
+        if self.is_done() {
+            self.live.swaps().refuse_all(self.name());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(super::SwapError::NotRunning(self.name().to_string())))
+    }
+
+    /// The settings transform `transform`'s instances start with.
+    pub fn spec(&self, transform: &str) -> Option<&crate::engine::InstanceSpec> {
+        self.specs.iter().find(|s| &*s.name == transform)
     }
 
     /// Asks it to stop: it finishes in-flight batches, commits and ends.

@@ -20,9 +20,11 @@ pub(crate) mod deliver;
 pub mod live;
 mod session;
 mod summary;
+pub mod swap;
 
 pub use live::{Live, PipelineHandle, RestartPolicy, Snapshot, State};
 pub use summary::{StepStats, Summary};
+pub use swap::{SwapError, Swapped};
 
 use crate::config::{ConfigError, Guarantee, PipelineConfig};
 use crate::dlq::{DeadLetter, DlqError};
@@ -221,6 +223,9 @@ pub struct Pipeline {
     config: PipelineConfig,
     base: PathBuf,
     transforms: Arc<Vec<TransformInfo>>,
+    /// Each transform's configuration, tables, limits and grants (a swap
+    /// starts the new module with the same).
+    specs: Vec<InstanceSpec>,
     workers: Vec<WorkerRunners>,
     /// Items to run instead of the configured source (`sluice dlq replay`).
     replay: Option<(String, Vec<crate::source::SourceItem>)>,
@@ -272,18 +277,20 @@ impl Pipeline {
                     let workers = (0..config.delivery.workers)
                         .map(|_| instantiate(&p).map(|r| Arc::new(Mutex::new(r))))
                         .collect::<Result<Vec<_>, _>>()?;
-                    Ok((infos, workers))
+                    let specs = p.into_iter().map(|t| t.spec).collect();
+                    Ok((infos, workers, specs))
                 });
                 (workers, config, base)
             })
             .await
             .map_err(|e| PipelineError::Internal(format!("transform loader panicked: {e}")))?
         };
-        let (infos, workers) = result?;
+        let (infos, workers, specs) = result?;
         Ok(Pipeline {
             config,
             base,
             transforms: Arc::new(infos),
+            specs,
             workers,
             replay: None,
         })
@@ -327,6 +334,25 @@ impl Pipeline {
     /// The pipeline's configuration.
     pub fn config(&self) -> &PipelineConfig {
         &self.config
+    }
+
+    /// Each transform's name and module, in chain order.
+    pub fn modules(&self) -> Vec<(String, Arc<Module>)> {
+        let Some(first) = self.workers.first() else {
+            return Vec::new();
+        };
+        first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|r| (r.name().to_string(), r.module().clone()))
+            .collect()
+    }
+
+    /// Each transform's instance settings (configuration, tables, limits,
+    /// grants), in chain order.
+    pub fn specs(&self) -> &[InstanceSpec] {
+        &self.specs
     }
 
     /// Runs until a bounded source is drained or `shutdown` resolves (then
@@ -463,6 +489,7 @@ impl Pipeline {
                 .collect(),
             dlq_retry: Retry::from(config.dead_letter.retry()),
             metrics: live.metrics().clone(),
+            module_header: d.module_header,
         };
         session::run(
             SessionParts {

@@ -100,6 +100,12 @@ struct Coordinator<'a> {
     flushing: Option<tokio::task::JoinHandle<()>>,
     /// The source takes per-item acknowledgements.
     per_item: bool,
+    /// Every worker's runners (a swap replaces one transform in all).
+    runners: Vec<WorkerRunners>,
+    /// A swap waiting for the batches in flight to be delivered.
+    swap: Option<super::swap::SwapRequest>,
+    /// Batches cut while a swap waits, in the order they were cut.
+    deferred: Vec<(Partition, Vec<SourceItem>)>,
     committed: HashMap<Partition, i64>,
     commit_interval: Duration,
     /// When handled offsets not yet committed must be (at-least-once).
@@ -148,6 +154,7 @@ pub(crate) async fn run(
         processed_rx,
         done_tx.clone(),
     )));
+    let runners = workers.clone();
     let mut worker_txs = Vec::with_capacity(workers.len());
     let mut worker_tasks = Vec::with_capacity(workers.len());
     for (index, runners) in workers.into_iter().enumerate() {
@@ -187,6 +194,9 @@ pub(crate) async fn run(
         delivery,
         flushing: None,
         per_item: control.acknowledgement() == Acknowledgement::PerItem,
+        runners,
+        swap: None,
+        deferred: Vec::new(),
         committed: HashMap::new(),
         commit_interval,
         commit_due: None,
@@ -352,10 +362,12 @@ impl Coordinator<'_> {
         let mut source_error: Option<(PipelineError, Instant)> = None;
         let mut progress = tokio::time::interval(Duration::from_secs(30));
         progress.tick().await;
+        let mut swap_bell = self.live.swaps().bell();
         let mut pause = self.live.pause_requests();
         let mut paused = *pause.borrow_and_update();
         let mut pause_open = true;
         loop {
+            self.swap_if_idle();
             let draining = stopping || !source_open;
             if draining && self.jobs_in_flight == 0 && self.held_jobs > 0 {
                 // Only what sinks hold is left: have them close it now.
@@ -365,6 +377,7 @@ impl Coordinator<'_> {
                 && self.jobs_in_flight == 0
                 && self.held_jobs == 0
                 && self.batchers.is_empty()
+                && self.deferred.is_empty()
             {
                 self.answer_all_revokes();
                 if let Some((e, _)) = source_error {
@@ -406,6 +419,7 @@ impl Coordinator<'_> {
                     stopping = true;
                     self.flush_all();
                 }
+                _ = swap_bell.changed() => {}
                 changed = pause.changed(), if pause_open => {
                     if changed.is_err() {
                         // The handle is gone: nobody can resume; keep going.
@@ -505,6 +519,11 @@ impl Coordinator<'_> {
         if items.is_empty() {
             return;
         }
+        if self.swap.is_some() {
+            // Processed by the new version, after the swap.
+            self.deferred.push((p.clone(), items));
+            return;
+        }
         let bytes = items.iter().map(ByteSize::byte_size).sum();
         let job = Job {
             partition: p.clone(),
@@ -547,6 +566,44 @@ impl Coordinator<'_> {
             if let Some(mut b) = self.batchers.remove(&p)
                 && let Some(items) = b.take()
             {
+                self.dispatch(&p, items);
+            }
+        }
+    }
+
+    /// Takes the next queued swap, and applies it once no batch is in
+    /// flight (every batch of the old version delivered); then sends on the
+    /// batches cut meanwhile.
+    fn swap_if_idle(&mut self) {
+        loop {
+            if self.swap.is_none() {
+                self.swap = self.live.swaps().take();
+            }
+            if self.jobs_in_flight > 0 {
+                return;
+            }
+            let Some(mut request) = self.swap.take() else {
+                return;
+            };
+            let result = super::swap::apply(&self.runners, &mut request).map(|previous| {
+                let digest = request.module.digest().to_string();
+                self.live.set_digest(request.index, &digest);
+                let transform = self
+                    .live
+                    .transforms()
+                    .get(request.index)
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default();
+                tracing::info!(pipeline = %self.pipeline, transform = %transform, previous = %previous, digest = %digest, deferred_batches = self.deferred.len(), "module swapped at a batch boundary");
+                super::swap::Swapped {
+                    transform,
+                    previous,
+                    digest,
+                    waited_ms: super::swap::ms_since(request.asked),
+                }
+            });
+            let _ = request.reply.send(result);
+            for (p, items) in std::mem::take(&mut self.deferred) {
                 self.dispatch(&p, items);
             }
         }
@@ -784,6 +841,13 @@ impl Coordinator<'_> {
     /// Drops everything known of a partition: later results of its
     /// in-flight jobs are ignored.
     fn forget(&mut self, p: &Partition) {
+        let budget = self.budget.clone();
+        self.deferred.retain(|(q, items)| {
+            if q == p {
+                budget.release(items.len(), items.iter().map(ByteSize::byte_size).sum());
+            }
+            q != p
+        });
         *self.epochs.entry(p.clone()).or_default() += 1;
         self.ledger.forget(p);
         self.committed.remove(p);
@@ -1032,6 +1096,7 @@ mod tests {
             retries: Default::default(),
             dlq_retry: deliver::Retry::default(),
             metrics,
+            module_header: false,
         };
         let parts = SessionParts {
             source: RunningSource {

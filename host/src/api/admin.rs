@@ -1,0 +1,223 @@
+//! The admin API (writes) on the host's listener:
+//!
+//! | call | does |
+//! |---|---|
+//! | `POST /api/pipelines/{p}/transforms/{t}/modules[?activate=false]` (body: component bytes) | validate, store, and (by default) activate |
+//! | `POST /api/pipelines/{p}/transforms/{t}/activate` (`{"digest": "sha256:…"}`) | activate a stored version |
+//! | `POST /api/pipelines/{p}/transforms/{t}/rollback` | activate the version before the active one |
+//! | `GET  /api/pipelines/{p}/transforms/{t}/versions` | the versions, oldest first, the last active |
+//! | `POST /api/pipelines/{p}/pause`, `…/resume` | stop reading / read again |
+//! | `GET  /api/pipelines/{p}/dead-letters[?limit=N]` | the newest dead-letter entries |
+//!
+//! Every call needs a bearer token (see [`crate::host::auth`]): 401 without
+//! a valid one, 403 when a tenant token names another tenant's pipeline —
+//! and then nothing changes. Every change, done or refused, is written to
+//! the audit log.
+
+use super::{Caller, caller, error_response};
+use crate::host::{DeployError, Host};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// The admin routes.
+pub(super) fn routes() -> Router<Arc<Host>> {
+    let max_module = (crate::engine::MAX_MODULE_MB as usize) << 20;
+    Router::new()
+        .route(
+            "/api/pipelines/{name}/transforms/{transform}/modules",
+            post(upload).layer(axum::extract::DefaultBodyLimit::max(max_module)),
+        )
+        .route(
+            "/api/pipelines/{name}/transforms/{transform}/activate",
+            post(activate),
+        )
+        .route(
+            "/api/pipelines/{name}/transforms/{transform}/rollback",
+            post(rollback),
+        )
+        .route(
+            "/api/pipelines/{name}/transforms/{transform}/versions",
+            get(versions),
+        )
+        .route("/api/pipelines/{name}/pause", post(pause))
+        .route("/api/pipelines/{name}/resume", post(resume))
+        .route("/api/pipelines/{name}/dead-letters", get(dead_letters))
+}
+
+/// The caller of a write, or the response refusing it.
+#[allow(clippy::result_large_err)] // the refusal is the response itself
+fn writer(host: &Host, headers: &HeaderMap) -> Result<crate::host::auth::Principal, Response> {
+    match caller(host, headers)? {
+        Caller::Known(p) => Ok(p),
+        Caller::Open => Err(error_response(
+            StatusCode::FORBIDDEN,
+            "this host has no API tokens: changes need one (`token_file`, `token_env` or `tokens_file` in the host file)",
+        )),
+    }
+}
+
+fn deploy_error(e: &DeployError) -> Response {
+    use crate::host::registry::RegistryError;
+    use crate::pipeline::SwapError;
+    let status = match e {
+        DeployError::NoPipeline(_) | DeployError::NoTransform { .. } => StatusCode::NOT_FOUND,
+        DeployError::Registry(RegistryError::Missing(_)) => StatusCode::NOT_FOUND,
+        DeployError::Registry(RegistryError::BadDigest(_)) => StatusCode::BAD_REQUEST,
+        DeployError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        DeployError::Refused(_) | DeployError::Swap(SwapError::Refused(_)) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        DeployError::Swap(SwapError::NotRunning(_)) | DeployError::NoEarlierVersion { .. } => {
+            StatusCode::CONFLICT
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error_response(status, &e.to_string())
+}
+
+fn report(result: Result<crate::host::DeployReport, DeployError>, created: bool) -> Response {
+    match result {
+        Ok(r) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(r)).into_response()
+        }
+        Err(e) => deploy_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    activate: Option<bool>,
+}
+
+async fn upload(
+    State(host): State<Arc<Host>>,
+    Path((name, transform)): Path<(String, String)>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let who = match writer(&host, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let activate = q.activate.unwrap_or(true);
+    report(
+        host.deploy(&who, &name, &transform, body.to_vec(), activate)
+            .await,
+        true,
+    )
+}
+
+#[derive(Deserialize)]
+struct ActivateBody {
+    digest: String,
+}
+
+async fn activate(
+    State(host): State<Arc<Host>>,
+    Path((name, transform)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let who = match writer(&host, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let Ok(ActivateBody { digest }) = serde_json::from_slice::<ActivateBody>(&body) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON: {\"digest\": \"sha256:…\"}",
+        );
+    };
+    report(host.activate(&who, &name, &transform, &digest).await, false)
+}
+
+async fn rollback(
+    State(host): State<Arc<Host>>,
+    Path((name, transform)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match writer(&host, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    report(host.rollback(&who, &name, &transform).await, false)
+}
+
+async fn versions(
+    State(host): State<Arc<Host>>,
+    Path((name, transform)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match writer(&host, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match host.versions(&who, &name, &transform) {
+        Ok(v) => Json(serde_json::json!({ "versions": v, "active": v.last() })).into_response(),
+        Err(e) => deploy_error(&e),
+    }
+}
+
+async fn set_paused(host: Arc<Host>, name: String, headers: HeaderMap, paused: bool) -> Response {
+    let who = match writer(&host, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match host.set_paused(&who, &name, paused) {
+        Ok(()) => match host.pipeline(&name) {
+            Some(h) => Json(h.snapshot()).into_response(),
+            None => StatusCode::NO_CONTENT.into_response(),
+        },
+        Err(e) => deploy_error(&e),
+    }
+}
+
+async fn pause(
+    State(host): State<Arc<Host>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_paused(host, name, headers, true).await
+}
+
+async fn resume(
+    State(host): State<Arc<Host>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_paused(host, name, headers, false).await
+}
+
+#[derive(Deserialize)]
+struct DeadLetterQuery {
+    limit: Option<usize>,
+}
+
+async fn dead_letters(
+    State(host): State<Arc<Host>>,
+    Path(name): Path<String>,
+    Query(q): Query<DeadLetterQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match writer(&host, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    match host.dead_letters(&who, &name, limit).await {
+        Ok(entries) => Json(serde_json::json!({ "entries": entries })).into_response(),
+        Err(e) => deploy_error(&e),
+    }
+}

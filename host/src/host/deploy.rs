@@ -1,0 +1,380 @@
+//! Deploys: validate a module, store it, activate it (a hot swap at a batch
+//! boundary), roll back — with the desired state kept and every change in
+//! the audit log.
+//!
+//! Validation happens before anything is stored or changed: the bytes must
+//! be a component within the size limit implementing a world version the
+//! host knows (`Engine::load_bytes`), import nothing beyond the
+//! transform's grants, and `init` must accept the pipeline's configuration
+//! on a scratch instance (`Runner::new`). A refused module changes nothing:
+//! the running version keeps serving.
+
+use super::Host;
+use super::audit::AuditEntry;
+use super::auth::Principal;
+use super::registry::{RegistryError, digest_of};
+use crate::engine::{InstanceSpec, Module};
+use crate::pipeline::{PipelineHandle, SwapError, Swapped};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why a change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// No such pipeline.
+    #[error("no pipeline `{0}`")]
+    NoPipeline(String),
+    /// No such transform in the pipeline.
+    #[error("pipeline `{pipeline}` has no transform `{transform}`")]
+    NoTransform {
+        /// The pipeline.
+        pipeline: String,
+        /// The transform.
+        transform: String,
+    },
+    /// The caller may not act on this pipeline.
+    #[error("`{who}` may not change pipeline `{pipeline}` (another tenant's)")]
+    Forbidden {
+        /// The token's name.
+        who: String,
+        /// The pipeline.
+        pipeline: String,
+    },
+    /// The module was refused; the running version keeps serving.
+    #[error("module refused, the running version keeps serving: {0}")]
+    Refused(String),
+    /// The swap did not happen.
+    #[error(transparent)]
+    Swap(#[from] SwapError),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The desired state could not be kept.
+    #[error("cannot keep the desired state: {0}")]
+    State(String),
+    /// Nothing to roll back to.
+    #[error("transform `{transform}` of pipeline `{pipeline}` has no earlier version to roll back to")]
+    NoEarlierVersion {
+        /// The pipeline.
+        pipeline: String,
+        /// The transform.
+        transform: String,
+    },
+}
+
+/// What a deploy, activation or rollback did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeployReport {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The transform.
+    pub transform: String,
+    /// The module's digest.
+    pub digest: String,
+    /// The swap, when the module was activated.
+    pub swapped: Option<Swapped>,
+    /// Time to validate the module (compile, check, scratch `init`), ms.
+    pub validate_ms: f64,
+    /// From the request to the new version taking traffic (or to the
+    /// module being stored, without activation), ms.
+    pub total_ms: f64,
+}
+
+impl Host {
+    fn target(
+        &self,
+        who: &Principal,
+        pipeline: &str,
+        transform: &str,
+    ) -> Result<(Arc<PipelineHandle>, InstanceSpec), DeployError> {
+        let handle = self
+            .pipeline(pipeline)
+            .ok_or_else(|| DeployError::NoPipeline(pipeline.to_string()))?;
+        if !who.may_act_on(handle.live().tenant()) {
+            return Err(DeployError::Forbidden {
+                who: who.name.clone(),
+                pipeline: pipeline.to_string(),
+            });
+        }
+        let spec = handle
+            .spec(transform)
+            .cloned()
+            .ok_or_else(|| DeployError::NoTransform {
+                pipeline: pipeline.to_string(),
+                transform: transform.to_string(),
+            })?;
+        Ok((handle, spec))
+    }
+
+    /// Compiles and checks `bytes` for a transform with `spec`, and runs its
+    /// `init` on a scratch instance.
+    async fn validate(&self, spec: &InstanceSpec, bytes: Arc<Vec<u8>>) -> Result<Arc<Module>, DeployError> {
+        let engine = self
+            .engines
+            .for_limits(std::iter::once(&spec.limits))
+            .map_err(|e| DeployError::Refused(e.to_string()))?;
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || {
+            let label = std::path::PathBuf::from(format!("upload {}", digest_of(&bytes)));
+            let module = engine
+                .load_bytes(&label, &bytes)
+                .map_err(|e| DeployError::Refused(e.to_string()))?;
+            // A scratch instance: init must accept the configuration.
+            crate::engine::Runner::new(module.clone(), spec)
+                .map_err(|e| DeployError::Refused(e.to_string()))?;
+            Ok(module)
+        })
+        .await
+        .map_err(|e| DeployError::Refused(format!("validation failed: {e}")))?
+    }
+
+    fn audit(
+        &self,
+        who: &Principal,
+        action: &str,
+        pipeline: &str,
+        transform: Option<&str>,
+        digest: Option<&str>,
+        result: Result<(), &DeployError>,
+    ) {
+        let (outcome, detail) = match result {
+            Ok(()) => ("done", None),
+            Err(e @ DeployError::Forbidden { .. }) => ("forbidden", Some(e.to_string())),
+            Err(e) => ("refused", Some(e.to_string())),
+        };
+        self.audit.record(AuditEntry {
+            at: String::new(),
+            who: who.name.clone(),
+            action: action.to_string(),
+            pipeline: pipeline.to_string(),
+            transform: transform.map(str::to_string),
+            digest: digest.map(str::to_string),
+            outcome: outcome.to_string(),
+            detail,
+        });
+    }
+
+    /// Validates and stores a module for a transform of a pipeline, and
+    /// (when `activate`) swaps it in.
+    pub async fn deploy(
+        &self,
+        who: &Principal,
+        pipeline: &str,
+        transform: &str,
+        bytes: Vec<u8>,
+        activate: bool,
+    ) -> Result<DeployReport, DeployError> {
+        let digest = digest_of(&bytes);
+        let result = self
+            .deploy_inner(who, pipeline, transform, bytes, activate)
+            .await;
+        self.audit(
+            who,
+            if activate { "deploy" } else { "upload" },
+            pipeline,
+            Some(transform),
+            Some(&digest),
+            result.as_ref().map(|_| ()),
+        );
+        result
+    }
+
+    async fn deploy_inner(
+        &self,
+        who: &Principal,
+        pipeline: &str,
+        transform: &str,
+        bytes: Vec<u8>,
+        activate: bool,
+    ) -> Result<DeployReport, DeployError> {
+        let started = Instant::now();
+        let (handle, spec) = self.target(who, pipeline, transform)?;
+        let bytes = Arc::new(bytes);
+        let module = self.validate(&spec, bytes.clone()).await?;
+        let validate_ms = ms(started);
+        let digest = self.registry.put(&bytes).await?;
+        let swapped = if activate {
+            Some(self.switch(&handle, transform, module, &digest, Push::Activate).await?)
+        } else {
+            None
+        };
+        Ok(DeployReport {
+            pipeline: pipeline.to_string(),
+            transform: transform.to_string(),
+            digest,
+            swapped,
+            validate_ms,
+            total_ms: ms(started),
+        })
+    }
+
+    /// Activates a stored module for a transform.
+    pub async fn activate(
+        &self,
+        who: &Principal,
+        pipeline: &str,
+        transform: &str,
+        digest: &str,
+    ) -> Result<DeployReport, DeployError> {
+        let result = async {
+            let (handle, spec) = self.target(who, pipeline, transform)?;
+            self.activate_stored(&handle, &spec, transform, digest, Push::Activate)
+                .await
+        }
+        .await;
+        self.audit(
+            who,
+            "activate",
+            pipeline,
+            Some(transform),
+            Some(digest),
+            result.as_ref().map(|_| ()),
+        );
+        result
+    }
+
+    /// Activates the version that was active before the current one.
+    pub async fn rollback(
+        &self,
+        who: &Principal,
+        pipeline: &str,
+        transform: &str,
+    ) -> Result<DeployReport, DeployError> {
+        let mut target = None;
+        let result = async {
+            let (handle, spec) = self.target(who, pipeline, transform)?;
+            let state = self.state.load(pipeline).map_err(DeployError::State)?;
+            let versions = state.transforms.get(transform).cloned().unwrap_or_default();
+            let Some(previous) = versions.len().checked_sub(2).and_then(|i| versions.get(i)) else {
+                return Err(DeployError::NoEarlierVersion {
+                    pipeline: pipeline.to_string(),
+                    transform: transform.to_string(),
+                });
+            };
+            target = Some(previous.clone());
+            self.activate_stored(&handle, &spec, transform, previous, Push::Rollback)
+                .await
+        }
+        .await;
+        self.audit(
+            who,
+            "rollback",
+            pipeline,
+            Some(transform),
+            target.as_deref(),
+            result.as_ref().map(|_| ()),
+        );
+        result
+    }
+
+    async fn activate_stored(
+        &self,
+        handle: &Arc<PipelineHandle>,
+        spec: &InstanceSpec,
+        transform: &str,
+        digest: &str,
+        push: Push,
+    ) -> Result<DeployReport, DeployError> {
+        let started = Instant::now();
+        let bytes = Arc::new(self.registry.get(digest).await?);
+        let module = self.validate(spec, bytes).await?;
+        let validate_ms = ms(started);
+        let swapped = self.switch(handle, transform, module, digest, push).await?;
+        Ok(DeployReport {
+            pipeline: handle.name().to_string(),
+            transform: transform.to_string(),
+            digest: digest.to_string(),
+            swapped: Some(swapped),
+            validate_ms,
+            total_ms: ms(started),
+        })
+    }
+
+    /// Swaps `module` in and records it in the desired state.
+    async fn switch(
+        &self,
+        handle: &Arc<PipelineHandle>,
+        transform: &str,
+        module: Arc<Module>,
+        digest: &str,
+        push: Push,
+    ) -> Result<Swapped, DeployError> {
+        // One change at a time per host: the desired state follows the
+        // order in which swaps happen.
+        let _one = self.changes.lock().await;
+        let swapped = handle.swap(transform, module).await?;
+        let mut state = self.state.load(handle.name()).map_err(DeployError::State)?;
+        let versions = state.transforms.entry(transform.to_string()).or_default();
+        match push {
+            Push::Activate => {
+                if versions.is_empty() {
+                    versions.push(swapped.previous.clone());
+                }
+                versions.push(digest.to_string());
+            }
+            Push::Rollback => {
+                versions.pop();
+            }
+        }
+        self.state.save(&state).map_err(DeployError::State)?;
+        tracing::info!(pipeline = %handle.name(), transform, digest, previous = %swapped.previous, waited_ms = swapped.waited_ms, "module activated");
+        Ok(swapped)
+    }
+
+    /// Pauses or resumes a pipeline.
+    pub fn set_paused(&self, who: &Principal, pipeline: &str, paused: bool) -> Result<(), DeployError> {
+        let result = (|| {
+            let handle = self
+                .pipeline(pipeline)
+                .ok_or_else(|| DeployError::NoPipeline(pipeline.to_string()))?;
+            if !who.may_act_on(handle.live().tenant()) {
+                return Err(DeployError::Forbidden {
+                    who: who.name.clone(),
+                    pipeline: pipeline.to_string(),
+                });
+            }
+            if paused {
+                handle.pause();
+            } else {
+                handle.resume();
+            }
+            Ok(())
+        })();
+        self.audit(
+            who,
+            if paused { "pause" } else { "resume" },
+            pipeline,
+            None,
+            None,
+            result.as_ref().copied(),
+        );
+        result
+    }
+
+    /// The versions of a transform, oldest first (the last is active).
+    pub fn versions(&self, who: &Principal, pipeline: &str, transform: &str) -> Result<Vec<String>, DeployError> {
+        let (handle, _) = self.target(who, pipeline, transform)?;
+        let state = self.state.load(pipeline).map_err(DeployError::State)?;
+        Ok(match state.transforms.get(transform) {
+            Some(v) if !v.is_empty() => v.clone(),
+            _ => handle
+                .live()
+                .transforms()
+                .into_iter()
+                .filter(|t| t.name == transform)
+                .map(|t| t.digest)
+                .collect(),
+        })
+    }
+}
+
+/// How a switch changes the version list.
+#[derive(Debug, Clone, Copy)]
+enum Push {
+    Activate,
+    Rollback,
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}

@@ -1,0 +1,303 @@
+//! End-to-end: hot deploy and rollback through the admin API of a running
+//! `sluice serve`, while a Kafka → Kafka pipeline streams (at-least-once on
+//! the local broker): every input record once in the output, each tagged
+//! with the module version that processed it; tokens (401, 403, nothing
+//! changes); refused modules (the running version keeps serving); the
+//! audit log; and the active version surviving a host restart.
+
+use sluice_e2e::process::Sluice;
+use sluice_e2e::scenario::{number, tally, until_distinct};
+use sluice_e2e::wat_guest::{Process, Realloc, component};
+use sluice_e2e::{broker, http_get, http_request, module, toml_path, with_custom_section};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "ops-token-0123456789abcdef";
+const TENANT_A: &str = "team-a-token-0123456789ab";
+const TENANT_B: &str = "team-b-token-0123456789ab";
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice-under-test"))
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A host directory: host file with tokens, one Kafka pipeline of tenant
+/// `team-a` whose outputs carry the `sluice.module` header.
+fn lab(dir: &Path, bootstrap: &str, input: &str, output: &str, dlq: &str, group: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("pipelines")).expect("dir");
+    std::fs::write(
+        dir.join("tokens.toml"),
+        format!(
+            "[[token]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nadmin = true\n[[token]]\nname = \"team-a-ci\"\ntoken = \"{TENANT_A}\"\ntenant = \"team-a\"\n[[token]]\nname = \"team-b-ci\"\ntoken = \"{TENANT_B}\"\ntenant = \"team-b\"\n"
+        ),
+    )
+    .expect("tokens");
+    std::fs::write(
+        dir.join("pipelines/stream.toml"),
+        format!(
+            r#"name = "stream"
+tenant = "team-a"
+[batch]
+max_records = 50
+max_wait_ms = 20
+[delivery]
+module_header = true
+commit_interval_ms = 200
+[source.kafka]
+bootstrap = "{bootstrap}"
+topics = ["{input}"]
+group = "{group}"
+[[transforms]]
+name = "identity"
+module = {module}
+[outputs.default.kafka]
+topic = "{output}"
+[dead_letter.kafka]
+topic = "{dlq}"
+"#,
+            module = toml_path(&module("transforms/identity")),
+        ),
+    )
+    .expect("pipeline");
+    let host = dir.join("host.toml");
+    std::fs::write(
+        &host,
+        "listen = \"127.0.0.1:0\"\ntokens_file = \"tokens.toml\"\ninstance_slots = 50\nshutdown_timeout_ms = 30000\n",
+    )
+    .expect("host file");
+    host
+}
+
+fn start(host: &Path, log: &Path) -> (Sluice, String) {
+    let s = Sluice::serve(&bin(), host, log, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(addr) = s.listen_address() {
+            let running = http_get(&addr, "/api/pipelines/stream", Some(ADMIN))
+                .ok()
+                .filter(|(c, _)| *c == 200)
+                .is_some_and(|(_, b)| json(&b)["state"] == "running");
+            if running {
+                return (s, addr);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the host did not start the pipeline:\n{}",
+            s.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn post(addr: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, serde_json::Value) {
+    let (code, text) = http_request("POST", addr, path, token, body).expect("request");
+    (code, if text.is_empty() { serde_json::Value::Null } else { json(&text) })
+}
+
+fn versions(addr: &str, token: &str) -> Vec<String> {
+    let (code, text) = http_get(
+        addr,
+        "/api/pipelines/stream/transforms/identity/versions",
+        Some(token),
+    )
+    .expect("versions");
+    assert_eq!(code, 200, "{text}");
+    json(&text)["versions"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn active_digest(addr: &str) -> String {
+    let (_, text) = http_get(addr, "/api/pipelines/stream", Some(ADMIN)).expect("snapshot");
+    json(&text)["transforms"][0]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_record() {
+    let b = broker::bootstrap();
+    broker::require(&b);
+    let input = broker::unique("deploy-in");
+    let output = broker::unique("deploy-out");
+    let dlq = broker::unique("deploy-dlq");
+    let group = broker::unique("deploy-group");
+    broker::create_topic(&b, &input, 3);
+    broker::create_topic(&b, &output, 3);
+    broker::create_topic(&b, &dlq, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = lab(dir.path(), &b, &input, &output, &dlq, &group);
+    let log = dir.path().join("host.log");
+    let (mut s, addr) = start(&host, &log);
+
+    let v1_bytes = std::fs::read(module("transforms/identity")).expect("v1");
+    let v1 = sluice::host::registry::digest_of(&v1_bytes);
+    let v2_bytes = with_custom_section(&v1_bytes, "sluice-test-version", b"2");
+    let v2 = sluice::host::registry::digest_of(&v2_bytes);
+    assert_ne!(v1, v2);
+    assert_eq!(active_digest(&addr), v1);
+
+    // A producer streams numbered records until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let (b, input, stop, produced) = (b.clone(), input.clone(), stop.clone(), produced.clone());
+        std::thread::spawn(move || {
+            let mut next = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let chunk: Vec<_> = (next..next + 200)
+                    .map(|i| (Some(format!("k{}", i % 30)), format!("{{\"n\":{i}}}").into_bytes()))
+                    .collect();
+                next += broker::produce(&b, &input, chunk);
+                produced.store(next, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Tokens: none or a wrong one is 401, another tenant's is 403, and
+    // nothing changes.
+    let upload = "/api/pipelines/stream/transforms/identity/modules";
+    assert_eq!(post(&addr, upload, None, &v2_bytes).0, 401);
+    assert_eq!(post(&addr, upload, Some("not-a-token-at-all-000"), &v2_bytes).0, 401);
+    let (code, body) = post(&addr, upload, Some(TENANT_B), &v2_bytes);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(post(&addr, "/api/pipelines/stream/pause", Some(TENANT_B), b"").0, 403);
+    assert_eq!(
+        http_get(&addr, "/api/pipelines/stream/dead-letters", Some(TENANT_B))
+            .expect("dlq")
+            .0,
+        403
+    );
+    assert_eq!(
+        http_get(&addr, "/api/pipelines/stream", Some(TENANT_B)).expect("get").0,
+        403
+    );
+    let (_, listing) = http_get(&addr, "/api/pipelines", Some(TENANT_B)).expect("list");
+    assert_eq!(json(&listing)["pipelines"].as_array().map(Vec::len), Some(0));
+    assert_eq!(http_get(&addr, "/metrics", Some(TENANT_A)).expect("metrics").0, 403);
+    assert_eq!(active_digest(&addr), v1, "a refused caller changed nothing");
+
+    // Modules that must be refused, with the reason; v1 keeps serving.
+    let empty_component = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+    let core_module = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+    let sockets = component(Realloc::Bump, Process::Drops(1), &["wasi:sockets/tcp@0.2.6"]);
+    let json_map = std::fs::read(module("transforms/json-map")).expect("json-map");
+    for (what, bytes, reason) in [
+        ("another world", &empty_component[..], "export"),
+        ("a core module", &core_module[..], "component"),
+        ("an ungranted import", &sockets[..], "wasi:sockets/tcp"),
+        ("init refusing the configuration", &json_map[..], "refused its configuration"),
+    ] {
+        let (code, body) = post(&addr, upload, Some(TENANT_A), bytes);
+        assert_eq!(code, 422, "{what}: {body}");
+        let message = body["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            message.contains("refused") && message.to_lowercase().contains(reason),
+            "{what}: {message}"
+        );
+    }
+    assert_eq!(active_digest(&addr), v1, "refused modules changed nothing");
+
+    // Deploy v2 with the tenant's own token, then roll back with the admin's.
+    let (code, report) = post(&addr, upload, Some(TENANT_A), &v2_bytes);
+    assert_eq!(code, 201, "{report}");
+    assert_eq!(report["digest"], v2.as_str());
+    assert_eq!(report["swapped"]["previous"], v1.as_str());
+    let upload_to_traffic_ms = report["total_ms"].as_f64().expect("total_ms");
+    let boundary_wait_ms = report["swapped"]["waited_ms"].as_f64().expect("waited");
+    let validate_ms = report["validate_ms"].as_f64().expect("validate");
+    assert_eq!(active_digest(&addr), v2);
+    assert_eq!(versions(&addr, TENANT_A), vec![v1.clone(), v2.clone()]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, report) = post(
+        &addr,
+        "/api/pipelines/stream/transforms/identity/rollback",
+        Some(ADMIN),
+        b"",
+    );
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["digest"], v1.as_str());
+    assert_eq!(active_digest(&addr), v1);
+    assert_eq!(versions(&addr, ADMIN), vec![v1.clone()]);
+    let (code, _) = post(
+        &addr,
+        "/api/pipelines/stream/transforms/identity/rollback",
+        Some(ADMIN),
+        b"",
+    );
+    assert_eq!(code, 409, "nothing before v1");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    producer.join().expect("producer");
+    let n = produced.load(Ordering::SeqCst);
+
+    // Every record once, each tagged with the version that processed it;
+    // per partition the versions come in runs: v1, then v2, then v1.
+    let got = broker::consume(&b, &output, false, Duration::from_secs(120), until_distinct(n));
+    let (missing, duplicates) = tally(&got, n);
+    assert!(missing.is_empty(), "{} of {n} records missing", missing.len());
+    assert_eq!(duplicates, 0, "a crash-free run with two swaps doubles nothing");
+    let mut by_version = std::collections::BTreeMap::<String, usize>::new();
+    let mut runs = std::collections::BTreeMap::<i32, Vec<String>>::new();
+    let mut sorted = got.clone();
+    sorted.sort_by_key(|g| (g.partition, g.offset));
+    for g in &sorted {
+        let v = g.header("sluice.module").expect("every output names its module");
+        assert!(v == v1 || v == v2, "unknown module {v}");
+        assert!(number(g).is_some());
+        *by_version.entry(v.clone()).or_default() += 1;
+        let r = runs.entry(g.partition).or_default();
+        if r.last() != Some(&v) {
+            r.push(v);
+        }
+    }
+    for (p, r) in &runs {
+        assert!(r.len() <= 3 && (r.len() < 2 || r[1] == v2) && r[0] == v1, "partition {p}: {r:?}");
+    }
+    assert!(by_version.get(&v2).copied().unwrap_or(0) > 0, "v2 took traffic");
+    eprintln!(
+        "deploy while streaming: {n} records, {} by v1 and {} by v2; upload → v2 taking traffic {upload_to_traffic_ms:.1} ms (validate {validate_ms:.1} ms, batch-boundary wait {boundary_wait_ms:.1} ms)",
+        by_version.get(&v1).copied().unwrap_or(0),
+        by_version.get(&v2).copied().unwrap_or(0),
+    );
+
+    // The audit log: who did what, with which digest; refusals too.
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).expect("audit log");
+    let entries: Vec<serde_json::Value> = audit.lines().map(json).collect();
+    assert!(entries.iter().any(|e| e["who"] == "team-a-ci"
+        && e["action"] == "deploy"
+        && e["digest"] == v2.as_str()
+        && e["outcome"] == "done"));
+    assert!(entries.iter().any(|e| e["who"] == "ops" && e["action"] == "rollback" && e["digest"] == v1.as_str()));
+    assert!(entries.iter().any(|e| e["who"] == "team-b-ci" && e["outcome"] == "forbidden"));
+    assert!(!audit.contains(ADMIN) && !audit.contains(TENANT_A), "no token in the audit log");
+
+    // Activate v2 again (stored: by digest), restart the host: it comes back
+    // with v2 active.
+    let (code, report) = post(
+        &addr,
+        "/api/pipelines/stream/transforms/identity/activate",
+        Some(ADMIN),
+        format!("{{\"digest\":\"{v2}\"}}").as_bytes(),
+    );
+    assert_eq!(code, 200, "{report}");
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", s.log_tail(30));
+    let (mut s, addr) = start(&host, &log);
+    assert_eq!(active_digest(&addr), v2, "the active version survived the restart");
+    assert_eq!(versions(&addr, ADMIN), vec![v1.clone(), v2.clone()]);
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", s.log_tail(30));
+}
