@@ -97,7 +97,14 @@ fn start(host: &Path, log: &Path) -> (Sluice, String) {
 
 fn post(addr: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, serde_json::Value) {
     let (code, text) = http_request("POST", addr, path, token, body).expect("request");
-    (code, if text.is_empty() { serde_json::Value::Null } else { json(&text) })
+    (
+        code,
+        if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            json(&text)
+        },
+    )
 }
 
 fn versions(addr: &str, token: &str) -> Vec<String> {
@@ -156,7 +163,12 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
             let mut next = 0usize;
             while !stop.load(Ordering::SeqCst) {
                 let chunk: Vec<_> = (next..next + 200)
-                    .map(|i| (Some(format!("k{}", i % 30)), format!("{{\"n\":{i}}}").into_bytes()))
+                    .map(|i| {
+                        (
+                            Some(format!("k{}", i % 30)),
+                            format!("{{\"n\":{i}}}").into_bytes(),
+                        )
+                    })
                     .collect();
                 next += broker::produce(&b, &input, chunk);
                 produced.store(next, Ordering::SeqCst);
@@ -170,10 +182,16 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     // nothing changes.
     let upload = "/api/pipelines/stream/transforms/identity/modules";
     assert_eq!(post(&addr, upload, None, &v2_bytes).0, 401);
-    assert_eq!(post(&addr, upload, Some("not-a-token-at-all-000"), &v2_bytes).0, 401);
+    assert_eq!(
+        post(&addr, upload, Some("not-a-token-at-all-000"), &v2_bytes).0,
+        401
+    );
     let (code, body) = post(&addr, upload, Some(TENANT_B), &v2_bytes);
     assert_eq!(code, 403, "{body}");
-    assert_eq!(post(&addr, "/api/pipelines/stream/pause", Some(TENANT_B), b"").0, 403);
+    assert_eq!(
+        post(&addr, "/api/pipelines/stream/pause", Some(TENANT_B), b"").0,
+        403
+    );
     assert_eq!(
         http_get(&addr, "/api/pipelines/stream/dead-letters", Some(TENANT_B))
             .expect("dlq")
@@ -181,24 +199,42 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
         403
     );
     assert_eq!(
-        http_get(&addr, "/api/pipelines/stream", Some(TENANT_B)).expect("get").0,
+        http_get(&addr, "/api/pipelines/stream", Some(TENANT_B))
+            .expect("get")
+            .0,
         403
     );
     let (_, listing) = http_get(&addr, "/api/pipelines", Some(TENANT_B)).expect("list");
-    assert_eq!(json(&listing)["pipelines"].as_array().map(Vec::len), Some(0));
-    assert_eq!(http_get(&addr, "/metrics", Some(TENANT_A)).expect("metrics").0, 403);
+    assert_eq!(
+        json(&listing)["pipelines"].as_array().map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(
+        http_get(&addr, "/metrics", Some(TENANT_A))
+            .expect("metrics")
+            .0,
+        403
+    );
     assert_eq!(active_digest(&addr), v1, "a refused caller changed nothing");
 
     // Modules that must be refused, with the reason; v1 keeps serving.
     let empty_component = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
     let core_module = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
-    let sockets = component(Realloc::Bump, Process::Drops(1), &["wasi:sockets/tcp@0.2.6"]);
+    let sockets = component(
+        Realloc::Bump,
+        Process::Drops(1),
+        &["wasi:sockets/tcp@0.2.6"],
+    );
     let json_map = std::fs::read(module("transforms/json-map")).expect("json-map");
     for (what, bytes, reason) in [
         ("another world", &empty_component[..], "export"),
         ("a core module", &core_module[..], "component"),
         ("an ungranted import", &sockets[..], "wasi:sockets/tcp"),
-        ("init refusing the configuration", &json_map[..], "refused its configuration"),
+        (
+            "init refusing the configuration",
+            &json_map[..],
+            "refused its configuration",
+        ),
     ] {
         let (code, body) = post(&addr, upload, Some(TENANT_A), bytes);
         assert_eq!(code, 422, "{what}: {body}");
@@ -245,16 +281,31 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
 
     // Every record once, each tagged with the version that processed it;
     // per partition the versions come in runs: v1, then v2, then v1.
-    let got = broker::consume(&b, &output, false, Duration::from_secs(120), until_distinct(n));
+    let got = broker::consume(
+        &b,
+        &output,
+        false,
+        Duration::from_secs(120),
+        until_distinct(n),
+    );
     let (missing, duplicates) = tally(&got, n);
-    assert!(missing.is_empty(), "{} of {n} records missing", missing.len());
-    assert_eq!(duplicates, 0, "a crash-free run with two swaps doubles nothing");
+    assert!(
+        missing.is_empty(),
+        "{} of {n} records missing",
+        missing.len()
+    );
+    assert_eq!(
+        duplicates, 0,
+        "a crash-free run with two swaps doubles nothing"
+    );
     let mut by_version = std::collections::BTreeMap::<String, usize>::new();
     let mut runs = std::collections::BTreeMap::<i32, Vec<String>>::new();
     let mut sorted = got.clone();
     sorted.sort_by_key(|g| (g.partition, g.offset));
     for g in &sorted {
-        let v = g.header("sluice.module").expect("every output names its module");
+        let v = g
+            .header("sluice.module")
+            .expect("every output names its module");
         assert!(v == v1 || v == v2, "unknown module {v}");
         assert!(number(g).is_some());
         *by_version.entry(v.clone()).or_default() += 1;
@@ -264,9 +315,15 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
         }
     }
     for (p, r) in &runs {
-        assert!(r.len() <= 3 && (r.len() < 2 || r[1] == v2) && r[0] == v1, "partition {p}: {r:?}");
+        assert!(
+            r.len() <= 3 && (r.len() < 2 || r[1] == v2) && r[0] == v1,
+            "partition {p}: {r:?}"
+        );
     }
-    assert!(by_version.get(&v2).copied().unwrap_or(0) > 0, "v2 took traffic");
+    assert!(
+        by_version.get(&v2).copied().unwrap_or(0) > 0,
+        "v2 took traffic"
+    );
     eprintln!(
         "deploy while streaming: {n} records, {} by v1 and {} by v2; upload → v2 taking traffic {upload_to_traffic_ms:.1} ms (validate {validate_ms:.1} ms, batch-boundary wait {boundary_wait_ms:.1} ms)",
         by_version.get(&v1).copied().unwrap_or(0),
@@ -280,9 +337,20 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
         && e["action"] == "deploy"
         && e["digest"] == v2.as_str()
         && e["outcome"] == "done"));
-    assert!(entries.iter().any(|e| e["who"] == "ops" && e["action"] == "rollback" && e["digest"] == v1.as_str()));
-    assert!(entries.iter().any(|e| e["who"] == "team-b-ci" && e["outcome"] == "forbidden"));
-    assert!(!audit.contains(ADMIN) && !audit.contains(TENANT_A), "no token in the audit log");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["who"] == "ops" && e["action"] == "rollback" && e["digest"] == v1.as_str())
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["who"] == "team-b-ci" && e["outcome"] == "forbidden")
+    );
+    assert!(
+        !audit.contains(ADMIN) && !audit.contains(TENANT_A),
+        "no token in the audit log"
+    );
 
     // Activate v2 again (stored: by digest), restart the host: it comes back
     // with v2 active.
@@ -294,10 +362,67 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     );
     assert_eq!(code, 200, "{report}");
     let status = s.terminate(Duration::from_secs(60));
-    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", s.log_tail(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log_tail(30)
+    );
     let (mut s, addr) = start(&host, &log);
-    assert_eq!(active_digest(&addr), v2, "the active version survived the restart");
+    assert_eq!(
+        active_digest(&addr),
+        v2,
+        "the active version survived the restart"
+    );
     assert_eq!(versions(&addr, ADMIN), vec![v1.clone(), v2.clone()]);
+
+    // The CLI on the same API: a tenant rolls back its own pipeline, lists
+    // it, and cannot deploy with another tenant's token.
+    let url = format!("http://{addr}");
+    let cli = |token: &str, args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .env("SLUICE_TOKEN", token)
+            .output()
+            .expect("sluice")
+    };
+    let out = cli(
+        TENANT_A,
+        &["rollback", "--host", &url, "stream", "identity"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&v1));
+    assert_eq!(active_digest(&addr), v1);
+    let out = cli(TENANT_A, &["pipelines", "--host", &url]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && listed.contains("stream\tteam-a\trunning"),
+        "{listed}"
+    );
+    assert!(listed.contains(&v1[..19]), "{listed}");
+    let v2_file = dir.path().join("v2.wasm");
+    std::fs::write(&v2_file, &v2_bytes).expect("v2 file");
+    let out = cli(
+        TENANT_B,
+        &[
+            "deploy",
+            "--host",
+            &url,
+            "stream",
+            "identity",
+            &v2_file.to_string_lossy(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains("403"), "{err}");
+    assert_eq!(active_digest(&addr), v1);
     let status = s.terminate(Duration::from_secs(60));
-    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", s.log_tail(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log_tail(30)
+    );
 }

@@ -42,6 +42,45 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Uploads a module (component bytes) to a running host, validates it
+    /// there and activates it for one transform of a pipeline: it takes over
+    /// at the next batch boundary.
+    Deploy {
+        #[command(flatten)]
+        remote: Remote,
+        /// The pipeline.
+        pipeline: String,
+        /// The transform of the pipeline.
+        transform: String,
+        /// The component (`.wasm`), or a Rust transform project to build first.
+        module: PathBuf,
+        /// Store and validate only; do not activate.
+        #[arg(long)]
+        no_activate: bool,
+    },
+    /// Activates the version of a transform that was active before the
+    /// current one.
+    Rollback {
+        #[command(flatten)]
+        remote: Remote,
+        /// The pipeline.
+        pipeline: String,
+        /// The transform of the pipeline.
+        transform: String,
+    },
+    /// Shows a running host's pipeline (or all of them): state, counters,
+    /// active module digests, last errors.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+        /// One pipeline (default: all).
+        pipeline: Option<String>,
+    },
+    /// Lists a running host's pipelines, one line each.
+    Pipelines {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Runs a transform against its fixture files and shows a diff on mismatch.
     Test {
         /// A transform project folder (its `fixtures/` are used), a fixtures
@@ -51,6 +90,96 @@ enum Command {
         #[arg(long)]
         bless: bool,
     },
+}
+
+/// Where a running host is, and the token to use.
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// The host's API (default http://127.0.0.1:7070).
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    host: String,
+    /// A file holding the bearer token (default: `SLUICE_TOKEN`).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl Remote {
+    fn client(&self) -> anyhow::Result<crate::client::Client> {
+        let token = match &self.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read the token file `{}`", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("SLUICE_TOKEN")
+                .ok()
+                .map(|t| t.trim().to_string()),
+        };
+        Ok(crate::client::Client::new(&self.host, token)?)
+    }
+}
+
+/// Runs one API call and prints its answer; an error status is an error.
+fn remote_call(
+    remote: &Remote,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<serde_json::Value> {
+    let client = remote.client()?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let answer = rt.block_on(client.call(method, path, body))?;
+    let json = answer.json();
+    if !answer.ok() {
+        let message = json["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or(answer.body);
+        anyhow::bail!("{} {path}: {} {message}", method, answer.status);
+    }
+    Ok(json)
+}
+
+/// A path segment, percent-encoded.
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn print_pipeline_line(p: &serde_json::Value) {
+    let digests: Vec<String> = p["transforms"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    let d = t["digest"].as_str().unwrap_or_default();
+                    format!(
+                        "{}={}",
+                        t["name"].as_str().unwrap_or_default(),
+                        d.get(..19).unwrap_or(d)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "{}\t{}\t{}\tin {}\tout {}\tdlq {}\t{}",
+        p["name"].as_str().unwrap_or_default(),
+        p["tenant"].as_str().unwrap_or_default(),
+        p["state"].as_str().unwrap_or_default(),
+        p["records_in"],
+        p["records_out"],
+        p["dead_letter"],
+        digests.join(" ")
+    );
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +399,90 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { host } => serve(&host),
+        Command::Deploy {
+            remote,
+            pipeline,
+            transform,
+            module,
+            no_activate,
+        } => {
+            let path = crate::engine::build::resolve_module(&module, false)?;
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            let report = remote_call(
+                &remote,
+                "POST",
+                &format!(
+                    "/api/pipelines/{}/transforms/{}/modules?activate={}",
+                    segment(&pipeline),
+                    segment(&transform),
+                    !no_activate
+                ),
+                bytes,
+            )?;
+            match report["swapped"].as_object() {
+                Some(s) => eprintln!(
+                    "{pipeline}/{transform}: {} active (was {}), taking traffic {:.0} ms after the upload",
+                    report["digest"].as_str().unwrap_or_default(),
+                    s.get("previous")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default(),
+                    report["total_ms"].as_f64().unwrap_or_default()
+                ),
+                None => eprintln!(
+                    "{pipeline}/{transform}: {} stored and validated (not active)",
+                    report["digest"].as_str().unwrap_or_default()
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback {
+            remote,
+            pipeline,
+            transform,
+        } => {
+            let report = remote_call(
+                &remote,
+                "POST",
+                &format!(
+                    "/api/pipelines/{}/transforms/{}/rollback",
+                    segment(&pipeline),
+                    segment(&transform)
+                ),
+                Vec::new(),
+            )?;
+            eprintln!(
+                "{pipeline}/{transform}: rolled back to {}",
+                report["digest"].as_str().unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { remote, pipeline } => {
+            let path = match &pipeline {
+                Some(p) => format!("/api/pipelines/{}", segment(p)),
+                None => "/api/pipelines".to_string(),
+            };
+            let json = remote_call(&remote, "GET", &path, Vec::new())?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pipelines { remote } => {
+            let json = remote_call(&remote, "GET", "/api/pipelines", Vec::new())?;
+            for p in json["pipelines"].as_array().into_iter().flatten() {
+                print_pipeline_line(p);
+            }
+            for r in json["refused"].as_array().into_iter().flatten() {
+                println!(
+                    "refused\t{}\t{}",
+                    r["file"].as_str().unwrap_or_default(),
+                    r["error"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { pipeline } => {
             let (config, base) = crate::config::PipelineConfig::load(&pipeline)?;
             crate::source::validate(&config.source, &base)?;

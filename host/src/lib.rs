@@ -11,6 +11,7 @@
 pub mod api;
 pub mod batch;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod dlq;
 pub mod engine;

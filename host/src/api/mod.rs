@@ -12,12 +12,12 @@
 mod admin;
 
 use crate::host::Host;
+use crate::host::auth::{Principal, identify};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use crate::host::auth::{Principal, identify};
 use std::future::Future;
 use std::sync::Arc;
 

@@ -192,7 +192,10 @@ mod tests {
         )
         .expect("write");
         let err = load_tokens(&f).expect_err("both roles");
-        assert!(err.contains("`both`") && !err.contains("other-secret"), "{err}");
+        assert!(
+            err.contains("`both`") && !err.contains("other-secret"),
+            "{err}"
+        );
         std::fs::write(
             &f,
             "[[token]]\nname = \"ops\"\ntoken = \"secret-secret-secret\"\nadmin = true\n[[token]]\nname = \"a\"\ntoken = \"tenant-secret-secret\"\ntenant = \"a\"\n",

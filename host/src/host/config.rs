@@ -188,12 +188,14 @@ impl HostConfig {
             );
         }
         if let Some(file) = &raw.tokens_file {
-            tokens.extend(super::auth::load_tokens(&base.join(file)).map_err(|message| {
-                HostConfigError::Token {
-                    path: path.to_path_buf(),
-                    message,
-                }
-            })?);
+            tokens.extend(
+                super::auth::load_tokens(&base.join(file)).map_err(|message| {
+                    HostConfigError::Token {
+                        path: path.to_path_buf(),
+                        message,
+                    }
+                })?,
+            );
         }
         if !listen.ip().is_loopback() && tokens.is_empty() {
             return Err(invalid(

@@ -53,7 +53,9 @@ pub enum DeployError {
     #[error("cannot keep the desired state: {0}")]
     State(String),
     /// Nothing to roll back to.
-    #[error("transform `{transform}` of pipeline `{pipeline}` has no earlier version to roll back to")]
+    #[error(
+        "transform `{transform}` of pipeline `{pipeline}` has no earlier version to roll back to"
+    )]
     NoEarlierVersion {
         /// The pipeline.
         pipeline: String,
@@ -108,7 +110,11 @@ impl Host {
 
     /// Compiles and checks `bytes` for a transform with `spec`, and runs its
     /// `init` on a scratch instance.
-    async fn validate(&self, spec: &InstanceSpec, bytes: Arc<Vec<u8>>) -> Result<Arc<Module>, DeployError> {
+    async fn validate(
+        &self,
+        spec: &InstanceSpec,
+        bytes: Arc<Vec<u8>>,
+    ) -> Result<Arc<Module>, DeployError> {
         let engine = self
             .engines
             .for_limits(std::iter::once(&spec.limits))
@@ -194,7 +200,10 @@ impl Host {
         let validate_ms = ms(started);
         let digest = self.registry.put(&bytes).await?;
         let swapped = if activate {
-            Some(self.switch(&handle, transform, module, &digest, Push::Activate).await?)
+            Some(
+                self.switch(&handle, transform, module, &digest, Push::Activate)
+                    .await?,
+            )
         } else {
             None
         };
@@ -322,7 +331,12 @@ impl Host {
     }
 
     /// Pauses or resumes a pipeline.
-    pub fn set_paused(&self, who: &Principal, pipeline: &str, paused: bool) -> Result<(), DeployError> {
+    pub fn set_paused(
+        &self,
+        who: &Principal,
+        pipeline: &str,
+        paused: bool,
+    ) -> Result<(), DeployError> {
         let result = (|| {
             let handle = self
                 .pipeline(pipeline)
@@ -352,7 +366,12 @@ impl Host {
     }
 
     /// The versions of a transform, oldest first (the last is active).
-    pub fn versions(&self, who: &Principal, pipeline: &str, transform: &str) -> Result<Vec<String>, DeployError> {
+    pub fn versions(
+        &self,
+        who: &Principal,
+        pipeline: &str,
+        transform: &str,
+    ) -> Result<Vec<String>, DeployError> {
         let (handle, _) = self.target(who, pipeline, transform)?;
         let state = self.state.load(pipeline).map_err(DeployError::State)?;
         Ok(match state.transforms.get(transform) {

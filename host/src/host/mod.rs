@@ -355,8 +355,8 @@ impl Host {
             entry.file.clone()
         };
         tokio::task::spawn_blocking(move || {
-            let (config, base) = PipelineConfig::load(&file)
-                .map_err(|e| DeployError::State(e.to_string()))?;
+            let (config, base) =
+                PipelineConfig::load(&file).map_err(|e| DeployError::State(e.to_string()))?;
             let entries = crate::replay::read(&config, &base, &crate::replay::Filter::default())
                 .map_err(|e| DeployError::State(e.to_string()))?;
             let skip = entries.len().saturating_sub(limit);

@@ -53,7 +53,11 @@ fn hex_of(digest: &str) -> Result<&str, RegistryError> {
     let hex = digest
         .strip_prefix("sha256:")
         .ok_or_else(|| RegistryError::BadDigest(digest.to_string()))?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return Err(RegistryError::BadDigest(digest.to_string()));
     }
     Ok(hex)
@@ -168,7 +172,10 @@ mod tests {
             Err(RegistryError::Missing(_))
         ));
         for bad in ["sha256:../../etc/passwd", "md5:00", "sha256:ABC"] {
-            assert!(matches!(r.get(bad).await, Err(RegistryError::BadDigest(_))), "{bad}");
+            assert!(
+                matches!(r.get(bad).await, Err(RegistryError::BadDigest(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -3,7 +3,6 @@
 //! the chain for their sinks; failures become dead-letter entries that carry
 //! the original source record and position.
 
-use std::sync::Arc;
 use super::breaker::Breaker;
 use super::summary::StepStats;
 use crate::dlq::{DlqEntry, Stage};
@@ -11,6 +10,7 @@ use crate::engine::{Outcome, Runner};
 use crate::record::{Position, Record};
 use crate::source::SourceItem;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// A record on its way through the chain.
 #[derive(Debug)]

@@ -270,7 +270,9 @@ impl Delivery {
             if self.module_header {
                 for (record, &(_, from)) in records.iter_mut().zip(&meta) {
                     if let Some(d) = from.and_then(|i| digests.get(i)) {
-                        record.headers.retain(|h| h.name.as_ref() != MODULE_HEADER.as_bytes());
+                        record
+                            .headers
+                            .retain(|h| h.name.as_ref() != MODULE_HEADER.as_bytes());
                         record
                             .headers
                             .push(crate::record::Header::new(MODULE_HEADER, d.to_string()));

@@ -110,7 +110,9 @@ impl SwapQueue {
     /// Answers every queued swap with `error` (the pipeline ended).
     pub(crate) fn refuse_all(&self, pipeline: &str) {
         while let Some(r) = self.take() {
-            let _ = r.reply.send(Err(SwapError::NotRunning(pipeline.to_string())));
+            let _ = r
+                .reply
+                .send(Err(SwapError::NotRunning(pipeline.to_string())));
         }
     }
 }
