@@ -29,6 +29,18 @@ fn json(text: &str) -> serde_json::Value {
 /// A host directory: host file with tokens, one Kafka pipeline of tenant
 /// `team-a` whose outputs carry the `sluice.module` header.
 fn lab(dir: &Path, bootstrap: &str, input: &str, output: &str, dlq: &str, group: &str) -> PathBuf {
+    lab_with(dir, bootstrap, input, output, dlq, group, "")
+}
+
+fn lab_with(
+    dir: &Path,
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    dlq: &str,
+    group: &str,
+    extra: &str,
+) -> PathBuf {
     std::fs::create_dir_all(dir.join("pipelines")).expect("dir");
     std::fs::write(
         dir.join("tokens.toml"),
@@ -48,6 +60,7 @@ max_wait_ms = 20
 [delivery]
 module_header = true
 commit_interval_ms = 200
+{extra}
 [source.kafka]
 bootstrap = "{bootstrap}"
 topics = ["{input}"]
@@ -419,6 +432,147 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success() && err.contains("403"), "{err}");
     assert_eq!(active_digest(&addr), v1);
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log_tail(30)
+    );
+}
+
+/// A new version that fails most records trips its breaker on probation:
+/// the host swaps the previous version back by itself, before the batch
+/// that tripped it is delivered, and that batch is processed by the old
+/// version. Records the new version failed before (within the breaker's
+/// window) are in the dead-letter queue, attributed to it; every record is
+/// in the output or the dead-letter queue, once. The desired state and the
+/// audit log say so.
+#[test]
+fn a_new_version_that_trips_its_breaker_on_probation_is_rolled_back_automatically() {
+    let b = broker::bootstrap();
+    broker::require(&b);
+    let input = broker::unique("probation-in");
+    let output = broker::unique("probation-out");
+    let dlq = broker::unique("probation-dlq");
+    let group = broker::unique("probation-group");
+    broker::create_topic(&b, &input, 2);
+    broker::create_topic(&b, &output, 2);
+    broker::create_topic(&b, &dlq, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = lab_with(
+        dir.path(),
+        &b,
+        &input,
+        &output,
+        &dlq,
+        &group,
+        "[circuit_breaker]\nwindow_records = 100\nfailure_ratio = 0.5\n[deploy]\nprobation_records = 500",
+    );
+    let log = dir.path().join("host.log");
+    let (mut s, addr) = start(&host, &log);
+    let v1 = sluice::host::registry::digest_of(
+        &std::fs::read(module("transforms/identity")).expect("v1"),
+    );
+    // The poison guest fails every record whose value says `fail`.
+    let bad = std::fs::read(module("tests/guests/poison")).expect("poison");
+    let bad_digest = sluice::host::registry::digest_of(&bad);
+    let records = |from: usize, to: usize| {
+        (from..to)
+            .map(|i| {
+                (
+                    Some(format!("k{}", i % 20)),
+                    format!("{{\"n\":{i},\"note\":\"fail\"}}").into_bytes(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    const N: usize = 2_000;
+    broker::produce(&b, &input, records(0, N / 2));
+    let first = broker::consume(
+        &b,
+        &output,
+        false,
+        Duration::from_secs(60),
+        until_distinct(N / 2),
+    );
+    assert_eq!(first.len(), N / 2, "v1 passed the first half");
+
+    let (code, report) = post(
+        &addr,
+        "/api/pipelines/stream/transforms/identity/modules",
+        Some(ADMIN),
+        &bad,
+    );
+    assert_eq!(code, 201, "{report}");
+    assert_eq!(active_digest(&addr), bad_digest);
+    broker::produce(&b, &input, records(N / 2, N));
+
+    // Output + dead letters = every record, once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (got, dead) = loop {
+        let got = broker::consume(
+            &b,
+            &output,
+            false,
+            Duration::from_secs(5),
+            until_distinct(N),
+        );
+        let dead = broker::consume(&b, &dlq, false, Duration::from_secs(5), |_| false);
+        let mut all: Vec<_> = got.clone();
+        all.extend(dead.iter().cloned());
+        let (missing, _) = tally(&all, N);
+        if missing.is_empty() || Instant::now() > deadline {
+            break (got, dead);
+        }
+    };
+    let mut all = got.clone();
+    all.extend(dead.iter().cloned());
+    let (missing, duplicates) = tally(&all, N);
+    assert!(
+        missing.is_empty(),
+        "{} records neither out nor dead-lettered\n{}",
+        missing.len(),
+        s.log_tail(20)
+    );
+    assert_eq!(duplicates, 0);
+    assert!(
+        !dead.is_empty() && dead.len() < 200,
+        "the new version's failures within its window: {}",
+        dead.len()
+    );
+    for d in &dead {
+        assert_eq!(
+            d.header("sluice.dlq.module").as_deref(),
+            Some(bad_digest.as_str())
+        );
+        assert_eq!(d.header("sluice.dlq.error.kind").as_deref(), Some("poison"));
+    }
+    // Every output came from v1: the bad version delivered nothing.
+    assert!(
+        got.iter()
+            .all(|g| g.header("sluice.module").as_deref() == Some(v1.as_str()))
+    );
+    assert_eq!(active_digest(&addr), v1, "rolled back");
+    assert_eq!(versions(&addr, ADMIN), vec![v1.clone()]);
+    let (_, snapshot) = http_get(&addr, "/api/pipelines/stream", Some(ADMIN)).expect("snapshot");
+    let snapshot = json(&snapshot);
+    assert_eq!(snapshot["state"], "running");
+    assert!(
+        snapshot["last_errors"].to_string().contains("rolled back"),
+        "{snapshot}"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).expect("audit");
+    assert!(
+        audit.lines().map(json).any(|e| e["who"] == "sluice"
+            && e["action"] == "auto-rollback"
+            && e["digest"] == bad_digest.as_str()),
+        "{audit}"
+    );
+    eprintln!(
+        "automatic rollback: {} records dead-lettered by the bad version before its breaker tripped, {} passed by v1",
+        dead.len(),
+        got.len()
+    );
     let status = s.terminate(Duration::from_secs(60));
     assert!(
         status.is_some_and(|s| s.success()),

@@ -151,6 +151,32 @@ pub struct PipelineConfig {
     /// never for `sluice run`, the host file's policy for `sluice serve`.
     #[serde(default)]
     pub restart: Option<crate::pipeline::RestartPolicy>,
+    /// `[deploy]`: how a hot-deployed version is watched after it takes
+    /// over.
+    #[serde(default)]
+    pub deploy: DeployConfig,
+}
+
+/// `[deploy]`: automatic rollback of a new version.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// Records a new version is on probation for after a swap (default
+    /// 1000; 0: no probation). During probation batches go to the workers
+    /// one at a time, and if the new version fails more than the circuit
+    /// breaker's share of its records (measured over its first
+    /// `min(probation_records, window_records)` records) the previous
+    /// version is swapped back before that batch is delivered, and
+    /// processes it.
+    pub probation_records: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            probation_records: 1000,
+        }
+    }
 }
 
 /// `[circuit_breaker]`: when a transform fails more than `failure_ratio` of

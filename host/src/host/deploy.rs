@@ -311,7 +311,46 @@ impl Host {
         // One change at a time per host: the desired state follows the
         // order in which swaps happen.
         let _one = self.changes.lock().await;
-        let swapped = handle.swap(transform, module).await?;
+        let (rolled_tx, rolled_rx) = tokio::sync::oneshot::channel();
+        let watch = matches!(push, Push::Activate).then_some(rolled_tx);
+        let swapped = handle.swap(transform, module, watch).await?;
+        // An automatic rollback (the new version tripped its breaker on
+        // probation) is kept in the desired state and the audit log too.
+        {
+            let (state, audit, changes) =
+                (self.state.clone(), self.audit.clone(), self.changes.clone());
+            let (pipeline, transform, digest) = (
+                handle.name().to_string(),
+                transform.to_string(),
+                digest.to_string(),
+            );
+            tokio::spawn(async move {
+                let Ok(reason) = rolled_rx.await else {
+                    return;
+                };
+                let _one = changes.lock().await;
+                let result = state.load(&pipeline).and_then(|mut st| {
+                    let versions = st.transforms.entry(transform.clone()).or_default();
+                    if versions.last() == Some(&digest) {
+                        versions.pop();
+                    }
+                    state.save(&st)
+                });
+                if let Err(e) = &result {
+                    tracing::error!(pipeline = %pipeline, error = %e, "cannot keep the automatic rollback in the desired state");
+                }
+                audit.record(AuditEntry {
+                    at: String::new(),
+                    who: "sluice".into(),
+                    action: "auto-rollback".into(),
+                    pipeline,
+                    transform: Some(transform),
+                    digest: Some(digest),
+                    outcome: if result.is_ok() { "done" } else { "refused" }.into(),
+                    detail: Some(reason),
+                });
+            });
+        }
         let mut state = self.state.load(handle.name()).map_err(DeployError::State)?;
         let versions = state.transforms.entry(transform.to_string()).or_default();
         match push {

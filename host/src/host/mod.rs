@@ -97,9 +97,9 @@ pub struct Host {
     refused: RwLock<Vec<(PathBuf, String)>>,
     registry: registry::Registry,
     state: state::StateStore,
-    audit: audit::Audit,
+    audit: Arc<audit::Audit>,
     /// Serialises changes of the desired state.
-    changes: tokio::sync::Mutex<()>,
+    changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -126,7 +126,7 @@ impl Host {
         std::fs::create_dir_all(&config.data_dir).map_err(data)?;
         let registry = registry::Registry::open(&config.data_dir)?;
         let state = state::StateStore::open(&config.data_dir).map_err(data)?;
-        let audit = audit::Audit::open(&config.data_dir).map_err(data)?;
+        let audit = Arc::new(audit::Audit::open(&config.data_dir).map_err(data)?);
         Ok(Arc::new(Host {
             config,
             engines,
@@ -136,7 +136,7 @@ impl Host {
             registry,
             state,
             audit,
-            changes: tokio::sync::Mutex::new(()),
+            changes: Arc::new(tokio::sync::Mutex::new(())),
         }))
     }
 

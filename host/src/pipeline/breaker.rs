@@ -86,6 +86,15 @@ impl Breaker {
         Ok(())
     }
 
+    /// Forgets `transform`'s window (its module was swapped back: the
+    /// failures were the other version's).
+    pub fn reset(&self, transform: &str) {
+        self.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(transform);
+    }
+
     /// Whether the breaker would open if `transform`'s current batch of
     /// `records` ended with `failed` failures: checked while a batch is
     /// being isolated, so that a bad deploy stops the pipeline as its

@@ -563,6 +563,9 @@ pub struct PipelineHandle {
     specs: Vec<crate::engine::InstanceSpec>,
     /// Workers (a swap makes one instance per worker).
     workers: usize,
+    /// `[deploy]` and `[circuit_breaker]` of the pipeline (probation).
+    deploy: crate::config::DeployConfig,
+    breaker: crate::config::CircuitBreakerConfig,
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<Result<Summary, PipelineError>>>>,
@@ -583,6 +586,8 @@ impl PipelineHandle {
     pub fn spawn(pipeline: Pipeline, live: Arc<Live>, restart: RestartPolicy) -> Self {
         let specs = pipeline.specs().to_vec();
         let workers = pipeline.config().delivery.workers;
+        let deploy = pipeline.config().deploy.clone();
+        let breaker = pipeline.config().circuit_breaker.clone();
         let (stop, mut stop_rx) = watch::channel(false);
         let (done_tx, done) = watch::channel(false);
         let span = tracing::info_span!("pipeline", pipeline = %live.name, tenant = %live.tenant);
@@ -600,6 +605,8 @@ impl PipelineHandle {
             live,
             specs,
             workers,
+            deploy,
+            breaker,
             stop,
             done,
             task: Mutex::new(Some(task)),
@@ -635,11 +642,15 @@ impl PipelineHandle {
     /// batch boundary across all partitions (see [`super::swap`]): makes
     /// and initialises the new instances first (refused: nothing changes),
     /// then waits until the old version's batches in flight are delivered
-    /// and the new version takes the next batch.
+    /// and the new version takes the next batch. With `rolled_back`, the
+    /// new version is then on probation (`[deploy] probation_records`), and
+    /// `rolled_back` is told why if it is rolled back automatically;
+    /// without (a rollback itself), it is not.
     pub async fn swap(
         &self,
         transform: &str,
         module: Arc<crate::engine::Module>,
+        rolled_back: Option<tokio::sync::oneshot::Sender<String>>,
     ) -> Result<super::Swapped, super::SwapError> {
         let asked = std::time::Instant::now();
         let Some(index) = self.specs.iter().position(|s| &*s.name == transform) else {
@@ -668,6 +679,13 @@ impl PipelineHandle {
             runners,
             asked,
             reply,
+            probation: if rolled_back.is_some() {
+                self.deploy.probation_records
+            } else {
+                0
+            },
+            breaker: self.breaker.clone(),
+            rolled_back,
         });
         if self.is_done() {
             self.live.swaps().refuse_all(self.name());

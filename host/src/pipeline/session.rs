@@ -104,8 +104,15 @@ struct Coordinator<'a> {
     runners: Vec<WorkerRunners>,
     /// A swap waiting for the batches in flight to be delivered.
     swap: Option<super::swap::SwapRequest>,
-    /// Batches cut while a swap waits, in the order they were cut.
-    deferred: Vec<(Partition, Vec<SourceItem>)>,
+    /// A new version on probation (batches go one at a time).
+    probation: Option<super::swap::Probation>,
+    /// What workers check during a probation.
+    probe: super::swap::Probe,
+    /// The pipeline's breaker (reset for a transform swapped back).
+    breaker: Arc<Breaker>,
+    /// Batches cut while a swap waits or a probation runs, in the order
+    /// they were cut.
+    deferred: std::collections::VecDeque<(Partition, Vec<SourceItem>)>,
     committed: HashMap<Partition, i64>,
     commit_interval: Duration,
     /// When handled offsets not yet committed must be (at-least-once).
@@ -155,6 +162,7 @@ pub(crate) async fn run(
         done_tx.clone(),
     )));
     let runners = workers.clone();
+    let probe: super::swap::Probe = Arc::default();
     let mut worker_txs = Vec::with_capacity(workers.len());
     let mut worker_tasks = Vec::with_capacity(workers.len());
     for (index, runners) in workers.into_iter().enumerate() {
@@ -166,6 +174,7 @@ pub(crate) async fn run(
                 runners,
                 outputs: outputs.clone(),
                 breaker: breaker.clone(),
+                probe: probe.clone(),
                 live: live.clone(),
             },
             rx,
@@ -196,7 +205,10 @@ pub(crate) async fn run(
         per_item: control.acknowledgement() == Acknowledgement::PerItem,
         runners,
         swap: None,
-        deferred: Vec::new(),
+        probation: None,
+        probe,
+        breaker,
+        deferred: Default::default(),
         committed: HashMap::new(),
         commit_interval,
         commit_due: None,
@@ -261,6 +273,7 @@ struct Worker {
     runners: WorkerRunners,
     outputs: Arc<BTreeSet<String>>,
     breaker: Arc<Breaker>,
+    probe: super::swap::Probe,
     live: Arc<Live>,
 }
 
@@ -287,7 +300,29 @@ async fn worker(
         .await;
         match result {
             Ok((job, chain)) => {
-                if let Err(open) = w.breaker.observe(&chain.steps) {
+                // A new version on probation is measured on its own records.
+                let (on_probation, probe_open) = {
+                    let mut probe = w.probe.lock().unwrap_or_else(|e| e.into_inner());
+                    match probe.as_mut() {
+                        Some((i, b)) => (
+                            true,
+                            chain
+                                .steps
+                                .get(*i)
+                                .and_then(|s| b.observe(std::slice::from_ref(s)).err()),
+                        ),
+                        None => (false, None),
+                    }
+                };
+                let open = probe_open.or_else(|| w.breaker.observe(&chain.steps).err());
+                if let Some(open) = open {
+                    if on_probation {
+                        // The coordinator swaps the old version back and
+                        // sends this batch again: not delivered.
+                        tracing::error!(error = %open, "circuit breaker open on a new version: rolling back");
+                        let _ = done.send(Done::failed(job, open.into()).into());
+                        continue;
+                    }
                     tracing::error!(error = %open, "circuit breaker open");
                     let _ = done.send(Done::failed(job, open.into()).into());
                     return;
@@ -519,9 +554,10 @@ impl Coordinator<'_> {
         if items.is_empty() {
             return;
         }
-        if self.swap.is_some() {
-            // Processed by the new version, after the swap.
-            self.deferred.push((p.clone(), items));
+        if self.swap.is_some() || (self.probation.is_some() && self.jobs_in_flight > 0) {
+            // After the swap (by the new version), or, on probation, once
+            // the batch before it is delivered.
+            self.deferred.push_back((p.clone(), items));
             return;
         }
         let bytes = items.iter().map(ByteSize::byte_size).sum();
@@ -582,31 +618,121 @@ impl Coordinator<'_> {
             if self.jobs_in_flight > 0 {
                 return;
             }
-            let Some(mut request) = self.swap.take() else {
+            let Some(request) = self.swap.take() else {
+                self.drain_deferred();
                 return;
             };
-            let result = super::swap::apply(&self.runners, &mut request).map(|previous| {
-                let digest = request.module.digest().to_string();
-                self.live.set_digest(request.index, &digest);
-                let transform = self
-                    .live
-                    .transforms()
-                    .get(request.index)
-                    .map(|t| t.name.clone())
-                    .unwrap_or_default();
-                tracing::info!(pipeline = %self.pipeline, transform = %transform, previous = %previous, digest = %digest, deferred_batches = self.deferred.len(), "module swapped at a batch boundary");
+            // A version still on probation is taken as it is.
+            self.end_probation();
+            let super::swap::SwapRequest {
+                index,
+                module,
+                runners,
+                asked,
+                reply,
+                probation,
+                breaker,
+                rolled_back,
+            } = request;
+            let digest = module.digest().to_string();
+            let result = super::swap::apply(&self.runners, index, runners).map(|(previous, old)| {
+                self.live.set_digest(index, &digest);
+                let transform = self.transform_name(index);
+                tracing::info!(pipeline = %self.pipeline, transform = %transform, previous = %previous, digest = %digest, deferred_batches = self.deferred.len(), probation_records = probation, "module swapped at a batch boundary");
+                if probation > 0 {
+                    let window = probation.min(breaker.window_records.max(1));
+                    *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some((
+                        index,
+                        Breaker::new(crate::config::CircuitBreakerConfig {
+                            enabled: true,
+                            failure_ratio: breaker.failure_ratio,
+                            window_records: window,
+                        }),
+                    ));
+                    self.probation = Some(super::swap::Probation {
+                        index,
+                        old,
+                        remaining: probation,
+                        digest: digest.clone(),
+                        rolled_back,
+                    });
+                }
                 super::swap::Swapped {
                     transform,
                     previous,
-                    digest,
-                    waited_ms: super::swap::ms_since(request.asked),
+                    digest: digest.clone(),
+                    waited_ms: super::swap::ms_since(asked),
                 }
             });
-            let _ = request.reply.send(result);
-            for (p, items) in std::mem::take(&mut self.deferred) {
-                self.dispatch(&p, items);
-            }
+            let _ = reply.send(result);
         }
+    }
+
+    fn transform_name(&self, index: usize) -> String {
+        self.live
+            .transforms()
+            .get(index)
+            .map(|t| t.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sends on the batches that waited, as far as a probation allows.
+    fn drain_deferred(&mut self) {
+        while self.swap.is_none() && !(self.probation.is_some() && self.jobs_in_flight > 0) {
+            let Some((p, items)) = self.deferred.pop_front() else {
+                return;
+            };
+            self.dispatch(&p, items);
+        }
+    }
+
+    /// The version on probation passed (or is replaced): the old instances
+    /// go.
+    fn end_probation(&mut self) {
+        if self.probation.take().is_some() {
+            *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// The new version tripped its breaker on probation: the old instances
+    /// come back, and the batch (not delivered) goes to them first.
+    fn roll_back(&mut self, job: Job, reason: String) -> Result<(), PipelineError> {
+        self.job_taken();
+        self.partition_done(&job.partition);
+        let Some(p) = self.probation.take() else {
+            return Err(PipelineError::Internal("no probation to roll back".into()));
+        };
+        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let transform = self.transform_name(p.index);
+        let (_, _new) = super::swap::apply(&self.runners, p.index, p.old)
+            .map_err(|e| PipelineError::Internal(e.to_string()))?;
+        let restored = self
+            .runners
+            .first()
+            .and_then(|w| {
+                w.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(p.index)
+                    .map(|r| r.module().digest().to_string())
+            })
+            .unwrap_or_default();
+        self.live.set_digest(p.index, &restored);
+        self.breaker.reset(&transform);
+        let message = format!(
+            "transform `{transform}`: version {} rolled back to {restored} automatically: {reason}",
+            p.digest
+        );
+        tracing::error!(pipeline = %self.pipeline, transform = %transform, digest = %p.digest, restored = %restored, reason = %reason, "automatic rollback");
+        self.live.note_error(message.clone());
+        if let Some(tx) = p.rolled_back {
+            let _ = tx.send(message);
+        }
+        if job.epoch == self.epoch(&job.partition) {
+            self.deferred.push_front((job.partition, job.items));
+        } else {
+            self.budget.release(job.items.len(), job.bytes);
+        }
+        Ok(())
     }
 
     /// A job's sinks have taken it (or it failed).
@@ -626,6 +752,19 @@ impl Coordinator<'_> {
 
     async fn on_done(&mut self, done: Done) -> Result<(), PipelineError> {
         let Done { job, outcome, held } = done;
+        let outcome = match outcome {
+            Err(PipelineError::CircuitOpen(open)) if self.probation.is_some() => {
+                return self.roll_back(job, open.to_string());
+            }
+            other => other,
+        };
+        if let (Ok(_), Some(p)) = (&outcome, self.probation.as_mut()) {
+            p.remaining = p.remaining.saturating_sub(job.items.len() as u64);
+            if p.remaining == 0 {
+                tracing::info!(pipeline = %self.pipeline, digest = %p.digest, "the new version passed its probation");
+                self.end_probation();
+            }
+        }
         // The sinks have the records (durable, or held): the budget is free.
         self.budget.release(job.items.len(), job.bytes);
         self.job_taken();

@@ -67,7 +67,32 @@ pub(crate) struct SwapRequest {
     pub asked: Instant,
     /// The answer.
     pub reply: oneshot::Sender<Result<Swapped, SwapError>>,
+    /// Records the new version is on probation for (0: none).
+    pub probation: u64,
+    /// The pipeline's breaker settings (probation measures with them).
+    pub breaker: crate::config::CircuitBreakerConfig,
+    /// Told why, if the new version is rolled back automatically.
+    pub rolled_back: Option<oneshot::Sender<String>>,
 }
+
+/// A new version on probation: the old instances are kept until it has
+/// processed its first records without tripping its breaker.
+pub(crate) struct Probation {
+    /// The transform.
+    pub index: usize,
+    /// The previous version's instances, one per worker.
+    pub old: Vec<Runner>,
+    /// Records still to go.
+    pub remaining: u64,
+    /// The new version's digest.
+    pub digest: String,
+    /// Told why, on an automatic rollback.
+    pub rolled_back: Option<oneshot::Sender<String>>,
+}
+
+/// What workers check during a probation: the transform, and a breaker of
+/// its own over the new version's records only.
+pub(crate) type Probe = Arc<Mutex<Option<(usize, super::breaker::Breaker)>>>;
 
 /// Swaps waiting for the coordinator, and the bell that wakes it.
 pub(crate) struct SwapQueue {
@@ -117,16 +142,18 @@ impl SwapQueue {
     }
 }
 
-/// Replaces transform `index` in every worker's runners; returns the
-/// previous module's digest. Called only with no batch in flight.
+/// Replaces transform `index` in every worker's runners with `runners`;
+/// returns the previous module's digest and instances. Called only with no
+/// batch in flight.
 pub(crate) fn apply(
     workers: &[super::session::WorkerRunners],
-    request: &mut SwapRequest,
-) -> Result<String, SwapError> {
-    if request.runners.len() != workers.len() {
+    index: usize,
+    runners: Vec<Runner>,
+) -> Result<(String, Vec<Runner>), SwapError> {
+    if runners.len() != workers.len() {
         return Err(SwapError::Internal(format!(
             "{} new instances for {} workers",
-            request.runners.len(),
+            runners.len(),
             workers.len()
         )));
     }
@@ -134,20 +161,22 @@ pub(crate) fn apply(
         .iter()
         .map(|w| w.lock().unwrap_or_else(|e| e.into_inner()))
         .collect();
-    if locked.iter().any(|r| r.len() <= request.index) {
+    if locked.iter().any(|r| r.len() <= index) {
         return Err(SwapError::Internal(format!(
-            "no transform {} in a worker",
-            request.index
+            "no transform {index} in a worker"
         )));
     }
     let mut previous = None;
-    for (runners, new) in locked.iter_mut().zip(request.runners.drain(..)) {
-        if let Some(slot) = runners.get_mut(request.index) {
-            let old = std::mem::replace(slot, new);
-            previous.get_or_insert_with(|| old.module().digest().to_string());
+    let mut old = Vec::with_capacity(runners.len());
+    for (slots, new) in locked.iter_mut().zip(runners) {
+        if let Some(slot) = slots.get_mut(index) {
+            let o = std::mem::replace(slot, new);
+            previous.get_or_insert_with(|| o.module().digest().to_string());
+            old.push(o);
         }
     }
-    previous.ok_or_else(|| SwapError::Internal("no workers".into()))
+    let previous = previous.ok_or_else(|| SwapError::Internal("no workers".into()))?;
+    Ok((previous, old))
 }
 
 /// Milliseconds since `t`.
