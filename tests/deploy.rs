@@ -580,3 +580,114 @@ fn a_new_version_that_trips_its_breaker_on_probation_is_rolled_back_automaticall
         s.log_tail(30)
     );
 }
+
+/// Pipelines created, replaced and deleted through the API: the file is
+/// checked first (a bad one is refused with its line and changes nothing),
+/// only an admin may do it, and what is created is kept in the pipeline
+/// directory.
+#[test]
+fn pipelines_are_created_replaced_and_deleted_through_the_api_by_admins_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("pipelines")).expect("dir");
+    std::fs::write(
+        dir.path().join("tokens.toml"),
+        format!(
+            "[[token]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nadmin = true\n[[token]]\nname = \"team-a-ci\"\ntoken = \"{TENANT_A}\"\ntenant = \"team-a\"\n"
+        ),
+    )
+    .expect("tokens");
+    let host = dir.path().join("host.toml");
+    std::fs::write(
+        &host,
+        "listen = \"127.0.0.1:0\"\ntokens_file = \"tokens.toml\"\ninstance_slots = 20\n",
+    )
+    .expect("host file");
+    let data = dir.path().join("events.jsonl");
+    std::fs::write(
+        &data,
+        (0..100)
+            .map(|i| format!("{{\"n\":{i}}}\n"))
+            .collect::<String>(),
+    )
+    .expect("data");
+    let file = |lake: &str| {
+        format!(
+            "name = \"made\"\ntenant = \"team-a\"\n[source.file]\npath = {}\n[[transforms]]\nname = \"identity\"\nmodule = {}\n[outputs.default.local]\npath = {}\n[dead_letter.local]\npath = {}\n",
+            toml_path(&data),
+            toml_path(&module("transforms/identity")),
+            toml_path(&dir.path().join(lake)),
+            toml_path(&dir.path().join("dlq")),
+        )
+    };
+    let log = dir.path().join("host.log");
+    let mut s = Sluice::serve(&bin(), &host, &log, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        if let Some(a) = s.listen_address() {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "{}", s.log_tail(20));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let put = |token: &str, body: &str| {
+        let (code, text) = http_request(
+            "PUT",
+            &addr,
+            "/api/pipelines/made",
+            Some(token),
+            body.as_bytes(),
+        )
+        .expect("put");
+        (code, text)
+    };
+    let (code, text) = put(TENANT_A, &file("lake1"));
+    assert_eq!(code, 403, "{text}");
+    let (code, text) = put(ADMIN, "name = \"made\"\n[source.file]\npath = 7\n");
+    assert_eq!(code, 422, "{text}");
+    assert!(text.contains("line 3"), "names the line: {text}");
+    assert!(
+        !dir.path().join("pipelines/made.toml").exists(),
+        "nothing changed"
+    );
+    let (code, text) = put(
+        ADMIN,
+        &file("lake1").replace("name = \"made\"", "name = \"other\""),
+    );
+    assert_eq!(code, 422, "{text}");
+
+    let (code, text) = put(ADMIN, &file("lake1"));
+    assert_eq!(code, 201, "{text}");
+    assert!(dir.path().join("pipelines/made.toml").exists());
+    let wait_lines = |lake: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sluice_e2e::read_lake(&dir.path().join(lake)).len() < 100 {
+            assert!(Instant::now() < deadline, "{}", s.log_tail(20));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_lines("lake1");
+    let (code, text) = put(ADMIN, &file("lake2"));
+    assert_eq!(code, 200, "replaced: {text}");
+    wait_lines("lake2");
+    let (code, _) =
+        http_request("DELETE", &addr, "/api/pipelines/made", Some(TENANT_A), b"").expect("delete");
+    assert_eq!(code, 403);
+    let (code, text) =
+        http_request("DELETE", &addr, "/api/pipelines/made", Some(ADMIN), b"").expect("delete");
+    assert_eq!(code, 204, "{text}");
+    assert!(!dir.path().join("pipelines/made.toml").exists());
+    assert_eq!(
+        http_get(&addr, "/api/pipelines/made", Some(ADMIN))
+            .expect("get")
+            .0,
+        404
+    );
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).expect("audit");
+    assert!(audit.contains("\"action\":\"delete-pipeline\""), "{audit}");
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log_tail(30)
+    );
+}

@@ -8,6 +8,8 @@
 //! | `GET  /api/pipelines/{p}/transforms/{t}/versions` | the versions, oldest first, the last active |
 //! | `POST /api/pipelines/{p}/pause`, `…/resume` | stop reading / read again |
 //! | `GET  /api/pipelines/{p}/dead-letters[?limit=N]` | the newest dead-letter entries |
+//! | `PUT  /api/pipelines/{p}` (body: the pipeline file) | create or replace a pipeline (admin) |
+//! | `DELETE /api/pipelines/{p}` | stop and remove a pipeline (admin) |
 //!
 //! Every call needs a bearer token (see [`crate::host::auth`]): 401 without
 //! a valid one, 403 when a tenant token names another tenant's pipeline —
@@ -20,7 +22,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -48,6 +50,10 @@ pub(super) fn routes() -> Router<Arc<Host>> {
         .route("/api/pipelines/{name}/pause", post(pause))
         .route("/api/pipelines/{name}/resume", post(resume))
         .route("/api/pipelines/{name}/dead-letters", get(dead_letters))
+        .route(
+            "/api/pipelines/{name}",
+            put(put_pipeline).delete(delete_pipeline),
+        )
 }
 
 /// The caller of a write, or the response refusing it.
@@ -69,7 +75,8 @@ fn deploy_error(e: &DeployError) -> Response {
         DeployError::NoPipeline(_) | DeployError::NoTransform { .. } => StatusCode::NOT_FOUND,
         DeployError::Registry(RegistryError::Missing(_)) => StatusCode::NOT_FOUND,
         DeployError::Registry(RegistryError::BadDigest(_)) => StatusCode::BAD_REQUEST,
-        DeployError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        DeployError::Forbidden { .. } | DeployError::AdminOnly { .. } => StatusCode::FORBIDDEN,
+        DeployError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::Refused(_) | DeployError::Swap(SwapError::Refused(_)) => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
@@ -218,6 +225,50 @@ async fn dead_letters(
     let limit = q.limit.unwrap_or(100).min(10_000);
     match host.dead_letters(&who, &name, limit).await {
         Ok(entries) => Json(serde_json::json!({ "entries": entries })).into_response(),
+        Err(e) => deploy_error(&e),
+    }
+}
+
+async fn put_pipeline(
+    State(host): State<Arc<Host>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let who = match writer(&host, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "the pipeline file must be UTF-8 TOML",
+        );
+    };
+    match host.put_pipeline(&who, &name, text).await {
+        Ok(r) => {
+            let status = if r.replaced {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            (status, Json(r)).into_response()
+        }
+        Err(e) => deploy_error(&e),
+    }
+}
+
+async fn delete_pipeline(
+    State(host): State<Arc<Host>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match writer(&host, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match host.delete_pipeline(&who, &name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => deploy_error(&e),
     }
 }

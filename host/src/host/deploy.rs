@@ -52,6 +52,19 @@ pub enum DeployError {
     /// The desired state could not be kept.
     #[error("cannot keep the desired state: {0}")]
     State(String),
+    /// Only an admin may do this.
+    #[error(
+        "`{who}` may not {what}: only an admin token may (a pipeline file reaches the host's files and network)"
+    )]
+    AdminOnly {
+        /// The token's name.
+        who: String,
+        /// What was asked.
+        what: String,
+    },
+    /// A pipeline file sent through the API was refused.
+    #[error("pipeline file refused: {0}")]
+    Invalid(String),
     /// Nothing to roll back to.
     #[error(
         "transform `{transform}` of pipeline `{pipeline}` has no earlier version to roll back to"

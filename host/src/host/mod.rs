@@ -13,6 +13,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod deploy;
+pub mod manage;
 pub mod registry;
 pub mod state;
 
