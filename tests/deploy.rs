@@ -691,3 +691,121 @@ fn pipelines_are_created_replaced_and_deleted_through_the_api_by_admins_only() {
         s.log_tail(30)
     );
 }
+
+/// Two hosts in one consumer group share their desired state through a
+/// compacted Kafka topic and their modules through one registry: a deploy
+/// through one switches both, and a rollback through the other switches
+/// both back. Records produced once both run v2 all come out tagged v2,
+/// whichever host's partitions they are in.
+#[test]
+fn a_deploy_through_one_host_switches_every_host_of_the_group() {
+    let b = broker::bootstrap();
+    broker::require(&b);
+    let input = broker::unique("shared-in");
+    let output = broker::unique("shared-out");
+    let dlq = broker::unique("shared-dlq");
+    let group = broker::unique("shared-group");
+    let state_topic = broker::unique("shared-state");
+    broker::create_topic(&b, &input, 4);
+    broker::create_topic(&b, &output, 4);
+    broker::create_topic(&b, &dlq, 1);
+    let root = tempfile::tempdir().expect("tempdir");
+    let registry = root.path().join("registry");
+    let mut hosts = Vec::new();
+    for name in ["a", "b"] {
+        let dir = root.path().join(name);
+        let file = lab_with(&dir, &b, &input, &output, &dlq, &group, "");
+        let mut text = std::fs::read_to_string(&file).expect("host file");
+        text.push_str(&format!(
+            "registry = {}\n[state]\nkafka_bootstrap = \"{b}\"\nkafka_topic = \"{state_topic}\"\n",
+            toml_path(&registry)
+        ));
+        std::fs::write(&file, text).expect("host file");
+        let (s, addr) = start(&file, &dir.join("host.log"));
+        hosts.push((s, addr));
+    }
+    let v1 = sluice::host::registry::digest_of(
+        &std::fs::read(module("transforms/identity")).expect("v1"),
+    );
+    let v2_bytes = with_custom_section(
+        &std::fs::read(module("transforms/identity")).expect("v1"),
+        "sluice-test-version",
+        b"2",
+    );
+    let v2 = sluice::host::registry::digest_of(&v2_bytes);
+    let wait_for = |addr: &str, digest: &str, log: &Sluice| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while active_digest(addr) != digest {
+            assert!(
+                Instant::now() < deadline,
+                "{addr} never ran {digest}\n{}",
+                log.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let records = |from: usize, to: usize| {
+        (from..to)
+            .map(|i| {
+                (
+                    Some(format!("k{}", i % 40)),
+                    format!("{{\"n\":{i}}}").into_bytes(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    broker::produce(&b, &input, records(0, 500));
+    let (code, report) = post(
+        &hosts[0].1,
+        "/api/pipelines/stream/transforms/identity/modules",
+        Some(ADMIN),
+        &v2_bytes,
+    );
+    assert_eq!(code, 201, "{report}");
+    let started = Instant::now();
+    wait_for(&hosts[1].1, &v2, &hosts[1].0);
+    let converged_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(versions(&hosts[1].1, ADMIN), vec![v1.clone(), v2.clone()]);
+    broker::produce(&b, &input, records(500, 1500));
+    let got = broker::consume(
+        &b,
+        &output,
+        false,
+        Duration::from_secs(120),
+        until_distinct(1500),
+    );
+    let (missing, _) = tally(&got, 1500);
+    assert!(missing.is_empty(), "{} missing", missing.len());
+    let late: Vec<_> = got
+        .iter()
+        .filter(|g| number(g).is_some_and(|n| n >= 500))
+        .collect();
+    assert!(!late.is_empty());
+    let partitions: std::collections::BTreeSet<i32> = late.iter().map(|g| g.partition).collect();
+    assert!(
+        late.iter()
+            .all(|g| g.header("sluice.module").as_deref() == Some(v2.as_str())),
+        "records produced after both switched are all v2"
+    );
+    // A rollback through the other host switches the first back.
+    let (code, report) = post(
+        &hosts[1].1,
+        "/api/pipelines/stream/transforms/identity/rollback",
+        Some(ADMIN),
+        b"",
+    );
+    assert_eq!(code, 200, "{report}");
+    wait_for(&hosts[0].1, &v1, &hosts[0].0);
+    eprintln!(
+        "two hosts: the second ran v2 {converged_ms:.0} ms after the deploy through the first; late records in {} partitions",
+        partitions.len()
+    );
+    for (mut s, _) in hosts {
+        let status = s.terminate(Duration::from_secs(60));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{status:?}\n{}",
+            s.log_tail(30)
+        );
+    }
+}

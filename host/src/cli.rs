@@ -307,6 +307,9 @@ fn serve(host_file: &std::path::Path) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let bound = listener.local_addr().context("listener address")?;
         eprintln!("sluice host listening on http://{bound}/");
+        host.share_state()
+            .await
+            .map_err(|e| anyhow::anyhow!("shared desired state: {e}"))?;
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api = tokio::spawn(crate::api::serve(host.clone(), listener, async move {
             let _ = api_stopped.await;

@@ -9,6 +9,10 @@
 //! pipelines = "pipelines"        # one pipeline file (*.toml) per pipeline
 //! instance_slots = 1100          # the shared pool: live transform instances
 //! shutdown_timeout_ms = 60000    # SIGTERM: how long pipelines may drain
+//! registry = "/shared/registry"  # module registry (default: data_dir/registry)
+//! [state]                        # share the desired state with other hosts
+//! kafka_bootstrap = "kafka:9092" # through a compacted topic on this cluster
+//! kafka_topic = "sluice-state"   # (default `sluice-desired-state`)
 //! [restart]                      # for pipelines without their own [restart]
 //! max_restarts = 3
 //! ```
@@ -63,6 +67,24 @@ struct Raw {
     instance_slots: Option<u32>,
     shutdown_timeout_ms: Option<u64>,
     restart: Option<RestartPolicy>,
+    registry: Option<PathBuf>,
+    state: Option<SharedStateConfig>,
+}
+
+/// `[state]`: the desired state shared by several hosts.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SharedStateConfig {
+    /// The Kafka cluster that keeps it.
+    pub kafka_bootstrap: String,
+    /// The compacted topic (default `sluice-desired-state`), created if
+    /// missing.
+    #[serde(default = "default_state_topic")]
+    pub kafka_topic: String,
+}
+
+fn default_state_topic() -> String {
+    "sluice-desired-state".into()
 }
 
 /// The host's settings.
@@ -89,6 +111,11 @@ pub struct HostConfig {
     /// The restart policy of pipelines that set none (default: 3 restarts,
     /// 1 s doubling to 60 s).
     pub restart: RestartPolicy,
+    /// The module registry's directory (default `data_dir/registry`; share
+    /// it between hosts that share their state).
+    pub registry: PathBuf,
+    /// The shared desired state, if hosts share one.
+    pub shared_state: Option<SharedStateConfig>,
 }
 
 impl std::fmt::Debug for HostConfig {
@@ -214,11 +241,17 @@ impl HostConfig {
                 "`instance_slots` must be at least 1".into(),
             ));
         }
+        let data_dir = base.join(raw.data_dir.unwrap_or_else(|| "data".into()));
         Ok(HostConfig {
             listen,
             token,
             tokens,
-            data_dir: base.join(raw.data_dir.unwrap_or_else(|| "data".into())),
+            registry: raw
+                .registry
+                .map(|r| base.join(r))
+                .unwrap_or_else(|| data_dir.join("registry")),
+            shared_state: raw.state,
+            data_dir,
             pipelines: base.join(raw.pipelines.unwrap_or_else(|| "pipelines".into())),
             instance_slots,
             shutdown_timeout_ms: raw.shutdown_timeout_ms.unwrap_or(60_000),

@@ -123,7 +123,7 @@ impl Host {
 
     /// Compiles and checks `bytes` for a transform with `spec`, and runs its
     /// `init` on a scratch instance.
-    async fn validate(
+    pub(super) async fn validate(
         &self,
         spec: &InstanceSpec,
         bytes: Arc<Vec<u8>>,
@@ -330,8 +330,12 @@ impl Host {
         // An automatic rollback (the new version tripped its breaker on
         // probation) is kept in the desired state and the audit log too.
         {
-            let (state, audit, changes) =
-                (self.state.clone(), self.audit.clone(), self.changes.clone());
+            let (state, audit, changes, shared) = (
+                self.state.clone(),
+                self.audit.clone(),
+                self.changes.clone(),
+                self.shared.get().cloned(),
+            );
             let (pipeline, transform, digest) = (
                 handle.name().to_string(),
                 transform.to_string(),
@@ -347,8 +351,14 @@ impl Host {
                     if versions.last() == Some(&digest) {
                         versions.pop();
                     }
-                    state.save(&st)
+                    state.save(&st).map(|_| st)
                 });
+                if let (Ok(st), Some(shared)) = (&result, &shared)
+                    && let Err(e) = shared.publish(st).await
+                {
+                    tracing::error!(pipeline = %pipeline, error = %e, "the other hosts will not see the automatic rollback");
+                }
+                let result = result.map(|_| ());
                 if let Err(e) = &result {
                     tracing::error!(pipeline = %pipeline, error = %e, "cannot keep the automatic rollback in the desired state");
                 }
@@ -378,6 +388,7 @@ impl Host {
             }
         }
         self.state.save(&state).map_err(DeployError::State)?;
+        self.publish_state(&state).await;
         tracing::info!(pipeline = %handle.name(), transform, digest, previous = %swapped.previous, waited_ms = swapped.waited_ms, "module activated");
         Ok(swapped)
     }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod deploy;
 pub mod manage;
 pub mod registry;
+pub mod shared;
 pub mod state;
 
 pub use config::{HostConfig, HostConfigError};
@@ -101,6 +102,8 @@ pub struct Host {
     audit: Arc<audit::Audit>,
     /// Serialises changes of the desired state.
     changes: Arc<tokio::sync::Mutex<()>>,
+    /// The desired state shared with other hosts, once connected.
+    shared: std::sync::OnceLock<Arc<shared::SharedState>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -125,7 +128,7 @@ impl Host {
             source,
         };
         std::fs::create_dir_all(&config.data_dir).map_err(data)?;
-        let registry = registry::Registry::open(&config.data_dir)?;
+        let registry = registry::Registry::open(&config.registry, &config.data_dir)?;
         let state = state::StateStore::open(&config.data_dir).map_err(data)?;
         let audit = Arc::new(audit::Audit::open(&config.data_dir).map_err(data)?);
         Ok(Arc::new(Host {
@@ -138,7 +141,19 @@ impl Host {
             state,
             audit,
             changes: Arc::new(tokio::sync::Mutex::new(())),
+            shared: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Connects to the shared desired state (`[state]` of the host file),
+    /// reads it, and follows it. Call before [`start_all`](Self::start_all).
+    pub async fn share_state(self: &Arc<Self>) -> Result<(), String> {
+        let Some(c) = self.config.shared_state.clone() else {
+            return Ok(());
+        };
+        let shared = shared::SharedState::connect(&c.kafka_bootstrap, &c.kafka_topic).await?;
+        let _ = self.shared.set(Arc::new(shared));
+        self.join_shared_state().await
     }
 
     /// The host's configuration.

@@ -64,9 +64,10 @@ fn hex_of(digest: &str) -> Result<&str, RegistryError> {
 }
 
 impl Registry {
-    /// The registry under `data_dir/registry`.
-    pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
-        let root = data_dir.join("registry");
+    /// The registry in directory `root` (local copies under
+    /// `data_dir/modules`).
+    pub fn open(root: &Path, data_dir: &Path) -> Result<Self, RegistryError> {
+        let root = root.to_path_buf();
         let local = data_dir.join("modules");
         for d in [&root, &local] {
             std::fs::create_dir_all(d)
@@ -152,7 +153,7 @@ mod tests {
     #[tokio::test]
     async fn modules_are_stored_once_by_digest_and_checked_when_read() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let r = Registry::open(dir.path()).expect("open");
+        let r = Registry::open(&dir.path().join("registry"), dir.path()).expect("open");
         let d = r.put(b"module one").await.expect("put");
         assert_eq!(d, digest_of(b"module one"));
         assert_eq!(r.put(b"module one").await.expect("again"), d);
