@@ -809,3 +809,150 @@ fn a_deploy_through_one_host_switches_every_host_of_the_group() {
         );
     }
 }
+
+fn wait_until(what: &str, s: &Sluice, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}\n{}", s.log_tail(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn refused(addr: &str) -> String {
+    http_get(addr, "/api/pipelines", Some(ADMIN))
+        .map(|(_, b)| json(&b)["refused"].to_string())
+        .unwrap_or_default()
+}
+
+/// GitOps: `sluice serve --watch DIR` deploys a changed module file and
+/// replaces a changed pipeline file; a bad module or pipeline file is
+/// refused and reported while the running version stays; a removed file
+/// removes its pipeline.
+#[test]
+fn a_watched_directory_deploys_changed_files_and_refuses_bad_ones() {
+    let b = broker::bootstrap();
+    broker::require(&b);
+    let input = broker::unique("watch-in");
+    let output = broker::unique("watch-out");
+    let dlq = broker::unique("watch-dlq");
+    let group = broker::unique("watch-group");
+    broker::create_topic(&b, &input, 2);
+    broker::create_topic(&b, &output, 2);
+    broker::create_topic(&b, &dlq, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = lab(dir.path(), &b, &input, &output, &dlq, &group);
+    let watched = dir.path().join("pipelines");
+    let v1_bytes = std::fs::read(module("transforms/identity")).expect("v1");
+    let v2_bytes = with_custom_section(&v1_bytes, "sluice-test-version", b"2");
+    let (v1, v2) = (
+        sluice::host::registry::digest_of(&v1_bytes),
+        sluice::host::registry::digest_of(&v2_bytes),
+    );
+    // The pipeline names its module as a file next to it.
+    let m = watched.join("m.wasm");
+    std::fs::write(&m, &v1_bytes).expect("module file");
+    let file = watched.join("stream.toml");
+    let text = std::fs::read_to_string(&file).expect("pipeline");
+    let module_line = text
+        .lines()
+        .find(|l| l.starts_with("module = "))
+        .expect("module line")
+        .to_string();
+    let text = text.replace(&module_line, "module = \"m.wasm\"");
+    std::fs::write(&file, &text).expect("pipeline");
+    let log = dir.path().join("host.log");
+    let mut s = Sluice::serve_watching(&bin(), &host, &watched, &log);
+    let mut addr = String::new();
+    wait_until("the host starts", &s, || {
+        if let Some(a) = s.listen_address() {
+            addr = a;
+        }
+        !addr.is_empty() && active_digest(&addr) == v1
+    });
+    broker::produce(
+        &b,
+        &input,
+        (0..200).map(|i| (None, format!("{{\"n\":{i}}}").into_bytes())),
+    );
+    broker::consume(
+        &b,
+        &output,
+        false,
+        Duration::from_secs(60),
+        until_distinct(200),
+    );
+
+    // A new module file is deployed; a bad one is refused, v2 stays.
+    std::fs::write(&m, &v2_bytes).expect("v2");
+    wait_until("the new module file is deployed", &s, || {
+        active_digest(&addr) == v2
+    });
+    std::fs::write(&m, b"not a component").expect("garbage");
+    wait_until("the bad module file is reported", &s, || {
+        refused(&addr).contains("m.wasm")
+    });
+    assert_eq!(active_digest(&addr), v2, "the running version stays");
+
+    // A bad pipeline file is refused with its line; the pipeline runs on.
+    std::fs::write(&m, &v1_bytes).expect("v1 again");
+    wait_until("the module file is deployed again", &s, || {
+        active_digest(&addr) == v1
+    });
+    std::fs::write(
+        &file,
+        text.replace("max_records = 50", "max_records = \"many\""),
+    )
+    .expect("bad");
+    wait_until("the bad pipeline file is reported", &s, || {
+        let r = refused(&addr);
+        r.contains("stream.toml") && r.contains("line")
+    });
+    let (_, snap) = http_get(&addr, "/api/pipelines/stream", Some(ADMIN)).expect("get");
+    assert_eq!(json(&snap)["state"], "running");
+
+    // A good change replaces the pipeline; the report clears.
+    std::fs::write(&file, text.replace("max_records = 50", "max_records = 20")).expect("good");
+    wait_until(
+        "the changed pipeline file replaces the pipeline",
+        &s,
+        || {
+            !refused(&addr).contains("stream.toml")
+                && http_get(&addr, "/api/pipelines/stream", Some(ADMIN))
+                    .is_ok_and(|(c, b)| c == 200 && json(&b)["state"] == "running")
+        },
+    );
+    broker::produce(
+        &b,
+        &input,
+        (200..400).map(|i| (None, format!("{{\"n\":{i}}}").into_bytes())),
+    );
+    let got = broker::consume(
+        &b,
+        &output,
+        false,
+        Duration::from_secs(60),
+        until_distinct(400),
+    );
+    let (missing, _) = tally(&got, 400);
+    assert!(missing.is_empty(), "{} missing", missing.len());
+
+    // A removed file removes its pipeline.
+    std::fs::remove_file(&file).expect("remove");
+    wait_until("the pipeline goes with its file", &s, || {
+        http_get(&addr, "/api/pipelines/stream", Some(ADMIN)).is_ok_and(|(c, _)| c == 404)
+    });
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).expect("audit");
+    assert!(
+        audit
+            .lines()
+            .map(json)
+            .any(|e| e["who"] == "gitops" && e["action"] == "deploy" && e["digest"] == v2.as_str()),
+        "{audit}"
+    );
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log_tail(30)
+    );
+}

@@ -24,12 +24,18 @@ impl Sluice {
         env: &[(&str, &str)],
         pipe_stdout: bool,
     ) -> Sluice {
-        Self::command(bin, "run", pipeline, log, env, pipe_stdout)
+        Self::command(bin, "run", pipeline, log, env, pipe_stdout, &[])
     }
 
     /// Starts `<bin> serve <host file>` (a host), as [`Sluice::start`].
     pub fn serve(bin: &Path, host: &Path, log: &Path, env: &[(&str, &str)]) -> Sluice {
-        Self::command(bin, "serve", host, log, env, false)
+        Self::command(bin, "serve", host, log, env, false, &[])
+    }
+
+    /// `<bin> serve <host file> --watch <dir>`.
+    pub fn serve_watching(bin: &Path, host: &Path, dir: &Path, log: &Path) -> Sluice {
+        let dir = dir.to_string_lossy().into_owned();
+        Self::command(bin, "serve", host, log, &[], false, &["--watch", &dir])
     }
 
     /// The address the host's listener took, from its log (`None` until
@@ -49,6 +55,7 @@ impl Sluice {
         log: &Path,
         env: &[(&str, &str)],
         pipe_stdout: bool,
+        args: &[&str],
     ) -> Sluice {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -58,6 +65,7 @@ impl Sluice {
         let mut cmd = Command::new(bin);
         cmd.arg(verb)
             .arg(file)
+            .args(args)
             .env(
                 "SLUICE_LOG",
                 std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),

@@ -30,6 +30,11 @@ enum Command {
     Serve {
         /// The host file (TOML).
         host: PathBuf,
+        /// Take the pipeline files from this directory (instead of the host
+        /// file's `pipelines`) and watch it: changed pipeline and module
+        /// files are checked and deployed, bad ones refused and reported.
+        #[arg(long)]
+        watch: Option<PathBuf>,
     },
     /// Checks a pipeline file: parses it, builds and loads its transforms,
     /// runs their `init` with the configured settings; processes nothing.
@@ -295,8 +300,11 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(host_file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let config = crate::host::HostConfig::load(host_file)?;
+fn serve(host_file: &std::path::Path, watch: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut config = crate::host::HostConfig::load(host_file)?;
+    if let Some(dir) = &watch {
+        config.pipelines = dir.clone();
+    }
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let listen = config.listen;
@@ -320,6 +328,9 @@ fn serve(host_file: &std::path::Path) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot read the pipeline directory `{}`", host.config().pipelines.display()))?;
         for e in &refused {
             eprintln!("refused: {e}");
+        }
+        if watch.is_some() {
+            tokio::spawn(host.clone().watch());
         }
         eprintln!(
             "{} pipelines started, {} refused",
@@ -401,7 +412,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { host } => serve(&host),
+        Command::Serve { host, watch } => serve(&host, watch),
         Command::Deploy {
             remote,
             pipeline,

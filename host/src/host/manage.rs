@@ -51,7 +51,7 @@ impl Host {
         }
     }
 
-    fn record(
+    pub(super) fn record(
         &self,
         who: &Principal,
         action: &str,
@@ -114,23 +114,7 @@ impl Host {
             )));
         }
         // Checked like `sluice check`, with nothing changed yet.
-        let base = self.config.pipelines.clone();
-        let engines = self.engines.clone();
-        let check = config.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::source::validate(&check.source, &base).map_err(|e| e.to_string())?;
-            let engine = engines
-                .for_limits(check.transforms.iter().map(|t| &t.limits))
-                .map_err(|e| e.to_string())?;
-            let prepared =
-                crate::pipeline::prepare_transforms(&check, &base, &engine, &Default::default())
-                    .map_err(|e| e.to_string())?;
-            crate::pipeline::instantiate(&prepared).map_err(|e| e.to_string())?;
-            Ok::<(), String>(())
-        })
-        .await
-        .map_err(|e| DeployError::Invalid(e.to_string()))?
-        .map_err(DeployError::Invalid)?;
+        self.check_pipeline(&config, &self.config.pipelines).await?;
         let _one = self.changes.lock().await;
         let replaced = self.stop_and_forget(name).await;
         self.state.remove(name).map_err(DeployError::State)?;
@@ -147,6 +131,70 @@ impl Host {
             replaced,
             file: file.display().to_string(),
         })
+    }
+
+    /// Checks a pipeline like `sluice check`: source validated, transforms
+    /// compiled and their `init` run; changes nothing.
+    async fn check_pipeline(
+        &self,
+        config: &PipelineConfig,
+        base: &std::path::Path,
+    ) -> Result<(), DeployError> {
+        let base = base.to_path_buf();
+        let engines = self.engines.clone();
+        let check = config.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::source::validate(&check.source, &base).map_err(|e| e.to_string())?;
+            let engine = engines
+                .for_limits(check.transforms.iter().map(|t| &t.limits))
+                .map_err(|e| e.to_string())?;
+            let prepared =
+                crate::pipeline::prepare_transforms(&check, &base, &engine, &Default::default())
+                    .map_err(|e| e.to_string())?;
+            crate::pipeline::instantiate(&prepared).map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        })
+        .await
+        .map_err(|e| DeployError::Invalid(e.to_string()))?
+        .map_err(DeployError::Invalid)
+    }
+
+    /// (Re)starts the pipeline of a file in the pipeline directory (GitOps):
+    /// checked first; the running pipeline of that file (or name) drains
+    /// and is replaced; its desired state starts again from the file.
+    pub(super) async fn replace_from_file(
+        self: &Arc<Self>,
+        file: &std::path::Path,
+    ) -> Result<String, DeployError> {
+        let (config, base) =
+            PipelineConfig::load(file).map_err(|e| DeployError::Invalid(e.to_string()))?;
+        let name = config.name.clone();
+        if let Some(other) = self.file_of_other(&name, file) {
+            return Err(DeployError::Invalid(format!(
+                "pipeline `{name}` is already defined by `{}`",
+                other.display()
+            )));
+        }
+        self.check_pipeline(&config, &base).await?;
+        let _one = self.changes.lock().await;
+        // The file may have named another pipeline before.
+        let before: Vec<String> = self
+            .pipelines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, e)| e.file == file)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in before.iter().chain(std::iter::once(&name)) {
+            self.stop_and_forget(n).await;
+            self.state.remove(n).map_err(DeployError::State)?;
+        }
+        drop(_one);
+        self.start_file(file)
+            .await
+            .map_err(|e| DeployError::Invalid(e.to_string()))?;
+        Ok(name)
     }
 
     /// Stops pipeline `name` (it drains and commits), removes its file and
@@ -183,7 +231,7 @@ impl Host {
 
     /// Stops a pipeline, waits for it to drain, and forgets it. Returns
     /// whether there was one.
-    async fn stop_and_forget(&self, name: &str) -> bool {
+    pub(super) async fn stop_and_forget(&self, name: &str) -> bool {
         let Some(handle) = self.pipeline(name) else {
             return false;
         };

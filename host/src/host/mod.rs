@@ -17,6 +17,7 @@ pub mod manage;
 pub mod registry;
 pub mod shared;
 pub mod state;
+pub mod watch;
 
 pub use config::{HostConfig, HostConfigError};
 pub use deploy::{DeployError, DeployReport};
