@@ -561,6 +561,23 @@ fn a_new_version_that_trips_its_breaker_on_probation_is_rolled_back_automaticall
         snapshot["last_errors"].to_string().contains("rolled back"),
         "{snapshot}"
     );
+    // The tenant reads its dead letters through the API.
+    let (code, body) = http_get(
+        &addr,
+        "/api/pipelines/stream/dead-letters?limit=1000",
+        Some(TENANT_A),
+    )
+    .expect("dlq");
+    assert_eq!(code, 200, "{body}");
+    let entries = json(&body)["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entries.len(), dead.len());
+    assert!(
+        entries.iter().all(|e| e["module"] == bad_digest.as_str()),
+        "{body}"
+    );
     let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).expect("audit");
     assert!(
         audit.lines().map(json).any(|e| e["who"] == "sluice"

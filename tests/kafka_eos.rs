@@ -481,3 +481,139 @@ fn a_transaction_that_times_out_is_aborted_and_the_session_rebuilt() {
     );
     verify(&cluster, &t, N, false, "transaction timeout");
 }
+
+/// Hot deploy and rollback through the admin API of a `sluice serve` whose
+/// pipeline is exactly-once, while records stream in: the output, read
+/// committed, holds every record once (what the mock cluster can show of
+/// exactly-once in a crash-free run, as above), each tagged with the
+/// version that processed it.
+#[test]
+fn a_deploy_and_a_rollback_keep_an_exactly_once_pipeline_exactly_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let _one = heavy();
+    let cluster = cluster();
+    let b = cluster.bootstrap();
+    let t = cluster.topics("eos-deploy", 3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).expect("dir");
+    let sink = format!("[outputs.default.kafka]\ntopic = \"{}\"", t.output);
+    let extra = format!(
+        "{}\nmodule_header = true",
+        eos(&broker::unique("deploy"), 60_000)
+    );
+    kafka_pipeline(&pipelines, &b, &t, &sink, &extra);
+    const TOKEN: &str = "eos-admin-token-0123456789";
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let host = dir.path().join("host.toml");
+    std::fs::write(
+        &host,
+        "listen = \"127.0.0.1:0\"\ntoken_file = \"token\"\ninstance_slots = 20\n",
+    )
+    .expect("host file");
+    let log = dir.path().join("host.log");
+    let mut s = Sluice::serve(&bin(), &host, &log, &[]);
+    let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        if let Some(a) = s.listen_address()
+            && sluice_e2e::http_get(&a, "/api/pipelines/kafka-e2e", Some(TOKEN))
+                .is_ok_and(|(c, b)| c == 200 && json(&b)["state"] == "running")
+        {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", s.log_tail(30));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let v1_bytes = std::fs::read(sluice_e2e::module("transforms/identity")).expect("v1");
+    let v1 = sluice::host::registry::digest_of(&v1_bytes);
+    let v2_bytes = sluice_e2e::with_custom_section(&v1_bytes, "sluice-test-version", b"2");
+    let v2 = sluice::host::registry::digest_of(&v2_bytes);
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let (b, input, stop, produced) =
+            (b.clone(), t.input.clone(), stop.clone(), produced.clone());
+        std::thread::spawn(move || {
+            let mut next = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let chunk: Vec<_> = (next..next + 500)
+                    .map(|i| {
+                        (
+                            Some(format!("k{}", i % 60)),
+                            format!("{{\"n\":{i}}}").into_bytes(),
+                        )
+                    })
+                    .collect();
+                next += broker::produce(&b, &input, chunk);
+                produced.store(next, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let post = |path: &str, body: &[u8]| {
+        let (code, text) =
+            sluice_e2e::http_request("POST", &addr, path, Some(TOKEN), body).expect("post");
+        (code, json(&text))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, report) = post(
+        "/api/pipelines/kafka-e2e/transforms/identity/modules",
+        &v2_bytes,
+    );
+    assert_eq!(code, 201, "{report}");
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, report) = post("/api/pipelines/kafka-e2e/transforms/identity/rollback", b"");
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["digest"], v1.as_str());
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    producer.join().expect("producer");
+    let n = produced.load(Ordering::SeqCst);
+    let done = broker::consume(
+        &b,
+        &t.output,
+        true,
+        Duration::from_secs(240),
+        until_distinct(n),
+    );
+    assert!(
+        distinct(&done) >= n,
+        "not all records came through:\n{}",
+        s.log_tail(40)
+    );
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log_tail(30)
+    );
+    verify(
+        &cluster,
+        &t,
+        n,
+        true,
+        "exactly-once with a deploy and a rollback",
+    );
+    let got = broker::consume_all(
+        &b,
+        &t.output,
+        true,
+        Duration::from_secs(5),
+        Duration::from_secs(120),
+    );
+    let v2_count = got
+        .iter()
+        .filter(|g| g.header("sluice.module").as_deref() == Some(v2.as_str()))
+        .count();
+    assert!(
+        got.iter().all(|g| {
+            let h = g.header("sluice.module");
+            h.as_deref() == Some(v1.as_str()) || h.as_deref() == Some(v2.as_str())
+        }),
+        "every output names its version"
+    );
+    assert!(v2_count > 0, "v2 took traffic");
+    eprintln!("exactly-once deploy: {n} records, {v2_count} by v2");
+}
