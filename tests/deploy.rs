@@ -257,6 +257,18 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
             "{what}: {message}"
         );
     }
+    // Too large: refused with the limit, without reading past it.
+    let huge = vec![0u8; (128 << 20) + 1];
+    let (code, body) = post(&addr, upload, Some(TENANT_A), &huge);
+    assert_eq!(code, 413, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("128 MiB"),
+        "{body}"
+    );
+    drop(huge);
     assert_eq!(active_digest(&addr), v1, "refused modules changed nothing");
 
     // Deploy v2 with the tenant's own token, then roll back with the admin's.

@@ -542,15 +542,27 @@ fn a_rolling_lake_frees_the_budget_commits_only_closed_objects_and_closes_the_re
         "[outputs.default.local]\npath = {}\n[outputs.default.local.roll]\nrecords = 3000\nage_ms = 3600000",
         sluice_e2e::toml_path(&lake)
     );
+    // Run by a host, whose API says how many records the sink holds.
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).expect("dir");
     let pipeline = kafka_pipeline(
-        dir.path(),
+        &pipelines,
         &b,
         &t,
         &sink,
         "[batch]\nmax_records = 100\nmax_wait_ms = 50\n[delivery]\nmax_in_flight_records = 500",
     );
+    let host = dir.path().join("host.toml");
+    std::fs::write(&host, "listen = \"127.0.0.1:0\"\ninstance_slots = 10\n").expect("host file");
     let log = dir.path().join("sluice.log");
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let mut s = Sluice::serve(&bin(), &host, &log, &[]);
+    let held = |s: &Sluice| -> u64 {
+        s.listen_address()
+            .and_then(|a| sluice_e2e::http_get(&a, "/api/pipelines/kafka-e2e", None).ok())
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| v["held_records"].as_u64())
+            .unwrap_or(0)
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut checks = 0;
     loop {
@@ -583,6 +595,15 @@ fn a_rolling_lake_frees_the_budget_commits_only_closed_objects_and_closes_the_re
         "the fourth object holds the last 1,000 and is open"
     );
     assert_eq!(lines.len(), 9_000);
+    // The fourth object is open with records in it (the API says so).
+    while held(&s) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing held\n{}",
+            s.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let status = s.terminate(Duration::from_secs(60));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -592,7 +613,13 @@ fn a_rolling_lake_frees_the_budget_commits_only_closed_objects_and_closes_the_re
     // Shutdown closed the open object (whatever was read by then), and
     // committed exactly what the lake holds.
     let (objects, lines) = closed_objects(&lake);
-    assert_eq!(objects, 4, "shutdown closed the open object");
+    assert_eq!(
+        objects,
+        4,
+        "shutdown closed the open object ({} lines)\n{}",
+        lines.len(),
+        s.log_tail(40)
+    );
     let committed: i64 = broker::committed(&b, &t.group, &t.input)
         .iter()
         .map(|(_, o)| (*o).max(0))
@@ -606,7 +633,7 @@ fn a_rolling_lake_frees_the_budget_commits_only_closed_objects_and_closes_the_re
     // second) too: the lake ends with every record once, all committed.
     let text = std::fs::read_to_string(&pipeline).expect("pipeline");
     std::fs::write(&pipeline, text.replace("age_ms = 3600000", "age_ms = 500")).expect("write");
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let mut s = Sluice::serve(&bin(), &host, &log, &[]);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let committed: i64 = broker::committed(&b, &t.group, &t.input)

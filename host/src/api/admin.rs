@@ -29,11 +29,12 @@ use std::sync::Arc;
 
 /// The admin routes.
 pub(super) fn routes() -> Router<Arc<Host>> {
-    let max_module = (crate::engine::MAX_MODULE_MB as usize) << 20;
     Router::new()
         .route(
             "/api/pipelines/{name}/transforms/{transform}/modules",
-            post(upload).layer(axum::extract::DefaultBodyLimit::max(max_module)),
+            // The handler reads the body itself, within the module limit,
+            // once the caller is known.
+            post(upload).layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route(
             "/api/pipelines/{name}/transforms/{transform}/activate",
@@ -112,11 +113,30 @@ async fn upload(
     Path((name, transform)): Path<(String, String)>,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    // The caller first: nobody unauthenticated makes the host buffer a
+    // module (its body is read on and dropped, up to a bound, so that the
+    // client sees the refusal rather than a reset connection).
     let who = match writer(&host, &headers) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => {
+            let _ = read_limited(body, 0).await;
+            return r;
+        }
+    };
+    let limit = (crate::engine::MAX_MODULE_MB as usize) << 20;
+    let body = match read_limited(body, limit).await {
+        Ok(b) => b,
+        Err(status) => {
+            return error_response(
+                status,
+                &format!(
+                    "module refused, the running version keeps serving: larger than the {} MiB limit for a module",
+                    crate::engine::MAX_MODULE_MB
+                ),
+            );
+        }
     };
     let activate = q.activate.unwrap_or(true);
     report(
@@ -124,6 +144,38 @@ async fn upload(
             .await,
         true,
     )
+}
+
+/// Reads a body of at most `limit` bytes. A longer one is read on (and
+/// dropped) for up to 16 MiB more, so that the client sees the answer
+/// rather than a reset connection; then it is 413.
+async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, StatusCode> {
+    use http_body_util::BodyExt;
+    const DRAIN: usize = 16 << 20;
+    let mut body = body;
+    let mut out = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(StatusCode::BAD_REQUEST);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            out.extend_from_slice(&data);
+        } else {
+            out = Vec::new();
+            if seen > limit.saturating_add(DRAIN) {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    Ok(out)
 }
 
 #[derive(Deserialize)]
