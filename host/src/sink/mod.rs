@@ -17,6 +17,7 @@
 //! holds itself, by making `submit` wait.
 
 pub mod kafka;
+pub mod lake;
 pub mod local;
 pub mod stdout;
 
@@ -25,6 +26,7 @@ use crate::record::Record;
 use crate::replay::{DeadLetterRecord, ReplayError};
 use base64::Engine as _;
 use kafka::KafkaSinkConfig;
+use lake::LakeSinkConfig;
 use local::LocalSinkConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -35,6 +37,7 @@ use std::sync::Arc;
 use stdout::StdoutSinkConfig;
 
 pub use kafka::{KafkaProducer, KafkaSink, TxnError};
+pub use lake::LakeSink;
 pub use local::LocalSink;
 pub use stdout::StdoutSink;
 
@@ -305,6 +308,8 @@ impl std::fmt::Debug for Sinks {
 pub enum SinkConfig {
     /// JSON Lines files on local disk, through `object_store`.
     Local(LocalSinkConfig),
+    /// A data lake on an object store: partitioned, rolled, exactly once.
+    Lake(LakeSinkConfig),
     /// Standard output, one line per record.
     Stdout(StdoutSinkConfig),
     /// A Kafka topic.
@@ -316,6 +321,7 @@ impl SinkConfig {
     pub fn plugin(&self) -> &dyn SinkPlugin {
         match self {
             SinkConfig::Local(c) => c,
+            SinkConfig::Lake(c) => c,
             SinkConfig::Stdout(c) => c,
             SinkConfig::Kafka(c) => c,
         }

@@ -25,7 +25,8 @@ pub struct LocalSinkConfig {
     pub roll: Option<RollConfig>,
 }
 
-/// `[outputs.<name>.local.roll]`: when an open object closes.
+/// `[outputs.<name>.local.roll]`, `[outputs.<name>.lake.roll]`: when an
+/// open object closes.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollConfig {
@@ -42,6 +43,16 @@ pub struct RollConfig {
     pub age_ms: u64,
 }
 
+impl Default for RollConfig {
+    fn default() -> Self {
+        RollConfig {
+            records: None,
+            bytes: default_roll_bytes(),
+            age_ms: default_roll_age_ms(),
+        }
+    }
+}
+
 /// Largest `roll.bytes`.
 pub const MAX_ROLL_BYTES: u64 = 1 << 30;
 
@@ -54,19 +65,20 @@ fn default_roll_age_ms() -> u64 {
 }
 
 impl RollConfig {
-    /// Checks the values; the message names the field.
-    pub fn check(&self, field: &str) -> Result<(), String> {
+    /// Checks the values; `table` is where they are written
+    /// (`outputs.lake.local.roll`), for messages.
+    pub fn check(&self, table: &str) -> Result<(), String> {
         if self.records == Some(0) {
-            return Err(format!("{field}.local.roll.records must be at least 1"));
+            return Err(format!("{table}.records must be at least 1"));
         }
         if self.bytes == 0 || self.bytes > MAX_ROLL_BYTES {
             return Err(format!(
-                "{field}.local.roll.bytes must be between 1 and {MAX_ROLL_BYTES} (1 GiB), not {}",
+                "{table}.bytes must be between 1 and {MAX_ROLL_BYTES} (1 GiB), not {}",
                 self.bytes
             ));
         }
         if self.age_ms == 0 {
-            return Err(format!("{field}.local.roll.age_ms must be at least 1"));
+            return Err(format!("{table}.age_ms must be at least 1"));
         }
         Ok(())
     }

@@ -147,7 +147,7 @@ impl Sink for LocalSink {
 /// system says the path cannot be written at all (no permission, a file
 /// where a directory should be, a read-only file system), which no wait
 /// mends; yes otherwise (a full disk, an interrupted write, ...).
-fn transient(e: &object_store::Error) -> bool {
+pub(crate) fn transient(e: &object_store::Error) -> bool {
     use std::io::ErrorKind;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
@@ -182,7 +182,7 @@ impl super::SinkPlugin for LocalSinkConfig {
 
     fn check(&self, field: &str, _pipeline: &crate::config::PipelineConfig) -> Result<(), String> {
         match &self.roll {
-            Some(roll) => roll.check(field),
+            Some(roll) => roll.check(&format!("{field}.local.roll")),
             None => Ok(()),
         }
     }
@@ -425,7 +425,9 @@ mod tests {
             bytes: 1,
             age_ms: 1,
         };
-        let err = bad.check("outputs.lake").expect_err("zero records");
+        let err = bad
+            .check("outputs.lake.local.roll")
+            .expect_err("zero records");
         assert!(err.contains("outputs.lake.local.roll.records"), "{err}");
         let bad = RollConfig {
             records: None,
@@ -433,7 +435,7 @@ mod tests {
             age_ms: 1,
         };
         assert!(
-            bad.check("outputs.lake")
+            bad.check("outputs.lake.local.roll")
                 .expect_err("too big")
                 .contains("roll.bytes")
         );
