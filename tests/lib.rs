@@ -1,9 +1,11 @@
 //! Helpers shared by the end-to-end tests: where the workspace is, the
 //! example and test guests built once per test process, the Kafka broker
 //! ([`broker`]), the `sluice` process ([`process`]) and the building blocks of
-//! the Kafka scenarios ([`scenario`]).
+//! the Kafka scenarios ([`scenario`]), the object stores and DuckDB
+//! ([`lakes`]).
 
 pub mod broker;
+pub mod lakes;
 pub mod process;
 pub mod scenario;
 
