@@ -19,7 +19,7 @@ pub struct LakeSinkConfig {
     /// Credentials may also come from the usual environment (`AWS_*`,
     /// `GOOGLE_*`, `AZURE_*`). Values never appear in logs or errors.
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub options: Options,
     /// `jsonl` (default), `parquet` or `raw`.
     #[serde(default)]
     pub format: LakeFormat,
@@ -64,6 +64,20 @@ pub struct LakeSinkConfig {
     /// How transient write errors are retried.
     #[serde(default)]
     pub retry: RetryConfig,
+}
+
+/// Store options: printed by `Debug` with their values hidden, since they
+/// hold keys and tokens.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Options(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<hidden>")))
+            .finish()
+    }
 }
 
 fn default_partition() -> String {
@@ -181,7 +195,7 @@ impl LakeSinkConfig {
 
     /// Checks everything that needs no I/O; `table` is `outputs.<name>.lake`.
     pub fn check(&self, table: &str) -> Result<(), String> {
-        super::store::parse(&self.url, &self.options, std::path::Path::new("."))
+        super::store::parse(&self.url, &self.options.0, std::path::Path::new("."))
             .map_err(|e| format!("{table}.url: {e}"))?;
         super::layout::Template::parse(&self.partition)
             .map_err(|e| format!("{table}.partition: {e}"))?;

@@ -17,7 +17,8 @@ mod segment;
 mod store;
 
 pub use config::{
-    Compression, EventTimeConfig, FieldSpec, LakeFormat, LakeSinkConfig, TimeUnit, TypeSpec,
+    Compression, EventTimeConfig, FieldSpec, LakeFormat, LakeSinkConfig, Options, TimeUnit,
+    TypeSpec,
 };
 pub use segment::Marker;
 
@@ -99,7 +100,7 @@ impl LakeSink {
         output: &str,
         store: Option<Arc<dyn ObjectStore>>,
     ) -> Result<Self, SinkError> {
-        let parsed = store::parse(&config.url, &config.options, base).map_err(|message| {
+        let parsed = store::parse(&config.url, &config.options.0, base).map_err(|message| {
             SinkError::Config {
                 sink: format!("lake output `{output}`"),
                 message,
@@ -108,10 +109,12 @@ impl LakeSink {
         let describe = parsed.describe.clone();
         let store = match store {
             Some(s) => s,
-            None => store::open(&parsed, &config.options).map_err(|message| SinkError::Config {
-                sink: describe.clone(),
-                message,
-            })?,
+            None => {
+                store::open(&parsed, &config.options.0).map_err(|message| SinkError::Config {
+                    sink: describe.clone(),
+                    message,
+                })?
+            }
         };
         let template = Template::parse(&config.partition).map_err(|message| SinkError::Config {
             sink: describe.clone(),
@@ -428,10 +431,10 @@ impl Inner {
             }
             seg.records += 1;
             seg.last = seg.last.max(o);
-            if let Some(m) = item.module {
-                if !seg.modules.contains(&*m) {
-                    seg.modules.insert(m.to_string());
-                }
+            if let Some(m) = item.module
+                && !seg.modules.contains(&*m)
+            {
+                seg.modules.insert(m.to_string());
             }
             let grown = seg.size().saturating_sub(before) as u64;
             self.open_bytes.fetch_add(grown, Ordering::Relaxed);
@@ -710,7 +713,7 @@ impl super::SinkPlugin for LakeSinkConfig {
         _pipeline: &crate::config::PipelineConfig,
         base: &Path,
     ) -> Result<Vec<crate::replay::DeadLetterRecord>, crate::replay::ReplayError> {
-        let parsed = store::parse(&self.url, &self.options, base).map_err(|message| {
+        let parsed = store::parse(&self.url, &self.options.0, base).map_err(|message| {
             crate::replay::ReplayError::Read {
                 dlq: self.url.clone(),
                 message,

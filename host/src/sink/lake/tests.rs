@@ -97,6 +97,16 @@ fn lines(all: &BTreeMap<String, String>) -> Vec<i64> {
 
 use std::collections::BTreeMap;
 
+#[test]
+fn store_options_never_show_their_values() {
+    let cfg = config("options = { secret_access_key = \"hunter2\" }");
+    let shown = format!("{cfg:?}");
+    assert!(
+        shown.contains("secret_access_key") && !shown.contains("hunter2"),
+        "{shown}"
+    );
+}
+
 #[tokio::test]
 async fn segments_roll_by_count_into_partitioned_objects_named_by_their_first_offset() {
     let store = Arc::new(InMemory::new());
