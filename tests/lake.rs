@@ -501,3 +501,14 @@ fn azure_blob_objects_are_written_once_and_a_full_replay_finds_them_identical() 
     let second = lakes::objects(&store, "events");
     assert_eq!(first, second, "a replay changed the lake");
 }
+
+#[test]
+fn the_copy_every_stream_example_is_a_valid_pipeline() {
+    let path = sluice_e2e::root().join("examples/lake-copy/pipeline.toml");
+    let (cfg, _) = sluice::config::PipelineConfig::load(&path).expect("the example loads");
+    let Some(sluice::sink::SinkConfig::Lake(lake)) = cfg.outputs.get("default") else {
+        panic!("the example writes to a lake: {:?}", cfg.outputs);
+    };
+    assert_eq!(lake.format, sluice::sink::lake::LakeFormat::Raw);
+    assert!(lake.partition.contains("topic={stream}") && lake.partition.contains("%H"));
+}

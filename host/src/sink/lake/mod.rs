@@ -53,6 +53,8 @@ struct Part {
     /// (`None`: not loaded yet).
     recovered: Option<Vec<Recovered>>,
     open: Option<Segment>,
+    /// The offset of the last record this sink took for the partition.
+    high: Option<i64>,
 }
 
 struct Inner {
@@ -183,6 +185,7 @@ impl Inner {
                     name: layout::source_name(source),
                     recovered: None,
                     open: None,
+                    high: None,
                 }))
             })
             .clone()
@@ -344,6 +347,31 @@ impl Inner {
         let part = self.part(source);
         let mut part = part.lock().await;
         let mut waits = Vec::new();
+        // The source went back (a session restarted from its committed
+        // offsets, the partition came back after a rebalance): what is open
+        // will be read again, and segments written since the markers were
+        // loaded must be found again.
+        let first = items.first().map(|i| i.offset);
+        if let (Some(f), Some(h)) = (first, part.high)
+            && f <= h
+        {
+            if let Some(seg) = part.open.take() {
+                let size = (seg.size() as u64).min(self.open_bytes.load(Ordering::Relaxed));
+                self.open_bytes.fetch_sub(size, Ordering::Relaxed);
+                let why: Outcome = Err((
+                    format!("{source}: the source went back to offset {f}; these records are read again"),
+                    true,
+                ));
+                for w in seg.waiters {
+                    let _ = w.send(why.clone());
+                }
+            }
+            part.recovered = None;
+            tracing::debug!(sink = %self.writer.describe, source = %source, from = f, "the source replays: markers reloaded");
+        }
+        if let Some(last) = items.last() {
+            part.high = Some(last.offset);
+        }
         if part.recovered.is_none() {
             let from = items.first().map_or(0, |i| i.offset);
             let recovered = if source.stream.starts_with("_run-") {

@@ -304,3 +304,21 @@ async fn too_much_open_data_closes_the_largest_segment_early() {
         .await
         .expect("closed by the memory bound, not a flush");
 }
+
+#[tokio::test]
+async fn the_same_sink_finds_its_own_segments_when_the_source_goes_back() {
+    // A rebalance gives the partition back, or a session restarts: the
+    // source replays from its committed offset into the same sink.
+    let store = Arc::new(InMemory::new());
+    let s = sink(&store, "[roll]\nrecords = 1000");
+    let _ = submit(&s, batch(0..8, "m1")).await;
+    s.flush().await.expect("flush");
+    let _ = submit(&s, batch(8..12, "m1")).await;
+    // Replayed from 5 while 8..12 was open (never written).
+    for r in [5..10, 10..14] {
+        let _ = submit(&s, batch(r, "m1")).await;
+    }
+    s.flush().await.expect("flush");
+    let all = objects(&store).await;
+    assert_eq!(lines(&all), (0..14).collect::<Vec<_>>(), "no loss, no duplicate");
+}
