@@ -195,11 +195,16 @@ impl LakeSinkConfig {
 
     /// Checks everything that needs no I/O; `table` is `outputs.<name>.lake`.
     pub fn check(&self, table: &str) -> Result<(), String> {
-        super::store::parse(&self.url, &self.options.0, std::path::Path::new("."))
-            .map_err(|e| {
-                let field = if e.contains("option") { "options" } else { "url" };
+        super::store::parse(&self.url, &self.options.0, std::path::Path::new(".")).map_err(
+            |e| {
+                let field = if e.contains("option") {
+                    "options"
+                } else {
+                    "url"
+                };
                 format!("{table}.{field}: {e}")
-            })?;
+            },
+        )?;
         super::layout::Template::parse(&self.partition)
             .map_err(|e| format!("{table}.partition: {e}"))?;
         if self.default_partition.is_empty()

@@ -359,7 +359,9 @@ impl Inner {
                 let size = (seg.size() as u64).min(self.open_bytes.load(Ordering::Relaxed));
                 self.open_bytes.fetch_sub(size, Ordering::Relaxed);
                 let why: Outcome = Err((
-                    format!("{source}: the source went back to offset {f}; these records are read again"),
+                    format!(
+                        "{source}: the source went back to offset {f}; these records are read again"
+                    ),
                     true,
                 ));
                 for w in seg.waiters {

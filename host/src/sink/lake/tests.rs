@@ -320,5 +320,9 @@ async fn the_same_sink_finds_its_own_segments_when_the_source_goes_back() {
     }
     s.flush().await.expect("flush");
     let all = objects(&store).await;
-    assert_eq!(lines(&all), (0..14).collect::<Vec<_>>(), "no loss, no duplicate");
+    assert_eq!(
+        lines(&all),
+        (0..14).collect::<Vec<_>>(),
+        "no loss, no duplicate"
+    );
 }
