@@ -562,7 +562,8 @@ impl Inner {
         Ok(())
     }
 
-    /// When open segments hold more than allowed, closes the largest.
+    /// When open segments hold more than allowed, closes the largest fresh
+    /// one.
     async fn relieve(self: &Arc<Self>) -> Result<(), SinkError> {
         while self.open_bytes.load(Ordering::Relaxed) > self.config.max_open_bytes {
             let parts: Vec<_> = {
@@ -572,7 +573,12 @@ impl Inner {
             let mut largest: Option<(usize, Arc<tokio::sync::Mutex<Part>>)> = None;
             for p in parts {
                 let Ok(part) = p.try_lock() else { continue };
-                let size = part.open.as_ref().map_or(0, Segment::size);
+                // A segment being rebuilt closes at its recorded end only.
+                let size = part
+                    .open
+                    .as_ref()
+                    .filter(|s| s.rebuilds.is_none())
+                    .map_or(0, Segment::size);
                 if size > 0 && largest.as_ref().is_none_or(|(s, _)| size > *s) {
                     drop(part);
                     largest = Some((size, p));
