@@ -414,7 +414,7 @@ fn a_million_records_roll_into_objects_of_about_the_roll_size_not_one_per_batch(
         use std::io::Write as _;
         let mut f = std::io::BufWriter::new(std::fs::File::create(&input).expect("input"));
         for i in 0..N {
-            // About 185 bytes, as the toll events of the performance issue.
+            // About 145 bytes, toll events like those of the performance issue.
             writeln!(
                 f,
                 "{{\"txn_id\":\"T{i:09}\",\"customer_id\":\"C-{:04}\",\"booth_id\":\"B-{:02}\",\"plate\":\"ABC-{:04}\",\"vehicle_class\":{},\"amount\":{}.25,\"ts\":\"2026-11-18T14:00:07Z\"}}",
