@@ -326,3 +326,24 @@ async fn the_same_sink_finds_its_own_segments_when_the_source_goes_back() {
         "no loss, no duplicate"
     );
 }
+
+#[test]
+fn the_readme_example_is_a_valid_lake() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("[outputs.default.lake]\nurl = \"s3://acme-lake")
+        .expect("the README shows a lake");
+    let block = &readme[start..];
+    let block = &block[..block.find("```").expect("end of the block")];
+    let v: toml::Value = toml::from_str(block).expect("the README's block is TOML");
+    let lake: LakeSinkConfig = v["outputs"]["default"]["lake"]
+        .clone()
+        .try_into()
+        .expect("a lake config");
+    lake.check("outputs.default.lake").expect("valid");
+    assert_eq!(lake.format, LakeFormat::Parquet);
+    assert_eq!(lake.schema.as_ref().map(Vec::len), Some(2));
+    let dlq: LakeSinkConfig = v["dead_letter"]["lake"].clone().try_into().expect("dlq");
+    dlq.check("dead_letter.lake").expect("valid");
+}
