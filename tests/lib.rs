@@ -30,7 +30,7 @@ pub fn module(project: &str) -> PathBuf {
     if let Some(p) = cache.get(project) {
         return p.clone();
     }
-    let path = sluice::engine::build::resolve_module(&root().join(project), true)
+    let path = sluice::project::resolve_module(&root().join(project), true)
         .unwrap_or_else(|e| panic!("building {project} failed: {e}"));
     cache.insert(project.to_string(), path.clone());
     path

@@ -237,6 +237,20 @@ impl<'o> Emit<'o> {
         Ok(())
     }
 
+    /// Serializes `value` as JSON and emits it to the default output with
+    /// the key, headers and timestamp of `record` (usually the input): the
+    /// one call for "the same record, new JSON value".
+    pub fn json_from<T: serde::Serialize + ?Sized>(
+        &mut self,
+        record: &crate::Record<'_>,
+        value: &T,
+    ) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| Error::internal(format!("cannot serialize output as JSON: {e}")))?;
+        self.emit(&Output::from_record(record).value(&bytes));
+        Ok(())
+    }
+
     /// Emits a fully described output record.
     pub fn emit(&mut self, output: &Output<'_>) {
         self.outcomes.push_output(output);

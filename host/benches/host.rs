@@ -30,7 +30,7 @@ fn root() -> PathBuf {
 }
 
 fn module(project: &str) -> PathBuf {
-    sluice::engine::build::resolve_module(&root().join(project), true)
+    sluice::project::resolve_module(&root().join(project), true)
         .unwrap_or_else(|e| panic!("building {project}: {e}"))
 }
 

@@ -86,6 +86,23 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Scaffolds a transform project: a sample transform, fixtures that
+    /// pass and a README. It builds anywhere, not only in this repository.
+    New {
+        /// The project directory to create (its last component names it).
+        name: PathBuf,
+        /// The language.
+        #[arg(long, value_enum, default_value_t = crate::project::Language::Rust)]
+        lang: crate::project::Language,
+    },
+    /// Builds a transform project (Rust, Python or JavaScript) into a
+    /// component and checks it against the transform world; installs the
+    /// language's build tool into the project when it is missing.
+    Build {
+        /// The project directory (default: the current one).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Runs a transform against its fixture files and shows a diff on mismatch.
     Test {
         /// A transform project folder (its `fixtures/` are used), a fixtures
@@ -420,7 +437,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             module,
             no_activate,
         } => {
-            let path = crate::engine::build::resolve_module(&module, false)?;
+            let path = crate::project::resolve_module(&module, false)?;
             let bytes = std::fs::read(&path)
                 .with_context(|| format!("cannot read `{}`", path.display()))?;
             let report = remote_call(
@@ -531,6 +548,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { action } => dlq(action),
+        Command::New { name, lang } => {
+            let made = crate::project::new::scaffold(&name, lang)?;
+            eprintln!(
+                "created the {lang} transform project `{}` ({} files); next:\n  sluice build {}\n  sluice test {}",
+                name.display(),
+                made.len(),
+                name.display(),
+                name.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build { dir } => {
+            let project = crate::project::Project::detect(&dir)?
+                .ok_or_else(|| crate::project::BuildError::NotAModule(dir.clone()))?;
+            let started = std::time::Instant::now();
+            let path = project.build(false)?;
+            let built = started.elapsed();
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let engine = Engine::new()?;
+            let module = engine.load_file(&path)?;
+            let wasi: Vec<&String> = module
+                .imports()
+                .iter()
+                .filter(|i| i.starts_with("wasi:"))
+                .collect();
+            eprintln!(
+                "built {} ({} transform): {} ({:.1} MiB, {}) in {:.1} s; it implements {}",
+                dir.display(),
+                project.language,
+                path.display(),
+                size as f64 / (1024.0 * 1024.0),
+                module.digest(),
+                built.as_secs_f64(),
+                crate::engine::WIT_PACKAGE,
+            );
+            if wasi.is_empty() {
+                eprintln!("imports: the host interface only (no WASI)");
+            } else {
+                for i in wasi {
+                    let how = match crate::engine::Grants::default().check_import(i) {
+                        Ok(linked) => linked.describe().to_string(),
+                        Err(refusal) => format!("needs a grant: {}", refusal.explain(i)),
+                    };
+                    eprintln!("imports {i}: {how}");
+                }
+            }
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Test { paths, bless } => {
             let paths = if paths.is_empty() {
                 vec![PathBuf::from(".")]
@@ -545,10 +611,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?,
                 false,
             );
-            let (mut passed, mut failed) = (0usize, 0usize);
+            let (mut passed, mut failed, mut broken) = (0usize, 0usize, 0usize);
             for path in &paths {
-                for file in crate::fixture::discover(path)? {
-                    let report = runner.run_file(&file, bless)?;
+                // A path or a fixture file that cannot be read or run is
+                // reported and counted; the others still run.
+                let target = match crate::fixture::discover(path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        broken += 1;
+                        println!("ERROR {}: {e}", path.display());
+                        continue;
+                    }
+                };
+                for file in &target.files {
+                    let report = match runner.run_file(file, target.module.as_deref(), bless) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            broken += 1;
+                            println!("ERROR {}: {e}", file.display());
+                            continue;
+                        }
+                    };
                     if report.passed() {
                         passed += 1;
                         let note = if report.blessed { " (blessed)" } else { "" };
@@ -565,6 +648,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                     }
                 }
+            }
+            let failed = failed + broken;
+            if broken > 0 {
+                println!("{passed} passed, {failed} failed ({broken} could not run)");
+                return Ok(ExitCode::FAILURE);
             }
             println!("{passed} passed, {failed} failed");
             Ok(if failed == 0 {

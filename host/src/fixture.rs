@@ -28,7 +28,7 @@
 //! `message_regex`, when the regex matches. `sluice test --bless` rewrites the
 //! expectations from what the transform actually did.
 
-use crate::engine::build::{BuildError, resolve_module};
+use crate::project::{BuildError, resolve_module};
 use crate::engine::{
     Engine, Grants, InstanceSpec, Limits, LoadError, Outcome, RefTables, Runner, TableError,
     TransformError,
@@ -112,6 +112,9 @@ pub struct Case {
     /// The record value as raw text (use for invalid JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_text: Option<String>,
+    /// The record value as base64 (any bytes, e.g. not UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_base64: Option<String>,
     /// The record key (text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -161,15 +164,65 @@ pub struct ExpectedOutput {
     /// Key (text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// Value when it is JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Value as JSON, compared parsed (`value: null` is the JSON `null`;
+    /// leave out `value`, `value_text` and `value_base64` for no value).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub value: Option<serde_json::Value>,
-    /// Value when it is not JSON.
+    /// Value as text, compared byte for byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_text: Option<String>,
+    /// Value as base64, compared byte for byte (for bytes that are not UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
     /// Headers (text values).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Event time, ms since the epoch: checked when given (blessed when it
+    /// differs from the input's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<i64>,
+}
+
+/// A field that is present, even as `null`, is `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+impl ExpectedOutput {
+    /// Whether `actual` (as built by `actual_output`, with every form of its
+    /// value) satisfies this expectation.
+    fn accepts(&self, actual: &ActualOutput) -> bool {
+        let value_ok = match (&self.value, &self.value_text, &self.value_base64) {
+            (None, None, None) => actual.bytes.is_none(),
+            (Some(v), None, None) => actual.json.as_ref() == Some(v),
+            (None, Some(t), None) => actual.bytes.as_deref() == Some(t.as_bytes()),
+            (None, None, Some(b)) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .is_ok_and(|want| actual.bytes.as_deref() == Some(&want[..]))
+            }
+            _ => false,
+        };
+        value_ok
+            && self.output == actual.shown.output
+            && self.key == actual.shown.key
+            && self.headers == actual.shown.headers
+            && self.timestamp.is_none_or(|t| actual.timestamp == Some(t))
+    }
+}
+
+/// An actual output: how it is shown (and blessed), plus its raw value.
+#[derive(Debug, Clone)]
+struct ActualOutput {
+    shown: ExpectedOutput,
+    bytes: Option<Vec<u8>>,
+    json: Option<serde_json::Value>,
+    timestamp: Option<i64>,
 }
 
 /// An expected failure.
@@ -206,16 +259,31 @@ impl FileReport {
     }
 }
 
-/// Finds the fixture files for a path: a fixture file itself, a `fixtures/`
-/// folder, or a transform folder holding one.
-pub fn discover(path: &Path) -> Result<Vec<PathBuf>, FixtureError> {
+/// What `sluice test PATH` runs: fixture files, and the module they test
+/// when PATH is a transform project.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The fixture files, sorted.
+    pub files: Vec<PathBuf>,
+    /// The project under test (it replaces each fixture's default module).
+    pub module: Option<PathBuf>,
+}
+
+/// Finds the fixture files for a path: a fixture file itself, a fixtures
+/// folder, or a transform project (its fixtures folder: `fixtures/`, or the
+/// one its manifest names, which may be shared by several projects).
+pub fn discover(path: &Path) -> Result<Target, FixtureError> {
     if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
+        return Ok(Target {
+            files: vec![path.to_path_buf()],
+            module: None,
+        });
     }
-    let dir = if path.join("fixtures").is_dir() {
-        path.join("fixtures")
-    } else {
-        path.to_path_buf()
+    let project = crate::project::Project::detect(path)?;
+    let (dir, module) = match project {
+        Some(p) => (p.fixtures, Some(path.to_path_buf())),
+        None if path.join("fixtures").is_dir() => (path.join("fixtures"), None),
+        None => (path.to_path_buf(), None),
     };
     let entries = std::fs::read_dir(&dir).map_err(|e| FixtureError::File {
         path: dir.clone(),
@@ -225,15 +293,16 @@ pub fn discover(path: &Path) -> Result<Vec<PathBuf>, FixtureError> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            p.extension()
-                .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
         })
         .collect();
     files.sort();
     if files.is_empty() {
         return Err(FixtureError::NoFixtures(dir));
     }
-    Ok(files)
+    Ok(Target { files, module })
 }
 
 fn is_json(path: &Path) -> bool {
@@ -287,13 +356,19 @@ fn module_for(path: &Path, fixture: &FixtureFile) -> PathBuf {
     }
 }
 
-fn case_record(case: &Case) -> Record {
-    let value = match (&case.input, &case.input_text) {
-        (_, Some(text)) => Some(bytes::Bytes::from(text.clone())),
-        (Some(v), None) => Some(bytes::Bytes::from(v.to_string())),
-        (None, None) => None,
+fn case_record(case: &Case) -> Result<Record, String> {
+    use base64::Engine as _;
+    let value = match (&case.input, &case.input_text, &case.input_base64) {
+        (_, _, Some(b64)) => Some(bytes::Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| format!("input_base64: {e}"))?,
+        )),
+        (_, Some(text), None) => Some(bytes::Bytes::from(text.clone())),
+        (Some(v), None, None) => Some(bytes::Bytes::from(v.to_string())),
+        (None, None, None) => None,
     };
-    Record {
+    Ok(Record {
         key: case.key.clone().map(bytes::Bytes::from),
         value,
         headers: case
@@ -302,42 +377,84 @@ fn case_record(case: &Case) -> Record {
             .map(|(k, v)| Header::new(k, v.clone().into_bytes()))
             .collect(),
         timestamp: case.timestamp,
-    }
+    })
 }
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn actual_output(output_names: &[String], out: &crate::engine::Output) -> ExpectedOutput {
-    let value_bytes = out.record.value.as_deref();
-    let value_json = value_bytes.and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok());
-    ExpectedOutput {
-        output: (out.slot != 0).then(|| {
-            output_names
-                .get(out.slot as usize)
-                .cloned()
-                .unwrap_or_default()
-        }),
-        key: out.record.key.as_deref().map(text),
-        value_text: if value_json.is_none() {
-            value_bytes.map(text)
-        } else {
-            None
+fn actual_output(
+    output_names: &[String],
+    out: &crate::engine::Output,
+    input_timestamp: Option<i64>,
+) -> ActualOutput {
+    use base64::Engine as _;
+    let bytes = out.record.value.as_deref().map(<[u8]>::to_vec);
+    let json = bytes
+        .as_deref()
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok());
+    let (value_text, value_base64) = match (&bytes, &json) {
+        (Some(_), Some(_)) | (None, _) => (None, None),
+        (Some(b), None) => match std::str::from_utf8(b) {
+            Ok(t) => (Some(t.to_string()), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(b)),
+            ),
         },
-        value: value_json,
-        headers: out
-            .record
-            .headers
-            .iter()
-            .map(|h| (h.name_str().into_owned(), text(&h.value)))
-            .collect(),
+    };
+    let timestamp = out.record.timestamp;
+    ActualOutput {
+        shown: ExpectedOutput {
+            output: (out.slot != 0).then(|| {
+                output_names
+                    .get(out.slot as usize)
+                    .cloned()
+                    .unwrap_or_default()
+            }),
+            key: out.record.key.as_deref().map(text),
+            value: json.clone(),
+            value_text,
+            value_base64,
+            headers: out
+                .record
+                .headers
+                .iter()
+                .map(|h| (h.name_str().into_owned(), text(&h.value)))
+                .collect(),
+            timestamp: timestamp.filter(|_| timestamp != input_timestamp),
+        },
+        bytes,
+        json,
+        timestamp,
     }
 }
 
-fn matches(expected: &Expect, actual: &Expect) -> bool {
+/// What a record actually did.
+#[derive(Debug, Clone)]
+enum Actual {
+    Drop,
+    Fail(ExpectedFailure),
+    Emit(Vec<ActualOutput>),
+}
+
+impl Actual {
+    /// The expectation `--bless` writes.
+    fn shown(&self) -> Expect {
+        match self {
+            Actual::Drop => Expect::Drop(DropWord::Drop),
+            Actual::Fail(f) => Expect::Fail { fail: f.clone() },
+            Actual::Emit(outs) => Expect::Emit {
+                emit: outs.iter().map(|o| o.shown.clone()).collect(),
+            },
+        }
+    }
+}
+
+fn matches(expected: &Expect, actual: &Actual) -> bool {
     match (expected, actual) {
-        (Expect::Fail { fail: e }, Expect::Fail { fail: a }) => {
+        (Expect::Fail { fail: e }, Actual::Fail(a)) => {
             let msg = a.message.as_deref().unwrap_or_default();
             e.kind == a.kind
                 && e.message.as_deref().is_none_or(|m| msg.contains(m))
@@ -345,7 +462,11 @@ fn matches(expected: &Expect, actual: &Expect) -> bool {
                     .as_deref()
                     .is_none_or(|r| regex::Regex::new(r).is_ok_and(|re| re.is_match(msg)))
         }
-        (e, a) => e == a,
+        (Expect::Drop(_), Actual::Drop) => true,
+        (Expect::Emit { emit }, Actual::Emit(outs)) => {
+            emit.len() == outs.len() && emit.iter().zip(outs).all(|(e, a)| e.accepts(a))
+        }
+        _ => false,
     }
 }
 
@@ -400,9 +521,19 @@ impl FixtureRunner {
     }
 
     /// Runs one fixture file; with `bless`, rewrites its expectations.
-    pub fn run_file(&mut self, path: &Path, bless: bool) -> Result<FileReport, FixtureError> {
+    /// `project` (from [`discover`]) is the module unless the file names one.
+    pub fn run_file(
+        &mut self,
+        path: &Path,
+        project: Option<&Path>,
+        bless: bool,
+    ) -> Result<FileReport, FixtureError> {
         let fixture = read(path)?;
-        let module = self.module(&module_for(path, &fixture))?;
+        let source = match (project, &fixture.module) {
+            (Some(p), None) => p.to_path_buf(),
+            _ => module_for(path, &fixture),
+        };
+        let module = self.module(&source)?;
         run_fixture(module, fixture, path, bless)
     }
 }
@@ -451,7 +582,7 @@ fn run_fixture(
         mismatches: Vec::new(),
         blessed: false,
     };
-    let mut runner = match (Runner::new(module, spec), &fixture.expect_init_error) {
+    let mut runner = match (Runner::new(module.clone(), spec), &fixture.expect_init_error) {
         (Ok(r), None) => r,
         (Err(e), Some(want)) => {
             if !e.to_string().contains(want.as_str()) {
@@ -474,7 +605,22 @@ fn run_fixture(
         }
     };
 
-    let records: Vec<Record> = fixture.records.iter().map(case_record).collect();
+    let mut records = Vec::with_capacity(fixture.records.len());
+    for (i, case) in fixture.records.iter().enumerate() {
+        records.push(case_record(case).map_err(|message| FixtureError::File {
+            path: path.into(),
+            message: format!("record {i}: {message}"),
+        })?);
+    }
+    // Trap messages name the module's file: show it without the directory,
+    // so blessed expectations do not depend on where the build went.
+    let module_path = module.path().display().to_string();
+    let module_name = module
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let portable = |m: &str| m.replace(&module_path, &module_name);
     let stream = Arc::from(path.display().to_string().as_str());
     let positions: Vec<Position> = (0..records.len())
         .map(|i| Position {
@@ -488,28 +634,32 @@ fn run_fixture(
     let inputs: Vec<(&Record, &Position)> = records.iter().zip(&positions).collect();
     // A batch that fails as a whole is bisected as in a pipeline, so a
     // fixture can assert which record traps and how.
-    let actual: Vec<Expect> = match runner.process_isolating(&inputs) {
+    let actual: Vec<Actual> = match runner.process_isolating(&inputs) {
         Ok((processed, _)) => processed
             .outcomes
             .iter()
-            .map(|o| match o {
-                Outcome::Drop => Expect::Drop(DropWord::Drop),
-                Outcome::Fail(f) => Expect::Fail {
-                    fail: ExpectedFailure {
-                        kind: f.kind.clone(),
-                        message: Some(f.message.clone()),
-                        message_regex: None,
-                    },
-                },
-                Outcome::Emit { start, end } => Expect::Emit {
-                    emit: processed.outputs[*start..*end]
+            .enumerate()
+            .map(|(i, o)| match o {
+                Outcome::Drop => Actual::Drop,
+                Outcome::Fail(f) => Actual::Fail(ExpectedFailure {
+                    kind: f.kind.clone(),
+                    message: Some(portable(&f.message)),
+                    message_regex: None,
+                }),
+                Outcome::Emit { start, end } => Actual::Emit(
+                    processed.outputs[*start..*end]
                         .iter()
-                        .map(|out| actual_output(&processed.output_names, out))
+                        .map(|out| {
+                            actual_output(&processed.output_names, out, records[i].timestamp)
+                        })
                         .collect(),
-                },
+                ),
             })
             .collect(),
-        Err(e) => records.iter().map(|_| batch_failure(&e)).collect(),
+        Err(e) => records
+            .iter()
+            .map(|_| Actual::Fail(batch_failure(&e, &portable)))
+            .collect(),
     };
 
     for (i, (case, got)) in fixture.records.iter_mut().zip(actual).enumerate() {
@@ -517,7 +667,7 @@ fn run_fixture(
             continue;
         }
         if bless {
-            case.expect = got;
+            case.expect = got.shown();
             report.blessed = true;
         } else {
             let label = case
@@ -527,7 +677,7 @@ fn run_fixture(
                 .unwrap_or_default();
             report.mismatches.push(format!(
                 "  record {i}{label}: expected (-) vs actual (+):\n{}",
-                diff(&render(&case.expect), &render(&got))
+                diff(&render(&case.expect), &render(&got.shown()))
             ));
         }
     }
@@ -537,13 +687,11 @@ fn run_fixture(
     Ok(report)
 }
 
-fn batch_failure(e: &TransformError) -> Expect {
-    Expect::Fail {
-        fail: ExpectedFailure {
-            kind: e.kind().to_string(),
-            message: Some(e.to_string()),
-            message_regex: None,
-        },
+fn batch_failure(e: &TransformError, portable: &dyn Fn(&str) -> String) -> ExpectedFailure {
+    ExpectedFailure {
+        kind: e.kind().to_string(),
+        message: Some(portable(&e.to_string())),
+        message_regex: None,
     }
 }
 

@@ -22,6 +22,7 @@ pub mod kafka;
 pub mod ledger;
 pub mod metrics;
 pub mod pipeline;
+pub mod project;
 pub mod record;
 pub mod replay;
 pub mod sink;

@@ -12,7 +12,6 @@
 
 mod abi;
 mod bisect;
-pub mod build;
 mod cache;
 mod error;
 pub mod grants;

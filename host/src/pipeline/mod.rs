@@ -28,7 +28,7 @@ pub use swap::{SwapError, Swapped};
 
 use crate::config::{ConfigError, Guarantee, PipelineConfig};
 use crate::dlq::{DeadLetter, DlqError};
-use crate::engine::build::{BuildError, resolve_module};
+use crate::project::{BuildError, resolve_module};
 use crate::engine::{
     Engine, Engines, InstanceSpec, LoadError, Module, RefTables, Runner, TableError, TransformError,
 };

@@ -190,7 +190,8 @@ impl Transform for JsonMap {
 
     fn process(&mut self, record: &Record<'_>, out: &mut Emit<'_>) -> Result<(), Error> {
         match self.map_bytes(record.value())? {
-            Some(mapped) => out.json(&mapped),
+            // The output keeps the input's key, headers and timestamp.
+            Some(mapped) => out.json_from(record, &mapped),
             None => {
                 if let Some(offset) = record.offset() {
                     sluice_guest::log(

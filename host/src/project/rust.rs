@@ -1,55 +1,13 @@
-//! Building transform projects: a pipeline's `module` may name a Rust
-//! transform project directory instead of a `.wasm` file. Sluice builds it for
-//! `wasm32-wasip2` in release mode (cargo's own caching makes a rebuild of an
-//! unchanged project cost well under a second) and returns the component.
+//! Rust transform projects: built with cargo for `wasm32-wasip2` in release
+//! mode (cargo's own caching makes a rebuild of an unchanged project cost
+//! well under a second).
 
+use super::BuildError;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The guest target.
 pub const GUEST_TARGET: &str = "wasm32-wasip2";
-
-/// Why a transform project could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The path is neither a `.wasm` file nor a project directory.
-    #[error("module `{0}` is neither a .wasm file nor a directory with a Cargo.toml")]
-    NotAModule(PathBuf),
-    /// cargo could not be run.
-    #[error("cannot run cargo to build `{path}`: {message}")]
-    Cargo {
-        /// Project directory.
-        path: PathBuf,
-        /// Explanation.
-        message: String,
-    },
-    /// The build failed.
-    #[error("building transform project `{path}` failed:\n{output}{hint}")]
-    Failed {
-        /// Project directory.
-        path: PathBuf,
-        /// cargo's diagnostics (tail).
-        output: String,
-        /// A hint, e.g. to install the target.
-        hint: String,
-    },
-    /// The build produced no component.
-    #[error("building `{0}` produced no .wasm component (is its crate-type `cdylib`?)")]
-    NoArtifact(PathBuf),
-}
-
-/// Returns the component file for `module`: the file itself, or the built
-/// artifact of a transform project directory.
-pub fn resolve_module(module: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
-    if module.is_file() {
-        return Ok(module.to_path_buf());
-    }
-    let manifest = module.join("Cargo.toml");
-    if !manifest.is_file() {
-        return Err(BuildError::NotAModule(module.to_path_buf()));
-    }
-    build_project(module, &manifest, quiet)
-}
 
 fn cargo() -> Command {
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -67,6 +25,17 @@ fn cargo() -> Command {
 }
 
 fn target_dir(dir: &Path, manifest: &Path) -> Result<PathBuf, BuildError> {
+    // An exported `CARGO_TARGET_DIR` says where the user wants builds to go
+    // (a shared cache, a bigger disk): guests are built below it.
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|t| !t.is_empty()) {
+        let t = PathBuf::from(t);
+        let t = if t.is_absolute() {
+            t
+        } else {
+            std::env::current_dir().unwrap_or_default().join(t)
+        };
+        return Ok(t.join("sluice-guests"));
+    }
     let out = cargo()
         .args([
             "metadata",
@@ -106,7 +75,11 @@ fn target_dir(dir: &Path, manifest: &Path) -> Result<PathBuf, BuildError> {
     Ok(Path::new(target).join("sluice-guests"))
 }
 
-fn build_project(dir: &Path, manifest: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
+pub(super) fn build(dir: &Path, manifest: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
+    // A project made by `sluice new` takes the SDK from this host.
+    if std::fs::read_to_string(manifest).is_ok_and(|t| t.contains(".sluice/sluice-guest")) {
+        super::new::vendor_rust_sdk(dir)?;
+    }
     let target = target_dir(dir, manifest)?;
     let manifest_abs = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
     tracing::debug!(project = %dir.display(), "building transform project");
