@@ -38,8 +38,7 @@ fn sample(n: usize) -> Vec<Vec<u8>> {
 }
 
 fn runner(engine: &Engine, project: &str, config: &str) -> Runner {
-    let path =
-        sluice::project::resolve_module(&root().join(project), true).expect("build guest");
+    let path = sluice::project::resolve_module(&root().join(project), true).expect("build guest");
     let module = engine.load_file(&path).expect("load guest");
     let spec = InstanceSpec {
         name: Arc::from(project),

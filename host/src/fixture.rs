@@ -28,11 +28,11 @@
 //! `message_regex`, when the regex matches. `sluice test --bless` rewrites the
 //! expectations from what the transform actually did.
 
-use crate::project::{BuildError, resolve_module};
 use crate::engine::{
     Engine, Grants, InstanceSpec, Limits, LoadError, Outcome, RefTables, Runner, TableError,
     TransformError,
 };
+use crate::project::{BuildError, resolve_module};
 use crate::record::{Header, Partition, Position, Record};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -582,7 +582,10 @@ fn run_fixture(
         mismatches: Vec::new(),
         blessed: false,
     };
-    let mut runner = match (Runner::new(module.clone(), spec), &fixture.expect_init_error) {
+    let mut runner = match (
+        Runner::new(module.clone(), spec),
+        &fixture.expect_init_error,
+    ) {
         (Ok(r), None) => r,
         (Err(e), Some(want)) => {
             if !e.to_string().contains(want.as_str()) {
@@ -715,13 +718,11 @@ mod tests {
 
     #[test]
     fn failure_messages_match_by_substring_or_regex() {
-        let actual = Expect::Fail {
-            fail: ExpectedFailure {
-                kind: "k".into(),
-                message: Some("value at line 3 is bad".into()),
-                message_regex: None,
-            },
-        };
+        let actual = Actual::Fail(ExpectedFailure {
+            kind: "k".into(),
+            message: Some("value at line 3 is bad".into()),
+            message_regex: None,
+        });
         let sub = Expect::Fail {
             fail: ExpectedFailure {
                 kind: "k".into(),
@@ -754,6 +755,47 @@ mod tests {
         assert!(matches(&re, &actual));
         assert!(!matches(&wrong, &actual));
         assert!(!matches(&kind, &actual));
+    }
+
+    #[test]
+    fn a_json_null_value_differs_from_no_value() {
+        let f: FixtureFile = serde_yaml::from_str(
+            "records:\n  - input: 1\n    expect: {emit: [{value: null}, {key: k}]}\n",
+        )
+        .expect("valid fixture");
+        let Expect::Emit { emit } = &f.records[0].expect else {
+            panic!("emit")
+        };
+        assert_eq!(emit[0].value, Some(serde_json::Value::Null));
+        assert_eq!(emit[1].value, None);
+        let actual = |bytes: Option<&[u8]>| ActualOutput {
+            shown: ExpectedOutput {
+                output: None,
+                key: None,
+                value: None,
+                value_text: None,
+                value_base64: None,
+                headers: BTreeMap::new(),
+                timestamp: None,
+            },
+            bytes: bytes.map(<[u8]>::to_vec),
+            json: bytes.and_then(|b| serde_json::from_slice(b).ok()),
+            timestamp: Some(7),
+        };
+        assert!(emit[0].accepts(&actual(Some(b"null"))));
+        assert!(!emit[0].accepts(&actual(None)));
+        let mut none = emit[1].clone();
+        none.key = None;
+        assert!(none.accepts(&actual(None)));
+        assert!(!none.accepts(&actual(Some(b"null"))));
+        // A timestamp is checked only when given.
+        none.timestamp = Some(8);
+        assert!(!none.accepts(&actual(None)));
+        none.timestamp = Some(7);
+        assert!(none.accepts(&actual(None)));
+        // Blessing writes `value: null`, which reads back as JSON null.
+        let text = serde_yaml::to_string(&emit[0]).expect("yaml");
+        assert!(text.contains("value: null"), "{text}");
     }
 
     #[test]

@@ -52,7 +52,127 @@ fn every_example_transform_passes_its_fixtures() {
         "stdout:\n{stdout}\nstderr:\n{}",
         text(&out.stderr)
     );
-    assert!(stdout.contains("8 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");
+}
+
+/// One fixture set, three languages: json-map in Rust, Python and
+/// JavaScript, each built from source (the Python and JavaScript build tools
+/// installed into the projects on the first run).
+#[test]
+fn json_map_passes_the_shared_fixtures_in_rust_python_and_javascript() {
+    let out = sluice(
+        &[
+            "test",
+            "transforms/json-map",
+            "transforms/json-map/python",
+            "transforms/json-map/js",
+        ],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("12 passed, 0 failed"), "{stdout}");
+    for lang in ["python", "js"] {
+        assert!(
+            stdout.contains(&format!(
+                "ok    transforms/json-map/{lang}/../fixtures/mapping.yaml"
+            )),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn a_malformed_fixture_file_is_reported_and_the_others_still_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = root().join("transforms/identity");
+    std::fs::write(
+        dir.path().join("a-good.yaml"),
+        format!(
+            "module: {:?}\nrecords:\n  - input: {{a: 1}}\n    expect: {{emit: [{{value: {{a: 1}}}}]}}\n",
+            module.display().to_string()
+        ),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("b-broken.yaml"), "records:\n  - input: [\n").expect("write");
+    std::fs::write(
+        dir.path().join("c-good.yaml"),
+        format!(
+            "module: {:?}\nrecords:\n  - input_base64: \"/w==\"\n    expect: {{emit: [{{value_base64: \"/w==\"}}]}}\n",
+            module.display().to_string()
+        ),
+    )
+    .expect("write");
+    let out = sluice(&["test", dir.path().to_str().expect("utf8")], None);
+    let stdout = text(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("ERROR") && stdout.contains("b-broken.yaml"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok    ") && stdout.contains("c-good.yaml"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 passed, 1 failed (1 could not run)"),
+        "{stdout}"
+    );
+}
+
+/// `--bless` writes what the transform did, and what it writes passes: a
+/// JSON `null` output, an output timestamp, bytes that are not UTF-8.
+#[test]
+fn blessed_expectations_pass_including_null_values_and_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("f.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "module: {:?}\nrecords:\n  - input: null\n    timestamp: 5\n    expect: drop\n  - input_base64: \"AP8=\"\n    expect: drop\n  - input_text: \"1.00000000000000000001\"\n    expect: drop\n",
+            root().join("transforms/identity").display().to_string()
+        ),
+    )
+    .expect("write");
+    let path = f.to_str().expect("utf8");
+    let out = sluice(&["test", "--bless", path], None);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let blessed = std::fs::read_to_string(&f).expect("read");
+    assert!(blessed.contains("value: null"), "{blessed}");
+    assert!(blessed.contains("value_base64: AP8="), "{blessed}");
+    let out = sluice(&["test", path], None);
+    assert!(
+        out.status.success(),
+        "the blessed file must pass:\n{}\n{blessed}",
+        text(&out.stdout)
+    );
+    // Exact bytes: `value_text` is compared byte for byte (`value` parsed,
+    // where both numbers are the same double).
+    let module = root().join("transforms/identity").display().to_string();
+    for (want, passes) in [
+        ("value_text: '1.00000000000000000001'", true),
+        ("value_text: '1.00000000000000000002'", false),
+        ("value: 1.00000000000000000002", true),
+    ] {
+        std::fs::write(
+            &f,
+            format!(
+                "module: {module:?}\nrecords:\n  - input_text: '1.00000000000000000001'\n    expect: {{emit: [{{{want}}}]}}\n"
+            ),
+        )
+        .expect("write");
+        let out = sluice(&["test", path], None);
+        assert_eq!(
+            out.status.success(),
+            passes,
+            "{want}: {}",
+            text(&out.stdout)
+        );
+    }
 }
 
 #[test]

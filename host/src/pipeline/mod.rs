@@ -28,11 +28,11 @@ pub use swap::{SwapError, Swapped};
 
 use crate::config::{ConfigError, Guarantee, PipelineConfig};
 use crate::dlq::{DeadLetter, DlqError};
-use crate::project::{BuildError, resolve_module};
 use crate::engine::{
     Engine, Engines, InstanceSpec, LoadError, Module, RefTables, Runner, TableError, TransformError,
 };
 use crate::flow::Budget;
+use crate::project::{BuildError, resolve_module};
 use crate::sink::{SinkError, SinkOptions, TxnError};
 use crate::source::{SourceError, StartOptions};
 use deliver::{Delivery, Retry, TransformInfo};

@@ -57,15 +57,16 @@ fn componentize_js(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
         dir.join("node_modules").display()
     );
     let mut cmd = Command::new(npm);
-    cmd.current_dir(dir).args([
-        "install",
-        "--no-audit",
-        "--no-fund",
-        "--loglevel=error",
-        "--save-dev",
-        "--save-exact",
-    ]);
-    cmd.arg(format!("{PACKAGE}@{COMPONENTIZE_JS}"));
+    cmd.current_dir(dir)
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"]);
+    // A package.json that already asks for it is installed as it is;
+    // otherwise the pinned release is added to it.
+    let listed = std::fs::read_to_string(dir.join("package.json"))
+        .is_ok_and(|t| t.contains(&format!("\"{PACKAGE}\": \"{COMPONENTIZE_JS}\"")));
+    if !listed {
+        cmd.args(["--save-dev", "--save-exact"])
+            .arg(format!("{PACKAGE}@{COMPONENTIZE_JS}"));
+    }
     run_tool(dir, &mut cmd, "npm install", quiet)?;
     if installed_version(&package).as_deref() != Some(COMPONENTIZE_JS) {
         return Err(BuildError::Tool {
@@ -97,6 +98,8 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
         });
     }
     write_if_changed(&sdk_path, SDK.as_bytes())?;
+    // Installing may add the tool to package.json: before hashing it.
+    let tool = componentize_js(dir, quiet)?;
     let files: Vec<PathBuf> = sources(dir, &[".js", ".mjs", ".json"])?
         .into_iter()
         .filter(|f| f != Path::new("package-lock.json"))
@@ -119,7 +122,6 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
         return Ok(out);
     }
     let node_bin = node(dir, "node", "SLUICE_NODE")?;
-    let tool = componentize_js(dir, quiet)?;
     write_if_changed(&work.join("entry.js"), ENTRY.as_bytes())?;
     write_if_changed(&work.join("build.mjs"), BUILD.as_bytes())?;
     let wit = work.join("wit");

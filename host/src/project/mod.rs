@@ -149,18 +149,24 @@ impl Project {
             }
         };
         let (language, fixtures) = if let Some(text) = read("Cargo.toml")? {
-            let f = toml_fixtures(&text, "Cargo.toml", &["package", "metadata", "sluice", "fixtures"])?;
+            let f = toml_fixtures(
+                &text,
+                "Cargo.toml",
+                &["package", "metadata", "sluice", "fixtures"],
+            )?;
             (Language::Rust, f)
         } else if let Some(text) = read("pyproject.toml")? {
             let f = toml_fixtures(&text, "pyproject.toml", &["tool", "sluice", "fixtures"])?;
             (Language::Python, f)
         } else if let Some(text) = read("package.json")? {
-            let doc: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| bad(format!("package.json: {e}")))?;
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| bad(format!("package.json: {e}")))?;
             let f = match doc.get("sluice").and_then(|s| s.get("fixtures")) {
                 None => None,
                 Some(serde_json::Value::String(s)) => Some(PathBuf::from(s)),
-                Some(_) => return Err(bad("package.json: `sluice.fixtures` must be a path".into())),
+                Some(_) => {
+                    return Err(bad("package.json: `sluice.fixtures` must be a path".into()));
+                }
             };
             (Language::Js, f)
         } else if dir.join("transform.py").is_file() {
@@ -244,10 +250,11 @@ pub(crate) fn sources(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>, BuildEr
                 if !skip {
                     walk(root, &entry.path(), exts, out, depth + 1)?;
                 }
-            } else if kind.is_file() && exts.iter().any(|e| name.ends_with(e)) {
-                if let Ok(rel) = entry.path().strip_prefix(root) {
-                    out.push(rel.to_path_buf());
-                }
+            } else if kind.is_file()
+                && exts.iter().any(|e| name.ends_with(e))
+                && let Ok(rel) = entry.path().strip_prefix(root)
+            {
+                out.push(rel.to_path_buf());
             }
         }
         Ok(())
@@ -263,7 +270,11 @@ pub(crate) fn sources(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>, BuildEr
 
 /// A hash of `parts` and of the named files' paths and contents: the key of
 /// a cached build.
-pub(crate) fn inputs_hash(dir: &Path, files: &[PathBuf], parts: &[&[u8]]) -> Result<String, BuildError> {
+pub(crate) fn inputs_hash(
+    dir: &Path,
+    files: &[PathBuf],
+    parts: &[&[u8]],
+) -> Result<String, BuildError> {
     let mut h = Sha256::new();
     for p in parts {
         h.update((p.len() as u64).to_le_bytes());
@@ -313,7 +324,9 @@ pub(crate) fn run_tool(
     let out = if quiet {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output()
     } else {
-        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit()).output()
+        cmd.stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .output()
     }
     .map_err(|e| BuildError::Tool {
         path: dir.to_path_buf(),

@@ -154,11 +154,17 @@ pub(super) fn vendor_rust_sdk(dir: &Path) -> Result<(), BuildError> {
         ("batch.rs", include_str!("../../../guest-sdk/src/batch.rs")),
         ("error.rs", include_str!("../../../guest-sdk/src/error.rs")),
         ("host.rs", include_str!("../../../guest-sdk/src/host.rs")),
-        ("outcome.rs", include_str!("../../../guest-sdk/src/outcome.rs")),
+        (
+            "outcome.rs",
+            include_str!("../../../guest-sdk/src/outcome.rs"),
+        ),
         ("tests.rs", include_str!("../../../guest-sdk/src/tests.rs")),
     ];
     let root = dir.join(".sluice");
-    write_if_changed(&root.join("wit").join("transform.wit"), super::WIT.as_bytes())?;
+    write_if_changed(
+        &root.join("wit").join("transform.wit"),
+        super::WIT.as_bytes(),
+    )?;
     let sdk = root.join("sluice-guest");
     write_if_changed(&sdk.join("Cargo.toml"), CARGO.as_bytes())?;
     for (name, text) in SOURCES {

@@ -115,7 +115,10 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
         })?;
         write_if_changed(&stage.join(f), &bytes)?;
     }
-    write_if_changed(&stage.join("sluice").join("__init__.py"), SDK_INIT.as_bytes())?;
+    write_if_changed(
+        &stage.join("sluice").join("__init__.py"),
+        SDK_INIT.as_bytes(),
+    )?;
     write_if_changed(&stage.join("sluice").join("_app.py"), SDK_APP.as_bytes())?;
     let wit = work.join("wit");
     write_if_changed(&wit.join("transform.wit"), super::WIT.as_bytes())?;
@@ -127,7 +130,14 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
     let mut cmd = Command::new(&tool);
     cmd.arg("-d")
         .arg(&wit)
-        .args(["-w", "transform", "componentize", "--stub-wasi", "sluice._app", "-p"])
+        .args([
+            "-w",
+            "transform",
+            "componentize",
+            "--stub-wasi",
+            "sluice._app",
+            "-p",
+        ])
         .arg(&stage)
         .arg("-o")
         .arg(&out);

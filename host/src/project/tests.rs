@@ -14,28 +14,45 @@ fn tells_the_language_and_the_fixtures_from_the_files() {
     assert!(Project::detect(&d.join("empty")).expect("ok").is_none());
 
     write(&d.join("py/transform.py"), "");
-    let p = Project::detect(&d.join("py")).expect("ok").expect("project");
+    let p = Project::detect(&d.join("py"))
+        .expect("ok")
+        .expect("project");
     assert_eq!(p.language, Language::Python);
     assert_eq!(p.fixtures, d.join("py/fixtures"));
 
-    write(&d.join("py2/pyproject.toml"), "[tool.sluice]\nfixtures = \"../shared\"\n");
-    let p = Project::detect(&d.join("py2")).expect("ok").expect("project");
+    write(
+        &d.join("py2/pyproject.toml"),
+        "[tool.sluice]\nfixtures = \"../shared\"\n",
+    );
+    let p = Project::detect(&d.join("py2"))
+        .expect("ok")
+        .expect("project");
     assert_eq!(p.language, Language::Python);
     assert_eq!(p.fixtures, d.join("py2/../shared"));
 
-    write(&d.join("js/package.json"), r#"{"sluice": {"fixtures": "f"}}"#);
-    let p = Project::detect(&d.join("js")).expect("ok").expect("project");
+    write(
+        &d.join("js/package.json"),
+        r#"{"sluice": {"fixtures": "f"}}"#,
+    );
+    let p = Project::detect(&d.join("js"))
+        .expect("ok")
+        .expect("project");
     assert_eq!(p.language, Language::Js);
     assert_eq!(p.fixtures, d.join("js/f"));
 
     write(&d.join("rs/Cargo.toml"), "[package]\nname = \"x\"\n");
-    let p = Project::detect(&d.join("rs")).expect("ok").expect("project");
+    let p = Project::detect(&d.join("rs"))
+        .expect("ok")
+        .expect("project");
     assert_eq!(p.language, Language::Rust);
 
     write(&d.join("badjs/package.json"), "{not json");
     let err = Project::detect(&d.join("badjs")).expect_err("bad manifest");
     assert!(err.to_string().contains("package.json"), "{err}");
-    write(&d.join("badpy/pyproject.toml"), "[tool.sluice]\nfixtures = 3\n");
+    write(
+        &d.join("badpy/pyproject.toml"),
+        "[tool.sluice]\nfixtures = 3\n",
+    );
     let err = Project::detect(&d.join("badpy")).expect_err("bad manifest");
     assert!(err.to_string().contains("tool.sluice.fixtures"), "{err}");
 }
@@ -59,7 +76,10 @@ fn sources_skip_fixtures_environments_and_hidden_folders() {
     let found = sources(d, &[".py"]).expect("sources");
     assert_eq!(
         found,
-        vec![PathBuf::from("lib/helper.py"), PathBuf::from("transform.py")]
+        vec![
+            PathBuf::from("lib/helper.py"),
+            PathBuf::from("transform.py")
+        ]
     );
 }
 
