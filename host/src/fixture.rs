@@ -106,8 +106,13 @@ pub struct Case {
     /// A name shown in failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The record value as a JSON value (serialized compactly).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The record value as a JSON value (serialized compactly; `input: null`
+    /// is the JSON `null`, leave `input` out for a record with no value).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub input: Option<serde_json::Value>,
     /// The record value as raw text (use for invalid JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
