@@ -170,3 +170,34 @@ fn sluice_new_build_test_works_for_javascript_from_an_empty_directory() {
 fn sluice_new_build_test_works_for_rust_from_an_empty_directory() {
     newcomer("rust");
 }
+
+/// componentize-js's runtime keeps growing its linear memory across
+/// batches; the host replaces such an instance between batches, before it
+/// reaches its limit, so no batch fails for it (without that, 300 batches of
+/// 1,000 records here failed 3 batches with out-of-memory, retried).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_javascript_instance_whose_memory_grows_is_replaced_before_it_fails_a_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    let pad = "x".repeat(100);
+    let lines: String = (0..300_000)
+        .map(|i| format!("{{\"n\":{i},\"pad\":\"{pad}\"}}\n"))
+        .collect();
+    std::fs::write(&input, lines).expect("write");
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"grow\"\n[source.file]\npath = {}\n[batch]\nmax_records = 1000\n[[transforms]]\nname = \"id\"\nmodule = {}\n[outputs.default.local]\npath = \"out\"\n[dead_letter.local]\npath = \"dlq\"\n",
+            toml_path(&input),
+            toml_path(&module("transforms/identity/js"))
+        ),
+    )
+    .expect("write");
+    let summary = run_file(&pipeline, &RunOptions { quiet_build: true })
+        .await
+        .expect("the run finishes");
+    assert_eq!(summary.steps[0].batch_failures, 0, "{:?}", summary.steps[0]);
+    assert_eq!(summary.dead_letter_total(), 0);
+    assert_eq!(summary.outputs["default"], 300_000);
+}

@@ -38,6 +38,7 @@ mod batch;
 mod error;
 mod host;
 mod outcome;
+mod path;
 
 #[doc(hidden)]
 pub mod __rt;
@@ -48,6 +49,7 @@ pub use batch::{Batch, Header, Record};
 pub use error::Error;
 pub use host::{Level, log, lookup, lookup_json};
 pub use outcome::{Emit, Outcomes, Output};
+pub use path::{JsonPath, get};
 
 /// The generated bindings of the `sluice:transform` world. Not part of the
 /// public API: use the types re-exported at the crate root.

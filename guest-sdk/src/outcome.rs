@@ -324,4 +324,18 @@ impl Named<'_, '_> {
     pub fn json<T: serde::Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
         self.emit.json_to(Some(self.output), value)
     }
+
+    /// Serializes `value` as JSON and emits it with the key, headers and
+    /// timestamp of `record`.
+    pub fn json_from<T: serde::Serialize + ?Sized>(
+        self,
+        record: &crate::Record<'_>,
+        value: &T,
+    ) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| Error::internal(format!("cannot serialize output as JSON: {e}")))?;
+        self.emit
+            .emit(&Output::from_record(record).value(&bytes).to(self.output));
+        Ok(())
+    }
 }

@@ -56,16 +56,18 @@ fn every_example_transform_passes_its_fixtures() {
 }
 
 /// One fixture set, three languages: json-map in Rust, Python and
-/// JavaScript, each built from source (the Python and JavaScript build tools
+/// JavaScript (and identity in Python and JavaScript), each built from source (the Python and JavaScript build tools
 /// installed into the projects on the first run).
 #[test]
-fn json_map_passes_the_shared_fixtures_in_rust_python_and_javascript() {
+fn json_map_and_identity_pass_the_shared_fixtures_in_rust_python_and_javascript() {
     let out = sluice(
         &[
             "test",
             "transforms/json-map",
             "transforms/json-map/python",
             "transforms/json-map/js",
+            "transforms/identity/python",
+            "transforms/identity/js",
         ],
         None,
     );
@@ -75,7 +77,7 @@ fn json_map_passes_the_shared_fixtures_in_rust_python_and_javascript() {
         "stdout:\n{stdout}\nstderr:\n{}",
         text(&out.stderr)
     );
-    assert!(stdout.contains("12 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("14 passed, 0 failed"), "{stdout}");
     for lang in ["python", "js"] {
         assert!(
             stdout.contains(&format!(
@@ -124,32 +126,34 @@ fn a_malformed_fixture_file_is_reported_and_the_others_still_run() {
     );
 }
 
+/// Writes the fixture `f` for `module` with `records`, blesses it, and
+/// returns the blessed text and whether the blessed file then passes.
+fn bless_then_test(f: &Path, module: &str, records: &str) -> (String, bool) {
+    let module = root().join(module).display().to_string();
+    std::fs::write(f, format!("module: {module:?}\nrecords:\n{records}")).expect("write");
+    let path = f.to_str().expect("utf8");
+    let out = sluice(&["test", "--bless", path], None);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let blessed = std::fs::read_to_string(f).expect("read");
+    let out = sluice(&["test", path], None);
+    (blessed, out.status.success())
+}
+
 /// `--bless` writes what the transform did, and what it writes passes: a
 /// JSON `null` output, an output timestamp, bytes that are not UTF-8.
 #[test]
 fn blessed_expectations_pass_including_null_values_and_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = dir.path().join("f.yaml");
-    std::fs::write(
+    let (blessed, passes) = bless_then_test(
         &f,
-        format!(
-            "module: {:?}\nrecords:\n  - input: null\n    timestamp: 5\n    expect: drop\n  - input_base64: \"AP8=\"\n    expect: drop\n  - input_text: \"1.00000000000000000001\"\n    expect: drop\n",
-            root().join("transforms/identity").display().to_string()
-        ),
-    )
-    .expect("write");
-    let path = f.to_str().expect("utf8");
-    let out = sluice(&["test", "--bless", path], None);
-    assert!(out.status.success(), "{}", text(&out.stdout));
-    let blessed = std::fs::read_to_string(&f).expect("read");
+        "transforms/identity",
+        "  - input: null\n    timestamp: 5\n    expect: drop\n  - input_base64: \"AP8=\"\n    expect: drop\n  - input_text: \"1.00000000000000000001\"\n    expect: drop\n",
+    );
     assert!(blessed.contains("value: null"), "{blessed}");
     assert!(blessed.contains("value_base64: AP8="), "{blessed}");
-    let out = sluice(&["test", path], None);
-    assert!(
-        out.status.success(),
-        "the blessed file must pass:\n{}\n{blessed}",
-        text(&out.stdout)
-    );
+    assert!(passes, "the blessed file must pass:\n{blessed}");
+    let path = f.to_str().expect("utf8");
     // Exact bytes: `value_text` is compared byte for byte (`value` parsed,
     // where both numbers are the same double).
     let module = root().join("transforms/identity").display().to_string();
@@ -669,4 +673,23 @@ fn errors_in_a_pipeline_name_the_file_the_line_and_the_transform() {
             assert!(stderr.contains(want), "{file}: want {want:?} in {stderr}");
         }
     }
+}
+
+/// A blessed trap names the module by file name, not by where it was built,
+/// so the fixture passes on every machine.
+#[test]
+fn blessed_trap_messages_do_not_name_the_build_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (blessed, passes) = bless_then_test(
+        &dir.path().join("trap.yaml"),
+        "tests/guests/poison",
+        "  - input_text: boom\n    expect: drop\n",
+    );
+    assert!(blessed.contains("kind: trap"), "{blessed}");
+    assert!(blessed.contains(".wasm"), "the module is named: {blessed}");
+    assert!(
+        !blessed.contains(&root().display().to_string()) && !blessed.contains("/target/"),
+        "{blessed}"
+    );
+    assert!(passes, "{blessed}");
 }

@@ -30,6 +30,8 @@ struct Instance {
     store: Store<HostState>,
     exports: lift::Exports,
     wire: super::sluice::transform::types::Batch,
+    /// Linear memory after the instance's first batch (0 before it).
+    settled_bytes: u64,
 }
 
 /// One tenant transform: a module, its configuration and a live instance,
@@ -45,6 +47,8 @@ pub struct Runner {
     /// Instantiations and failed calls not yet handed to
     /// [`Runner::take_unreported`].
     unreported: (u64, std::collections::BTreeMap<&'static str, u64>),
+    /// Instances replaced because their memory kept growing.
+    recycled: u64,
 }
 
 impl std::fmt::Debug for Runner {
@@ -84,6 +88,7 @@ impl Runner {
             capture_logs: false,
             errors: Default::default(),
             unreported: Default::default(),
+            recycled: 0,
         };
         runner.ensure_instance()?;
         Ok(runner)
@@ -115,6 +120,12 @@ impl Runner {
     /// counts one twice).
     pub fn take_unreported(&mut self) -> (u64, std::collections::BTreeMap<&'static str, u64>) {
         std::mem::take(&mut self.unreported)
+    }
+
+    /// Instances replaced between batches because their memory kept growing
+    /// (see [`Runner::process`]).
+    pub fn recycled(&self) -> u64 {
+        self.recycled
     }
 
     /// Bytes of the live instance's linear memory (0 between instances).
@@ -263,6 +274,7 @@ impl Runner {
             store,
             exports,
             wire,
+            settled_bytes: 0,
         })
     }
 
@@ -277,8 +289,35 @@ impl Runner {
             *self.errors.entry(e.kind()).or_default() += 1;
             *self.unreported.1.entry(e.kind()).or_default() += 1;
             self.instance = None;
+        } else {
+            self.recycle_if_growing();
         }
         result
+    }
+
+    /// Linear memory never shrinks, and some language runtimes keep growing
+    /// it across calls (a componentize-js 0.23 identity transform, fed
+    /// 120 KB batches, reached 64 MiB after about 100 of them), so such an
+    /// instance would hit its limit and fail a batch. An instance past 3/4
+    /// of its limit that has grown by more than 1/8 of the limit since its
+    /// first batch is replaced before the next batch instead (a fresh
+    /// instance costs one instantiation and `init`). One whose memory is
+    /// high but steady is left alone.
+    fn recycle_if_growing(&mut self) {
+        let limit = u64::from(self.spec.limits.memory_mb) << 20;
+        let Some(instance) = self.instance.as_mut() else {
+            return;
+        };
+        let now = instance.store.data().limits.memory_bytes as u64;
+        if instance.settled_bytes == 0 {
+            instance.settled_bytes = now;
+            return;
+        }
+        if now > limit / 4 * 3 && now > instance.settled_bytes + limit / 8 {
+            tracing::debug!(transform = %self.spec.name, memory_bytes = now, first_batch_bytes = instance.settled_bytes, "replacing an instance whose memory keeps growing");
+            self.instance = None;
+            self.recycled += 1;
+        }
     }
 
     fn process_inner(

@@ -10,7 +10,7 @@
 //! engine is disabled, so the component imports nothing but the host
 //! interface.
 
-use super::{BuildError, find_program, inputs_hash, run_tool, sources, write_if_changed};
+use super::{BuildError, Cached, find_program, run_tool, sources, write_if_changed};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -105,9 +105,7 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
         .filter(|f| f != Path::new("package-lock.json"))
         .collect();
     let work = dir.join(".sluice");
-    let out = work.join("build").join("transform.wasm");
-    let hash_file = work.join("build").join("transform.wasm.inputs");
-    let hash = inputs_hash(
+    let cache = Cached::new(
         dir,
         &files,
         &[
@@ -118,15 +116,16 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
             BUILD.as_bytes(),
         ],
     )?;
-    if out.is_file() && std::fs::read_to_string(&hash_file).is_ok_and(|h| h == hash) {
-        return Ok(out);
+    if cache.fresh() {
+        return Ok(cache.out);
     }
+    let out = &cache.out;
     let node_bin = node(dir, "node", "SLUICE_NODE")?;
     write_if_changed(&work.join("entry.js"), ENTRY.as_bytes())?;
     write_if_changed(&work.join("build.mjs"), BUILD.as_bytes())?;
     let wit = work.join("wit");
     write_if_changed(&wit.join("transform.wit"), super::WIT.as_bytes())?;
-    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(out);
     std::fs::create_dir_all(work.join("build")).map_err(|e| BuildError::Io {
         path: work.join("build"),
         message: e.to_string(),
@@ -143,9 +142,5 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
         .arg(abs(&wit))
         .arg(abs(&work.join("build")).join("transform.wasm"));
     run_tool(dir, &mut cmd, "componentize-js", quiet)?;
-    if !out.is_file() {
-        return Err(BuildError::NoArtifact(dir.to_path_buf()));
-    }
-    write_if_changed(&hash_file, hash.as_bytes())?;
-    Ok(out)
+    cache.done(dir)
 }

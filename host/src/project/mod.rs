@@ -294,6 +294,41 @@ pub(crate) fn inputs_hash(
     Ok(hex::encode(h.finalize()))
 }
 
+/// A build's output in `.sluice/build/` and the hash of its inputs.
+pub(crate) struct Cached {
+    /// The component.
+    pub out: PathBuf,
+    hash_file: PathBuf,
+    hash: String,
+}
+
+impl Cached {
+    /// The cache entry of `dir` for `files` and `parts`; `fresh` says whether
+    /// the component there was built from exactly these inputs.
+    pub(crate) fn new(dir: &Path, files: &[PathBuf], parts: &[&[u8]]) -> Result<Self, BuildError> {
+        let build = dir.join(".sluice").join("build");
+        Ok(Cached {
+            out: build.join("transform.wasm"),
+            hash_file: build.join("transform.wasm.inputs"),
+            hash: inputs_hash(dir, files, parts)?,
+        })
+    }
+
+    /// Whether the component was built from exactly these inputs.
+    pub(crate) fn fresh(&self) -> bool {
+        self.out.is_file() && std::fs::read_to_string(&self.hash_file).is_ok_and(|h| h == self.hash)
+    }
+
+    /// Records that the component was built from these inputs.
+    pub(crate) fn done(&self, dir: &Path) -> Result<PathBuf, BuildError> {
+        if !self.out.is_file() {
+            return Err(BuildError::NoArtifact(dir.to_path_buf()));
+        }
+        write_if_changed(&self.hash_file, self.hash.as_bytes())?;
+        Ok(self.out.clone())
+    }
+}
+
 /// Finds a program on `PATH` (or the one an environment variable names).
 pub(crate) fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {

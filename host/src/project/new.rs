@@ -148,7 +148,7 @@ fn crate_name(name: &str) -> Option<String> {
 /// build (its `Cargo.toml` points there).
 pub(super) fn vendor_rust_sdk(dir: &Path) -> Result<(), BuildError> {
     const CARGO: &str = "[package]\nname = \"sluice-guest\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\ndescription = \"Write Sluice transforms in Rust (written by `sluice build`; do not edit)\"\n\n[dependencies]\nwit-bindgen = \"0.63\"\nserde = { version = \"1\", features = [\"derive\"] }\nserde_json = { version = \"1\", features = [\"preserve_order\"] }\n";
-    const SOURCES: [(&str, &str); 7] = [
+    const SOURCES: [(&str, &str); 8] = [
         ("lib.rs", include_str!("../../../guest-sdk/src/lib.rs")),
         ("__rt.rs", include_str!("../../../guest-sdk/src/__rt.rs")),
         ("batch.rs", include_str!("../../../guest-sdk/src/batch.rs")),
@@ -158,6 +158,7 @@ pub(super) fn vendor_rust_sdk(dir: &Path) -> Result<(), BuildError> {
             "outcome.rs",
             include_str!("../../../guest-sdk/src/outcome.rs"),
         ),
+        ("path.rs", include_str!("../../../guest-sdk/src/path.rs")),
         ("tests.rs", include_str!("../../../guest-sdk/src/tests.rs")),
     ];
     let root = dir.join(".sluice");

@@ -9,7 +9,7 @@
 //! component importing nothing but the host interface: no ambient authority,
 //! and no WASI to grant.
 
-use super::{BuildError, find_program, inputs_hash, run_tool, sources, write_if_changed};
+use super::{BuildError, Cached, find_program, run_tool, sources, write_if_changed};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -78,7 +78,10 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
         });
     }
     let files = sources(dir, &[".py"])?;
-    if files.iter().any(|f| f.starts_with("sluice")) {
+    if files
+        .iter()
+        .any(|f| f.starts_with("sluice") || f == Path::new("sluice.py"))
+    {
         return Err(BuildError::Project {
             path: dir.to_path_buf(),
             message: "`sluice` is the SDK's name, provided by the build: rename the project's \
@@ -87,9 +90,7 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
         });
     }
     let work = dir.join(".sluice");
-    let out = work.join("build").join("transform.wasm");
-    let hash_file = work.join("build").join("transform.wasm.inputs");
-    let hash = inputs_hash(
+    let cache = Cached::new(
         dir,
         &files,
         &[
@@ -100,9 +101,10 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
             SDK_APP.as_bytes(),
         ],
     )?;
-    if out.is_file() && std::fs::read_to_string(&hash_file).is_ok_and(|h| h == hash) {
-        return Ok(out);
+    if cache.fresh() {
+        return Ok(cache.out);
     }
+    let out = &cache.out;
     let tool = componentize_py(dir, quiet)?;
 
     // Stage: the project's sources and this host's SDK and world.
@@ -123,7 +125,7 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
     let wit = work.join("wit");
     write_if_changed(&wit.join("transform.wit"), super::WIT.as_bytes())?;
 
-    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(out);
     if !quiet {
         eprintln!("sluice: building {} with componentize-py", dir.display());
     }
@@ -140,11 +142,7 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
         ])
         .arg(&stage)
         .arg("-o")
-        .arg(&out);
+        .arg(out);
     run_tool(dir, &mut cmd, "componentize-py", quiet)?;
-    if !out.is_file() {
-        return Err(BuildError::NoArtifact(dir.to_path_buf()));
-    }
-    write_if_changed(&hash_file, hash.as_bytes())?;
-    Ok(out)
+    cache.done(dir)
 }

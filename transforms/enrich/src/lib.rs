@@ -203,16 +203,17 @@ impl Transform for Enrich {
         };
         match (reason, &self.alert) {
             (Some(reason), Some(alert)) => {
+                // Outputs keep the input's key, headers and timestamp.
                 if alert.config.also_default {
-                    out.json(&doc)?;
+                    out.json_from(record, &doc)?;
                 }
                 let mut alerted = doc;
                 if let Value::Object(m) = &mut alerted {
                     m.insert("alert".into(), Value::String(reason));
                 }
-                out.to(&alert.config.output).json(&alerted)
+                out.to(&alert.config.output).json_from(record, &alerted)
             }
-            _ => out.json(&doc),
+            _ => out.json_from(record, &doc),
         }
     }
 }
