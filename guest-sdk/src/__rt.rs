@@ -29,8 +29,8 @@ pub fn init<T: Transform>(config: &str) -> Result<T, String> {
 
 /// Runs one batch through a transform and checks the outcome count.
 pub fn process<T: Transform>(transform: &mut T, batch: &WireBatch) -> Result<WireOutcomes, String> {
+    let mut outcomes = Outcomes::with_capacity(batch.timestamps.len(), batch.arena.len());
     let batch = Batch::new(batch);
-    let mut outcomes = Outcomes::new();
     transform.process_batch(&batch, &mut outcomes);
     if outcomes.len() != batch.len() {
         return Err(format!(

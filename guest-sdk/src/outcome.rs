@@ -35,6 +35,22 @@ impl Outcomes {
         }
     }
 
+    /// An empty set of outcomes with room for `records` outcomes of one
+    /// output each and `bytes` of output data (no growth on the way for a
+    /// batch that emits about what it reads).
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        let mut o = Outcomes::new();
+        let w = &mut o.wire;
+        w.kinds.reserve(records);
+        w.output_ends.reserve(records);
+        w.arena.reserve(bytes);
+        w.spans.reserve(records * 4);
+        w.timestamps.reserve(records);
+        w.header_ends.reserve(records);
+        w.output_index.reserve(records);
+        o
+    }
+
     /// Starts the outcome of the next input record. Emit outputs through the
     /// returned [`Emit`], then call [`Emit::finish`] (or drop it: no outputs
     /// means the record is dropped, some outputs means they are emitted).
@@ -102,17 +118,21 @@ impl Outcomes {
         }
     }
 
+    fn push_header(&mut self, name: &str, value: &[u8]) {
+        self.wire.header_spans.push(self.wire.arena.len() as u32);
+        self.wire.header_spans.push(name.len() as u32);
+        self.wire.arena.extend_from_slice(name.as_bytes());
+        self.wire.header_spans.push(self.wire.arena.len() as u32);
+        self.wire.header_spans.push(value.len() as u32);
+        self.wire.arena.extend_from_slice(value);
+    }
+
     fn push_output(&mut self, output: &Output<'_>) {
         let slot = self.output_slot(output.output);
         self.push_bytes(output.key);
         self.push_bytes(output.value);
         for (name, value) in &output.headers {
-            self.wire.header_spans.push(self.wire.arena.len() as u32);
-            self.wire.header_spans.push(name.len() as u32);
-            self.wire.arena.extend_from_slice(name.as_bytes());
-            self.wire.header_spans.push(self.wire.arena.len() as u32);
-            self.wire.header_spans.push(value.len() as u32);
-            self.wire.arena.extend_from_slice(value);
+            self.push_header(name, value);
         }
         self.wire
             .header_ends
@@ -245,10 +265,47 @@ impl<'o> Emit<'o> {
         record: &crate::Record<'_>,
         value: &T,
     ) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| Error::internal(format!("cannot serialize output as JSON: {e}")))?;
-        self.emit(&Output::from_record(record).value(&bytes));
-        Ok(())
+        self.write_from(record, |buf| {
+            serde_json::to_writer(buf, value).map(|()| true).map_err(|e| {
+                Error::internal(format!("cannot serialize output as JSON: {e}"))
+            })
+        })
+        .map(|_| ())
+    }
+
+    /// Emits a value that `write` appends to the buffer it is given, to the
+    /// default output, with the key, headers and timestamp of `record`
+    /// (usually the input). The bytes are written straight into the batch's
+    /// outcomes (no buffer of their own); `Ok(false)` emits nothing, an error
+    /// emits nothing and is returned.
+    pub fn write_from<E>(
+        &mut self,
+        record: &crate::Record<'_>,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<bool, E>,
+    ) -> Result<bool, E> {
+        let o = &mut *self.outcomes;
+        let start = o.wire.arena.len();
+        match write(&mut o.wire.arena) {
+            Ok(true) => {}
+            other => {
+                o.wire.arena.truncate(start);
+                return other;
+            }
+        }
+        let len = o.wire.arena.len() - start;
+        o.push_bytes(record.key());
+        o.wire.spans.extend_from_slice(&[start as u32, len as u32]);
+        for h in record.headers() {
+            o.push_header(h.name, h.value);
+        }
+        o.wire
+            .header_ends
+            .push((o.wire.header_spans.len() / 4) as u32);
+        o.wire
+            .timestamps
+            .push(record.timestamp().unwrap_or(NO_TIMESTAMP));
+        o.wire.output_index.push(0);
+        Ok(true)
     }
 
     /// Emits a fully described output record.

@@ -248,10 +248,18 @@ pub struct DeliveryConfig {
     /// Longest a Kafka transaction may stay open, in ms (default 60000).
     pub transaction_timeout_ms: u64,
     /// Workers running the transform chain in parallel, each with its own
-    /// instances (default 1). A partition is always handled by the same
-    /// worker, so its order is kept and a key is never processed by two
-    /// workers at once.
+    /// instances and thread (default: the machine's cores, at most 4).
     pub workers: usize,
+    /// Keep each partition on one worker (default false). By default any
+    /// idle worker takes the next batch, even of a partition another worker
+    /// is busy with, and delivery puts each partition's batches back in
+    /// source order before any sink sees them: outputs and commits keep
+    /// per-partition (and so per-key) order either way. Pin partitions for
+    /// a transform that keeps state in its instance's memory from one batch
+    /// to the next and needs all of a partition's (or a key's) records:
+    /// then one key is never in two workers at once, and a single partition
+    /// uses one core.
+    pub pin_partitions: bool,
     /// Most records read but not yet in a sink or the DLQ (default 20000).
     /// When reached, the source stops reading (Kafka partitions are paused).
     pub max_in_flight_records: usize,
@@ -279,7 +287,8 @@ impl Default for DeliveryConfig {
             guarantee: Guarantee::AtLeastOnce,
             transactional_id: None,
             transaction_timeout_ms: 60_000,
-            workers: 1,
+            workers: default_workers(),
+            pin_partitions: false,
             max_in_flight_records: 20_000,
             max_in_flight_mb: 64,
             drain_timeout_ms: 30_000,
@@ -287,6 +296,15 @@ impl Default for DeliveryConfig {
             module_header: false,
         }
     }
+}
+
+/// The default number of workers: the machine's cores, at most 4 (each
+/// worker holds its own instance of every transform).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
 }
 
 /// A delivery guarantee.

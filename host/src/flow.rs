@@ -55,6 +55,9 @@ impl Budget {
 
     /// Takes one record of `bytes`, waiting until the budget allows it.
     pub async fn acquire(&self, bytes: usize) {
+        if self.try_acquire(bytes) {
+            return;
+        }
         loop {
             let released = self.released.notified();
             tokio::pin!(released);

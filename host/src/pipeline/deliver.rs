@@ -34,6 +34,9 @@ pub(crate) struct Job {
     pub bytes: usize,
     /// When the coordinator cut it (batch latency: cut → handled).
     pub dispatched: std::time::Instant,
+    /// Its number among its partition's batches (0, 1, ...): delivery takes
+    /// a partition's batches in this order whichever worker finishes first.
+    pub seq: u64,
 }
 
 impl Job {
@@ -50,6 +53,7 @@ impl Job {
             items: Vec::new(),
             bytes: 0,
             dispatched: std::time::Instant::now(),
+            seq: 0,
         }
     }
 }
@@ -597,6 +601,7 @@ mod tests {
             })],
             bytes: 2,
             dispatched: std::time::Instant::now(),
+            seq: 0,
         };
         let mut chain = ChainResult::default();
         chain.outputs.insert(
@@ -807,6 +812,7 @@ mod tests {
             items,
             bytes: 6,
             dispatched: std::time::Instant::now(),
+            seq: 0,
         };
         let routed = |origin: usize, from: Option<usize>| super::super::chain::Routed {
             record: Record::from_value(&b"{\"out\":1}"[..]),

@@ -18,6 +18,7 @@ mod chain;
 mod commit;
 pub(crate) mod deliver;
 pub mod live;
+mod reorder;
 mod session;
 mod summary;
 pub mod swap;
@@ -497,6 +498,7 @@ impl Pipeline {
                 delivery,
                 committer,
                 workers: self.workers.clone(),
+                pin_partitions: d.pin_partitions,
                 outputs: Arc::new(outputs),
                 budget,
                 policy: config.batch.clone(),

@@ -9,9 +9,13 @@
 //!
 //! The coordinator alone owns the ledger: a record's offset is committed only
 //! after the batch holding it is reported done, and never past a record that
-//! is still in flight. A partition is always handled by the same worker, so
-//! its records keep their order and one key is never processed by two
-//! workers at the same time. A session ends when a bounded source is drained,
+//! is still in flight. Workers are threads taking batches from one shared
+//! queue (any idle worker takes the next batch, whatever its partition), and
+//! the reorder window hands each partition's batches to delivery in the
+//! order they were cut, so its records keep their order; with
+//! `pin_partitions` each worker has its own queue and a partition always goes
+//! to the same worker, so one key is never processed by two workers at the
+//! same time. A session ends when a bounded source is drained,
 //! on shutdown (after finishing in-flight batches), or on an error.
 
 use super::PipelineError;
@@ -57,6 +61,9 @@ pub(crate) struct SessionParts {
     /// The delivery guarantee.
     pub committer: Arc<dyn Committer>,
     pub workers: Vec<WorkerRunners>,
+    /// Each partition stays on one worker (else any idle worker takes the
+    /// next batch, and delivery restores each partition's order).
+    pub pin_partitions: bool,
     pub outputs: Arc<BTreeSet<String>>,
     pub budget: Arc<Budget>,
     pub policy: BatchPolicy,
@@ -118,7 +125,10 @@ struct Coordinator<'a> {
     /// When handled offsets not yet committed must be (at-least-once).
     commit_due: Option<Instant>,
     revokes: Vec<PendingRevoke>,
-    workers: Vec<mpsc::UnboundedSender<Job>>,
+    /// One queue per worker (partitions pinned), or one all share.
+    workers: Vec<std::sync::mpsc::Sender<Job>>,
+    /// The number of the next batch cut, per partition.
+    next_seq: HashMap<Partition, u64>,
     live: Arc<Live>,
     metrics: PipelineMetrics,
     last_publish: Instant,
@@ -137,6 +147,7 @@ pub(crate) async fn run(
         delivery,
         committer,
         workers,
+        pin_partitions,
         outputs,
         budget,
         policy,
@@ -163,25 +174,48 @@ pub(crate) async fn run(
     )));
     let runners = workers.clone();
     let probe: super::swap::Probe = Arc::default();
-    let mut worker_txs = Vec::with_capacity(workers.len());
-    let mut worker_tasks = Vec::with_capacity(workers.len());
-    for (index, runners) in workers.into_iter().enumerate() {
-        let (tx, rx) = mpsc::unbounded_channel();
+    // Workers hand finished batches to the reorder window, which hands each
+    // partition's batches to delivery in the order they were cut.
+    let (ordered_tx, ordered_rx) = mpsc::unbounded_channel::<Finished>();
+    let reorder_task = tokio::spawn(reorder(ordered_rx, processed_tx.clone()));
+    let mut worker_txs = Vec::new();
+    let shared = if pin_partitions {
+        None
+    } else {
+        let (tx, rx) = std::sync::mpsc::channel();
         worker_txs.push(tx);
-        worker_tasks.push(tokio::spawn(tracing::Instrument::in_current_span(worker(
-            Worker {
-                index,
-                runners,
-                outputs: outputs.clone(),
-                breaker: breaker.clone(),
-                probe: probe.clone(),
-                live: live.clone(),
-            },
-            rx,
-            processed_tx.clone(),
-            done_tx.clone(),
-        ))));
+        Some(Arc::new(Mutex::new(rx)))
+    };
+    let mut worker_threads = Vec::with_capacity(workers.len());
+    for (index, runners) in workers.into_iter().enumerate() {
+        let queue = match &shared {
+            Some(rx) => Queue::Shared(rx.clone()),
+            None => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                worker_txs.push(tx);
+                Queue::Own(rx)
+            }
+        };
+        let w = Worker {
+            index,
+            runners,
+            outputs: outputs.clone(),
+            breaker: breaker.clone(),
+            probe: probe.clone(),
+            live: live.clone(),
+        };
+        let (finished, done) = (ordered_tx.clone(), done_tx.clone());
+        let span = tracing::Span::current();
+        let thread = std::thread::Builder::new()
+            .name(format!("sluice-worker-{index}"))
+            .spawn(move || {
+                let _entered = span.enter();
+                worker(w, queue, finished, done);
+            })
+            .map_err(|e| PipelineError::Internal(format!("cannot start a worker thread: {e}")))?;
+        worker_threads.push(thread);
     }
+    drop(ordered_tx);
     drop(processed_tx);
     drop(done_tx);
 
@@ -214,6 +248,7 @@ pub(crate) async fn run(
         commit_due: None,
         revokes: Vec::new(),
         workers: worker_txs,
+        next_seq: HashMap::new(),
         metrics: live.metrics().clone(),
         live: live.clone(),
         last_publish: Instant::now(),
@@ -230,9 +265,13 @@ pub(crate) async fn run(
     // handled (at-least-once; with exactly-once, offsets are committed in
     // the transactions).
     c.workers.clear();
-    for t in worker_tasks {
-        let _ = t.await;
-    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in worker_threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+    let _ = reorder_task.await;
     if result.is_err() {
         delivery_task.abort();
     }
@@ -277,65 +316,113 @@ struct Worker {
     live: Arc<Live>,
 }
 
-async fn worker(
-    w: Worker,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+/// Where a worker takes its jobs from.
+enum Queue {
+    /// Its own (partitions pinned to workers).
+    Own(std::sync::mpsc::Receiver<Job>),
+    /// One queue all workers take from.
+    Shared(Arc<Mutex<std::sync::mpsc::Receiver<Job>>>),
+}
+
+impl Queue {
+    /// The next job; `None` once the coordinator is gone.
+    fn next(&self) -> Option<Job> {
+        match self {
+            Queue::Own(rx) => rx.recv().ok(),
+            Queue::Shared(rx) => rx.lock().unwrap_or_else(|e| e.into_inner()).recv().ok(),
+        }
+    }
+}
+
+/// What a worker hands to the reorder window: a batch it finished, or the
+/// number of one it gave back (it will come again under a new number, or
+/// not at all).
+enum Finished {
+    Ready(Processed),
+    Skip(Partition, u64),
+}
+
+/// Hands each partition's finished batches to delivery in the order they
+/// were cut.
+async fn reorder(
+    mut finished: mpsc::UnboundedReceiver<Finished>,
     processed: mpsc::UnboundedSender<Processed>,
-    done: mpsc::UnboundedSender<Report>,
 ) {
-    while let Some(job) = jobs.recv().await {
-        let r = w.runners.clone();
-        let o = w.outputs.clone();
-        let b = w.breaker.clone();
-        let live = w.live.clone();
-        let index = w.index;
-        let span = tracing::Span::current();
-        let result = tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            let mut runners = r.lock().unwrap_or_else(|e| e.into_inner());
-            let chain = run_chain(&mut runners, &job.items, &o, &b);
-            report_instances(&mut runners, index, &live);
-            (job, chain)
-        })
-        .await;
-        match result {
-            Ok((job, chain)) => {
-                // A new version on probation is measured on its own records.
-                let (on_probation, probe_open) = {
-                    let mut probe = w.probe.lock().unwrap_or_else(|e| e.into_inner());
-                    match probe.as_mut() {
-                        Some((i, b)) => (
-                            true,
-                            chain
-                                .steps
-                                .get(*i)
-                                .and_then(|s| b.observe(std::slice::from_ref(s)).err()),
-                        ),
-                        None => (false, None),
-                    }
-                };
-                let open = probe_open.or_else(|| w.breaker.observe(&chain.steps).err());
-                if let Some(open) = open {
-                    if on_probation {
-                        // The coordinator swaps the old version back and
-                        // sends this batch again: not delivered.
-                        tracing::error!(error = %open, "circuit breaker open on a new version: rolling back");
-                        let _ = done.send(Done::failed(job, open.into()).into());
-                        continue;
-                    }
-                    tracing::error!(error = %open, "circuit breaker open");
-                    let _ = done.send(Done::failed(job, open.into()).into());
-                    return;
-                }
-                if processed.send(Processed { job, chain }).is_err() {
-                    return;
-                }
+    let mut window = super::reorder::Reorder::default();
+    let mut ready = Vec::new();
+    while let Some(f) = finished.recv().await {
+        match f {
+            Finished::Ready(p) => {
+                let (partition, seq) = (p.job.partition.clone(), p.job.seq);
+                window.push(&partition, seq, Some(p), &mut ready);
             }
-            Err(e) => {
-                let e = PipelineError::Internal(format!("the transform worker failed: {e}"));
-                let _ = done.send(Done::failed(Job::none(), e).into());
+            Finished::Skip(partition, seq) => window.push(&partition, seq, None, &mut ready),
+        }
+        for p in ready.drain(..) {
+            if processed.send(p).is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// A worker's thread: runs the chain on each job it takes, on its own
+/// instances, until the coordinator closes the queue.
+fn worker(
+    w: Worker,
+    jobs: Queue,
+    finished: mpsc::UnboundedSender<Finished>,
+    done: mpsc::UnboundedSender<Report>,
+) {
+    while let Some(job) = jobs.next() {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut runners = w.runners.lock().unwrap_or_else(|e| e.into_inner());
+            let chain = run_chain(&mut runners, &job.items, &w.outputs, &w.breaker);
+            report_instances(&mut runners, w.index, &w.live);
+            chain
+        }));
+        let chain = match ran {
+            Ok(chain) => chain,
+            Err(_) => {
+                let _ = finished.send(Finished::Skip(job.partition.clone(), job.seq));
+                let e = PipelineError::Internal("the transform worker failed: it panicked".into());
+                let _ = done.send(Done::failed(job, e).into());
+                return;
+            }
+        };
+        // A new version on probation is measured on its own records.
+        let (on_probation, probe_open) = {
+            let mut probe = w.probe.lock().unwrap_or_else(|e| e.into_inner());
+            match probe.as_mut() {
+                Some((i, b)) => (
+                    true,
+                    chain
+                        .steps
+                        .get(*i)
+                        .and_then(|s| b.observe(std::slice::from_ref(s)).err()),
+                ),
+                None => (false, None),
+            }
+        };
+        let open = probe_open.or_else(|| w.breaker.observe(&chain.steps).err());
+        if let Some(open) = open {
+            let _ = finished.send(Finished::Skip(job.partition.clone(), job.seq));
+            if on_probation {
+                // The coordinator swaps the old version back and sends this
+                // batch again: not delivered.
+                tracing::error!(error = %open, "circuit breaker open on a new version: rolling back");
+                let _ = done.send(Done::failed(job, open.into()).into());
+                continue;
+            }
+            tracing::error!(error = %open, "circuit breaker open");
+            let _ = done.send(Done::failed(job, open.into()).into());
+            return;
+        }
+        if finished
+            .send(Finished::Ready(Processed { job, chain }))
+            .is_err()
+        {
+            return;
         }
     }
 }
@@ -476,7 +563,17 @@ impl Coordinator<'_> {
                         // committed; the next owner reads it again.
                         self.budget.release(1, item.byte_size());
                     }
-                    Some(Ok(SourceEvent::Item(item))) => self.on_item(item),
+                    Some(Ok(SourceEvent::Item(item))) => self.on_item(item, Instant::now()),
+                    Some(Ok(SourceEvent::Items(items))) if stopping => {
+                        let bytes = items.iter().map(ByteSize::byte_size).sum();
+                        self.budget.release(items.len(), bytes);
+                    }
+                    Some(Ok(SourceEvent::Items(items))) => {
+                        let now = Instant::now();
+                        for item in items {
+                            self.on_item(item, now);
+                        }
+                    }
                     Some(Ok(SourceEvent::Revoke(r))) => self.on_revoke(r),
                     Some(Err(e)) => {
                         tracing::error!(pipeline = %self.pipeline, error = %e, records_in_flight = self.ledger.in_flight(), "the source failed: delivering what it read before stopping");
@@ -536,15 +633,19 @@ impl Coordinator<'_> {
         self.epochs.get(p).copied().unwrap_or(0)
     }
 
-    fn on_item(&mut self, item: SourceItem) {
-        let p = item.position().partition.clone();
-        self.ledger.read(&p, item.position().offset);
-        let now = Instant::now();
+    fn on_item(&mut self, item: SourceItem, now: Instant) {
+        let p = &item.position().partition;
+        self.ledger.read(p, item.position().offset);
         let mut ready = Vec::new();
-        self.batchers
-            .entry(p.clone())
-            .or_insert_with(|| Batcher::new(self.policy.clone()))
-            .push(item, now, &mut ready);
+        let batcher = match self.batchers.get_mut(p) {
+            Some(b) => b,
+            None => self
+                .batchers
+                .entry(p.clone())
+                .or_insert_with(|| Batcher::new(self.policy.clone())),
+        };
+        let p = p.clone();
+        batcher.push(item, now, &mut ready);
         for items in ready {
             self.dispatch(&p, items);
         }
@@ -561,12 +662,17 @@ impl Coordinator<'_> {
             return;
         }
         let bytes = items.iter().map(ByteSize::byte_size).sum();
+        let epoch = self.epoch(p);
+        let next = self.next_seq.entry(p.clone()).or_default();
+        let seq = *next;
+        *next += 1;
         let job = Job {
             partition: p.clone(),
-            epoch: self.epoch(p),
+            epoch,
             items,
             bytes,
             dispatched: std::time::Instant::now(),
+            seq,
         };
         let w = worker_of(p, self.workers.len());
         *self.in_flight.entry(p.clone()).or_default() += 1;
@@ -1245,6 +1351,7 @@ mod tests {
             delivery,
             committer: Arc::new(super::super::commit::watermark::Watermark),
             workers: vec![Arc::new(Mutex::new(Vec::new()))],
+            pin_partitions: false,
             outputs: Arc::new(["default".to_string()].into_iter().collect()),
             budget: budget.clone(),
             policy: BatchPolicy {

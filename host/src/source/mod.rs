@@ -86,6 +86,10 @@ pub struct Revocation {
 pub enum SourceEvent {
     /// A record was read. Its share of the budget is already taken.
     Item(SourceItem),
+    /// Records read one after another (of any partitions, in order), each
+    /// with its share of the budget taken: one event for many records,
+    /// where a source reads faster than one message per record pays off.
+    Items(Vec<SourceItem>),
     /// Partitions are being taken away.
     Revoke(Revocation),
 }

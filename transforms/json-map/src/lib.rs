@@ -25,6 +25,8 @@
 //! Empty records (no value, blank, `null` or `{}`) are dropped. Values that
 //! are not valid JSON fail with `invalid-input`.
 
+mod fast;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use serde_json_path::JsonPath;
@@ -66,6 +68,8 @@ pub struct JsonMap {
     fields: Vec<(String, Vec<(String, JsonPath)>)>,
     input_field: Option<String>,
     missing: Missing,
+    /// The one-pass path, when every expression is a singular path.
+    fast: Option<fast::Fast>,
 }
 
 impl JsonMap {
@@ -98,11 +102,69 @@ impl JsonMap {
             }
             fields.push((name, compiled));
         }
+        let fast = match settings.input_field {
+            None => fast::Fast::compile(
+                &fields
+                    .iter()
+                    .map(|(name, exprs)| {
+                        (name.clone(), exprs.iter().map(|(e, _)| e.clone()).collect())
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            Some(_) => None,
+        };
         Ok(JsonMap {
             fields,
             input_field: settings.input_field,
             missing: settings.missing,
+            fast,
         })
+    }
+
+    /// Whether this mapping takes the one-pass path (every expression a
+    /// singular path of member names and indexes, no `input_field`).
+    pub fn is_fast(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Maps one raw record value, appending the output document to `out`;
+    /// `Ok(false)` means the record is empty (nothing appended). The same
+    /// result as [`JsonMap::map_bytes`] serialized, without building the
+    /// input's tree when the mapping is fast.
+    pub fn map_into(&self, value: Option<&[u8]>, out: &mut Vec<u8>) -> Result<bool, Error> {
+        if let (Some(fast), Some(bytes)) = (&self.fast, value) {
+            match fast.map(
+                bytes,
+                self.missing == Missing::Null,
+                self.missing == Missing::Fail,
+                out,
+            ) {
+                fast::Mapped::Written => return Ok(true),
+                fast::Mapped::Empty => return Ok(false),
+                fast::Mapped::Missing(i) => return Err(self.missing_error(i)),
+                fast::Mapped::Fallback => {}
+            }
+        }
+        match self.map_bytes(value)? {
+            Some(mapped) => {
+                serde_json::to_writer(&mut *out, &mapped)
+                    .map_err(|e| Error::internal(format!("cannot serialize output: {e}")))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn missing_error(&self, field: usize) -> Error {
+        let (name, exprs) = match self.fields.get(field) {
+            Some((name, exprs)) => (name.as_str(), exprs.as_slice()),
+            None => ("?", &[][..]),
+        };
+        let tried: Vec<&str> = exprs.iter().map(|(e, _)| e.as_str()).collect();
+        Error::new(
+            "missing-field",
+            format!("field `{name}`: no match for {}", tried.join(", ")),
+        )
     }
 
     /// Maps one JSON document; `Ok(None)` means the document was empty.
@@ -152,11 +214,8 @@ impl JsonMap {
                     out.insert(name.clone(), Value::Null);
                 }
                 (None, Missing::Fail) => {
-                    let tried: Vec<&str> = exprs.iter().map(|(e, _)| e.as_str()).collect();
-                    return Err(Error::new(
-                        "missing-field",
-                        format!("field `{name}`: no match for {}", tried.join(", ")),
-                    ));
+                    let i = self.fields.iter().position(|(n, _)| n == name).unwrap_or(0);
+                    return Err(self.missing_error(i));
                 }
             }
         }
@@ -189,10 +248,10 @@ impl Transform for JsonMap {
     }
 
     fn process(&mut self, record: &Record<'_>, out: &mut Emit<'_>) -> Result<(), Error> {
-        match self.map_bytes(record.value())? {
-            // The output keeps the input's key, headers and timestamp.
-            Some(mapped) => out.json_from(record, &mapped),
-            None => {
+        // The output keeps the input's key, headers and timestamp.
+        match out.write_from(record, |buf| self.map_into(record.value(), buf))? {
+            true => Ok(()),
+            false => {
                 if let Some(offset) = record.offset() {
                     sluice_guest::log(
                         sluice_guest::Level::Debug,
@@ -287,6 +346,70 @@ mod tests {
         let cfg = json!({"mapping": {"id": "$.id"}, "input_field": "data"});
         let out = map(cfg, r#"{"data": "{\"id\": 7}"}"#).expect("ok");
         assert_eq!(out, Some(json!({"id": 7})));
+    }
+
+    /// JSON text of a random value: nested objects (duplicate members,
+    /// escaped names), arrays, strings with escapes, numbers of every shape.
+    fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            Just("-0".to_string()),
+            Just("12.50".to_string()),
+            Just("1e3".to_string()),
+            Just("-0.0".to_string()),
+            Just("123456789012345678901234567890".to_string()),
+            "[a-z é\\\"]{0,6}".prop_map(|s| serde_json::to_string(&s).expect("string")),
+            Just(r#""caf\u00e9 \n""#.to_string()),
+        ];
+        leaf.prop_recursive(3, 24, 5, |inner| {
+            let key = prop_oneof![
+                Just("a"),
+                Just("b"),
+                Just("c"),
+                Just("x"),
+                Just("a b"),
+                Just("\\u0061")
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
+                proptest::collection::vec((key, inner), 0..5).prop_map(|m| {
+                    let members: Vec<String> =
+                        m.into_iter().map(|(k, v)| format!("\"{k}\" : {v}")).collect();
+                    format!(" {{ {} }} ", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The one-pass path writes exactly what the general path gives
+        /// (parse, JSONPath, serialize), for any document and policy.
+        #[test]
+        fn the_fast_path_writes_what_the_general_path_gives(doc in json_text(), policy in 0usize..3) {
+            let missing = ["omit", "null", "fail"][policy];
+            let m = JsonMap::from_config(&json!({
+                "mapping": {"a": "$.a", "bc": "$.b.c", "b1": "$.b[1]", "sp": "$['a b']", "xc": ["$.x", "$.c.a"]},
+                "missing": missing,
+            })).expect("config");
+            proptest::prop_assert!(m.is_fast());
+            let general = m.map_bytes(Some(doc.as_bytes())).map(|v| v.map(|v| serde_json::to_vec(&v).expect("json")));
+            let mut buf = b"prefix".to_vec();
+            let fast = m.map_into(Some(doc.as_bytes()), &mut buf);
+            match (general, fast) {
+                (Ok(Some(g)), Ok(true)) => proptest::prop_assert_eq!(String::from_utf8_lossy(&buf[6..]), String::from_utf8_lossy(&g)),
+                (Ok(None), Ok(false)) => proptest::prop_assert_eq!(&buf[..], b"prefix"),
+                (Err(g), Err(f)) => {
+                    proptest::prop_assert_eq!(g.kind(), f.kind());
+                    proptest::prop_assert_eq!(g.message(), f.message());
+                }
+                (g, f) => proptest::prop_assert!(false, "general {:?} but fast {:?} for {}", g.map(|v| v.map(String::from_utf8)), f, doc),
+            }
+        }
     }
 
     #[test]

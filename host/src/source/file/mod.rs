@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 
-type Lines = tokio::io::Split<BufReader<Box<dyn AsyncRead + Send + Unpin>>>;
+type Lines = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
 
 /// Reads lines from files in order.
 pub struct FileSource {
@@ -119,7 +119,7 @@ impl FileSource {
         };
         self.current = Some((
             partition,
-            BufReader::with_capacity(256 << 10, reader).split(b'\n'),
+            BufReader::with_capacity(256 << 10, reader),
             0,
         ));
         Ok(true)
@@ -157,20 +157,45 @@ pub(super) fn start(mut source: FileSource, opts: StartOptions) -> RunningSource
     let (tx, events) = mpsc::unbounded_channel();
     let describe = source.describe();
     let task = tokio::spawn(async move {
+        // Lines already in memory go to the coordinator together, up to
+        // `CHUNK` at a time, while the budget allows: one message per chunk,
+        // not per record. A line that has to wait for input (a pipe, a file
+        // still being written) is never held back behind the next.
+        const CHUNK: usize = 512;
+        let mut chunk: Vec<SourceItem> = Vec::with_capacity(CHUNK);
         loop {
             match source.next().await {
                 Ok(Some(item)) => {
-                    opts.budget.acquire(item.byte_size()).await;
-                    if tx.send(Ok(SourceEvent::Item(item))).is_err() {
-                        break;
+                    let size = item.byte_size();
+                    if !opts.budget.try_acquire(size) {
+                        if !chunk.is_empty() {
+                            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                            if tx.send(Ok(SourceEvent::Items(full))).is_err() {
+                                break;
+                            }
+                        }
+                        opts.budget.acquire(size).await;
+                    }
+                    chunk.push(item);
+                    if chunk.len() >= CHUNK || !source.ready() {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                        if tx.send(Ok(SourceEvent::Items(full))).is_err() {
+                            break;
+                        }
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    if !chunk.is_empty() {
+                        let _ = tx.send(Ok(SourceEvent::Items(std::mem::take(&mut chunk))));
+                    }
                     let _ = tx.send(Err(e));
                     break;
                 }
             }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.send(Ok(SourceEvent::Items(chunk)));
         }
     });
     RunningSource {
@@ -189,17 +214,21 @@ impl FileSource {
             let Some((partition, lines, line_no)) = self.current.as_mut() else {
                 continue;
             };
-            let line = lines
-                .next_segment()
+            let mut line = Vec::new();
+            let n = lines
+                .read_until(b'\n', &mut line)
                 .await
                 .map_err(|source| SourceError::Io {
                     path: partition.stream.to_string(),
                     source,
                 })?;
-            let Some(mut line) = line else {
+            if n == 0 {
                 self.current = None;
                 continue;
-            };
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
             let offset = *line_no;
             *line_no += 1;
             if line.last() == Some(&b'\r') {
@@ -230,6 +259,14 @@ impl FileSource {
             }
             return Ok(Some(SourceItem::Record(SourceRecord { record, position })));
         }
+    }
+
+    /// Whether the next line is already read into memory (the next call to
+    /// [`FileSource::next`] will not wait for input).
+    pub fn ready(&self) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|(_, lines, _)| lines.buffer().contains(&b'\n'))
     }
 
     /// A short description for logs.
