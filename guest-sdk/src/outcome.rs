@@ -266,9 +266,9 @@ impl<'o> Emit<'o> {
         value: &T,
     ) -> Result<(), Error> {
         self.write_from(record, |buf| {
-            serde_json::to_writer(buf, value).map(|()| true).map_err(|e| {
-                Error::internal(format!("cannot serialize output as JSON: {e}"))
-            })
+            serde_json::to_writer(buf, value)
+                .map(|()| true)
+                .map_err(|e| Error::internal(format!("cannot serialize output as JSON: {e}")))
         })
         .map(|_| ())
     }

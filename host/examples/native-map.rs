@@ -38,7 +38,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for line in reader.lines() {
         let line = line?;
         let mapped = match mode.as_str() {
-            "json-map" => map.map_bytes(Some(line.as_bytes())).map_err(|e| format!("line {}: {e:?}", n + 1))?,
+            "json-map" => map
+                .map_bytes(Some(line.as_bytes()))
+                .map_err(|e| format!("line {}: {e:?}", n + 1))?,
             "hand" => {
                 let doc: serde_json::Value = serde_json::from_str(&line)?;
                 let mut m = serde_json::Map::with_capacity(FIELDS.len());

@@ -103,7 +103,11 @@ mod tests {
         let mut out = Vec::new();
         r.push(&p(0), 1, Some("p0/1"), &mut out);
         r.push(&p(1), 0, Some("p1/0"), &mut out);
-        assert_eq!(out, vec!["p1/0"], "partition 1 does not wait on partition 0");
+        assert_eq!(
+            out,
+            vec!["p1/0"],
+            "partition 1 does not wait on partition 0"
+        );
         assert_eq!(r.waiting(), 1);
         r.push(&p(0), 0, Some("p0/0"), &mut out);
         assert_eq!(out, vec!["p1/0", "p0/0", "p0/1"]);

@@ -46,10 +46,7 @@ pub(crate) fn singular(expr: &str) -> Option<Vec<Step>> {
             b'[' => {
                 let close = i + rest[i..].find(']')?;
                 let inner = &rest[i + 1..close];
-                if let Some(name) = inner
-                    .strip_prefix('\'')
-                    .and_then(|s| s.strip_suffix('\''))
-                {
+                if let Some(name) = inner.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
                     // A quoted name without escapes or quotes inside.
                     if name.contains(['\\', '\'', '"']) || name.chars().any(char::is_control) {
                         return None;
@@ -80,8 +77,11 @@ pub(crate) struct Fast {
     top: Vec<String>,
     /// Per output field: its name already encoded as a JSON key with its
     /// colon (`"name":`), and its paths as (index into `top`, later steps).
-    fields: Vec<(Vec<u8>, Vec<(usize, Vec<Step>)>)>,
+    fields: Vec<(Vec<u8>, Vec<Path>)>,
 }
+
+/// A path as (index into [`Fast::top`], the steps after the first).
+type Path = (usize, Vec<Step>);
 
 /// What the fast path made of one document.
 pub(crate) enum Mapped {
@@ -340,8 +340,19 @@ mod tests {
             ])
         );
         for general in [
-            "$", "$..a", "$.a[*]", "$[-1]", "$.a[0:2]", "$.a[?@.b]", "$.1a", "$[01]", "$['a\\'b']",
-            "$.a,b", "a", "$.a[1,2]", "$.é",
+            "$",
+            "$..a",
+            "$.a[*]",
+            "$[-1]",
+            "$.a[0:2]",
+            "$.a[?@.b]",
+            "$.1a",
+            "$[01]",
+            "$['a\\'b']",
+            "$.a,b",
+            "a",
+            "$.a[1,2]",
+            "$.é",
         ] {
             assert_eq!(singular(general), None, "{general}");
         }

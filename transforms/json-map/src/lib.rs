@@ -376,10 +376,13 @@ mod tests {
                 Just("\\u0061")
             ];
             prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(", "))),
                 proptest::collection::vec((key, inner), 0..5).prop_map(|m| {
-                    let members: Vec<String> =
-                        m.into_iter().map(|(k, v)| format!("\"{k}\" : {v}")).collect();
+                    let members: Vec<String> = m
+                        .into_iter()
+                        .map(|(k, v)| format!("\"{k}\" : {v}"))
+                        .collect();
                     format!(" {{ {} }} ", members.join(","))
                 }),
             ]

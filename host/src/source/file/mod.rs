@@ -117,11 +117,7 @@ impl FileSource {
             stream: Arc::from(name.as_str()),
             partition: 0,
         };
-        self.current = Some((
-            partition,
-            BufReader::with_capacity(256 << 10, reader),
-            0,
-        ));
+        self.current = Some((partition, BufReader::with_capacity(256 << 10, reader), 0));
         Ok(true)
     }
 }
