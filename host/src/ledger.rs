@@ -2,16 +2,82 @@
 //! in the dead-letter queue), and so which offset may be committed per
 //! partition. Offsets are committed only up to the first position that is
 //! still in flight, never past it.
+//!
+//! Per partition the ledger keeps the offsets read and not yet committable
+//! in one sorted ring (`VecDeque`), each with a handled flag: sources read
+//! in increasing order, so a read is a push at the back and a handled batch
+//! (usually the oldest) pops from the front. No allocation per record, no
+//! tree to rebalance; an out-of-order read (a source that goes back) is
+//! inserted in place.
 
 use crate::record::Partition;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Debug, Default)]
 struct PartitionLedger {
-    /// Offsets read but not yet handled.
-    in_flight: BTreeSet<i64>,
+    /// Offsets read, ascending, from the first one not yet handled; each
+    /// with whether it is handled. The front is never a handled one.
+    read: VecDeque<(i64, bool)>,
+    /// How many of `read` are not handled.
+    pending: usize,
     /// Highest offset read so far.
     highest: Option<i64>,
+}
+
+impl PartitionLedger {
+    fn read(&mut self, offset: i64) {
+        self.highest = Some(self.highest.map_or(offset, |h| h.max(offset)));
+        match self.read.back() {
+            Some(&(last, _)) if last >= offset => {
+                match self.read.binary_search_by_key(&offset, |&(o, _)| o) {
+                    Ok(i) => {
+                        if let Some(entry) = self.read.get_mut(i)
+                            && entry.1
+                        {
+                            entry.1 = false;
+                            self.pending += 1;
+                        }
+                    }
+                    Err(i) => {
+                        self.read.insert(i, (offset, false));
+                        self.pending += 1;
+                    }
+                }
+            }
+            _ => {
+                self.read.push_back((offset, false));
+                self.pending += 1;
+            }
+        }
+    }
+
+    fn handled(&mut self, offset: i64) {
+        let at = match self.read.front() {
+            Some(&(first, _)) if first == offset => Some(0),
+            Some(&(first, _)) if first < offset => {
+                self.read.binary_search_by_key(&offset, |&(o, _)| o).ok()
+            }
+            _ => None,
+        };
+        let Some(entry) = at.and_then(|i| self.read.get_mut(i)) else {
+            return;
+        };
+        if !entry.1 {
+            entry.1 = true;
+            self.pending -= 1;
+        }
+        while self.read.front().is_some_and(|&(_, handled)| handled) {
+            self.read.pop_front();
+        }
+    }
+
+    fn first_pending(&self) -> Option<i64> {
+        self.read.front().map(|&(o, _)| o)
+    }
+
+    fn last_pending(&self) -> Option<i64> {
+        self.read.iter().rev().find(|&&(_, h)| !h).map(|&(o, _)| o)
+    }
 }
 
 /// Tracks in-flight positions per partition.
@@ -28,15 +94,29 @@ impl Ledger {
 
     /// Records that `offset` of `partition` was read and is now in flight.
     pub fn read(&mut self, partition: &Partition, offset: i64) {
-        let p = self.partitions.entry(partition.clone()).or_default();
-        p.in_flight.insert(offset);
-        p.highest = Some(p.highest.map_or(offset, |h| h.max(offset)));
+        match self.partitions.get_mut(partition) {
+            Some(p) => p.read(offset),
+            None => self
+                .partitions
+                .entry(partition.clone())
+                .or_default()
+                .read(offset),
+        }
     }
 
     /// Records that `offset` of `partition` is handled.
     pub fn handled(&mut self, partition: &Partition, offset: i64) {
         if let Some(p) = self.partitions.get_mut(partition) {
-            p.in_flight.remove(&offset);
+            p.handled(offset);
+        }
+    }
+
+    /// Records that `offsets` of `partition` are handled.
+    pub fn handled_all(&mut self, partition: &Partition, offsets: impl IntoIterator<Item = i64>) {
+        if let Some(p) = self.partitions.get_mut(partition) {
+            for o in offsets {
+                p.handled(o);
+            }
         }
     }
 
@@ -44,8 +124,8 @@ impl Ledger {
     /// offset to read), or `None` if nothing was read.
     pub fn committable(&self, partition: &Partition) -> Option<i64> {
         let p = self.partitions.get(partition)?;
-        match p.in_flight.first() {
-            Some(&first) => Some(first),
+        match p.first_pending() {
+            Some(first) => Some(first),
             None => p.highest.map(|h| h + 1),
         }
     }
@@ -58,7 +138,7 @@ impl Ledger {
 
     /// Number of positions in flight across all partitions.
     pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(|p| p.in_flight.len()).sum()
+        self.partitions.values().map(|p| p.pending).sum()
     }
 
     /// Per partition with records in flight: how many, and the first and
@@ -68,9 +148,9 @@ impl Ledger {
         self.partitions
             .iter()
             .filter_map(|(p, l)| {
-                let first = *l.in_flight.first()?;
-                let last = *l.in_flight.last()?;
-                Some((p.clone(), l.in_flight.len(), first, last))
+                let first = l.first_pending()?;
+                let last = l.last_pending()?;
+                Some((p.clone(), l.pending, first, last))
             })
             .collect()
     }
@@ -85,6 +165,7 @@ impl Ledger {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
     use std::sync::Arc;
 
     proptest! {
@@ -117,6 +198,9 @@ mod tests {
         /// Read the next offset of partition `p`, `gap` offsets after the
         /// previous one (compaction, transaction markers).
         Read { p: usize, gap: i64 },
+        /// Read an offset `back` before the next one again (a source that
+        /// goes back: a seek, a replay).
+        Reread { p: usize, back: i64 },
         /// Acknowledge one in-flight offset of `p`, chosen by `pick`.
         Handle { p: usize, pick: usize },
         /// The partition is revoked: forgotten.
@@ -126,6 +210,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0..3usize, 1..4i64).prop_map(|(p, gap)| Op::Read { p, gap }),
+            1 => (0..3usize, 1..8i64).prop_map(|(p, back)| Op::Reread { p, back }),
             4 => (0..3usize, any::<usize>()).prop_map(|(p, pick)| Op::Handle { p, pick }),
             1 => (0..3usize).prop_map(|p| Op::Forget { p }),
         ]
@@ -156,6 +241,13 @@ mod tests {
                         m.0.insert(o);
                         m.1 = m.1.max(o);
                     }
+                    Op::Reread { p, back } => {
+                        let o = (next[p] - back).max(0);
+                        ledger.read(&parts[p], o);
+                        let m = model[p].get_or_insert_with(|| (BTreeSet::new(), o));
+                        m.0.insert(o);
+                        m.1 = m.1.max(o);
+                    }
                     Op::Handle { p, pick } => {
                         if let Some((set, _)) = model[p].as_mut()
                             && !set.is_empty()
@@ -178,6 +270,20 @@ mod tests {
                 }
                 let in_flight: usize = model.iter().flatten().map(|(s, _)| s.len()).sum();
                 prop_assert_eq!(ledger.in_flight(), in_flight);
+                let unhandled: Vec<(i32, usize, i64, i64)> = ledger
+                    .unhandled()
+                    .into_iter()
+                    .map(|(p, n, first, last)| (p.partition, n, first, last))
+                    .collect();
+                let want: Vec<(i32, usize, i64, i64)> = model
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(p, m)| {
+                        let set = &m.as_ref()?.0;
+                        Some((p as i32, set.len(), *set.first()?, *set.last()?))
+                    })
+                    .collect();
+                prop_assert_eq!(unhandled, want);
             }
         }
     }

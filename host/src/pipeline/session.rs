@@ -175,9 +175,13 @@ pub(crate) async fn run(
     let runners = workers.clone();
     let probe: super::swap::Probe = Arc::default();
     // Workers hand finished batches to the reorder window, which hands each
-    // partition's batches to delivery in the order they were cut.
-    let (ordered_tx, ordered_rx) = mpsc::unbounded_channel::<Finished>();
-    let reorder_task = tokio::spawn(reorder(ordered_rx, processed_tx.clone()));
+    // partition's batches to delivery in the order they were cut. The last
+    // worker to stop closes delivery's queue.
+    let ordered_tx: SharedHandover = Arc::new(Mutex::new(Handover {
+        window: Default::default(),
+        ready: Vec::new(),
+        processed: processed_tx,
+    }));
     let mut worker_txs = Vec::new();
     let shared = if pin_partitions {
         None
@@ -216,7 +220,6 @@ pub(crate) async fn run(
         worker_threads.push(thread);
     }
     drop(ordered_tx);
-    drop(processed_tx);
     drop(done_tx);
 
     let mut c = Coordinator {
@@ -271,7 +274,6 @@ pub(crate) async fn run(
         }
     })
     .await;
-    let _ = reorder_task.await;
     if result.is_err() {
         delivery_task.abort();
     }
@@ -342,38 +344,43 @@ enum Finished {
     Skip(Partition, u64),
 }
 
-/// Hands each partition's finished batches to delivery in the order they
-/// were cut.
-async fn reorder(
-    mut finished: mpsc::UnboundedReceiver<Finished>,
+/// The reorder window the workers share: a worker that finishes a batch
+/// hands on, under the lock, every batch that is now next in order, straight
+/// to delivery (no task in between: one thread hand-off less per batch).
+struct Handover {
+    window: super::reorder::Reorder<Processed>,
+    ready: Vec<Processed>,
     processed: mpsc::UnboundedSender<Processed>,
-) {
-    let mut window = super::reorder::Reorder::default();
-    let mut ready = Vec::new();
-    while let Some(f) = finished.recv().await {
-        match f {
-            Finished::Ready(p) => {
-                let (partition, seq) = (p.job.partition.clone(), p.job.seq);
-                window.push(&partition, seq, Some(p), &mut ready);
-            }
-            Finished::Skip(partition, seq) => window.push(&partition, seq, None, &mut ready),
+}
+
+type SharedHandover = Arc<Mutex<Handover>>;
+
+/// Hands `f` to the window; false once delivery is gone.
+fn hand_over(handover: &SharedHandover, f: Finished) -> bool {
+    let mut h = handover.lock().unwrap_or_else(|e| e.into_inner());
+    let Handover {
+        window,
+        ready,
+        processed,
+    } = &mut *h;
+    match f {
+        Finished::Ready(p) => {
+            let (partition, seq) = (p.job.partition.clone(), p.job.seq);
+            window.push(&partition, seq, Some(p), ready);
         }
-        for p in ready.drain(..) {
-            if processed.send(p).is_err() {
-                return;
-            }
+        Finished::Skip(partition, seq) => window.push(&partition, seq, None, ready),
+    }
+    for p in ready.drain(..) {
+        if processed.send(p).is_err() {
+            return false;
         }
     }
+    true
 }
 
 /// A worker's thread: runs the chain on each job it takes, on its own
 /// instances, until the coordinator closes the queue.
-fn worker(
-    w: Worker,
-    jobs: Queue,
-    finished: mpsc::UnboundedSender<Finished>,
-    done: mpsc::UnboundedSender<Report>,
-) {
+fn worker(w: Worker, jobs: Queue, finished: SharedHandover, done: mpsc::UnboundedSender<Report>) {
     while let Some(job) = jobs.next() {
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut runners = w.runners.lock().unwrap_or_else(|e| e.into_inner());
@@ -384,7 +391,7 @@ fn worker(
         let chain = match ran {
             Ok(chain) => chain,
             Err(_) => {
-                let _ = finished.send(Finished::Skip(job.partition.clone(), job.seq));
+                hand_over(&finished, Finished::Skip(job.partition.clone(), job.seq));
                 let e = PipelineError::Internal("the transform worker failed: it panicked".into());
                 let _ = done.send(Done::failed(job, e).into());
                 return;
@@ -406,7 +413,7 @@ fn worker(
         };
         let open = probe_open.or_else(|| w.breaker.observe(&chain.steps).err());
         if let Some(open) = open {
-            let _ = finished.send(Finished::Skip(job.partition.clone(), job.seq));
+            hand_over(&finished, Finished::Skip(job.partition.clone(), job.seq));
             if on_probation {
                 // The coordinator swaps the old version back and sends this
                 // batch again: not delivered.
@@ -418,10 +425,7 @@ fn worker(
             let _ = done.send(Done::failed(job, open.into()).into());
             return;
         }
-        if finished
-            .send(Finished::Ready(Processed { job, chain }))
-            .is_err()
-        {
+        if !hand_over(&finished, Finished::Ready(Processed { job, chain })) {
             return;
         }
     }
