@@ -89,6 +89,7 @@ async fn through_sink(cfg: &LakeSinkConfig, all: &[Record]) -> Duration {
                     })
                     .collect(),
                 modules: vec![None; chunk.len()],
+                ..Default::default()
             },
         };
         let accepted = sink

@@ -62,7 +62,10 @@ impl<T: ByteSize> Batcher<T> {
         if self.items.is_empty() {
             None
         } else {
-            Some(std::mem::take(&mut self.items))
+            // The next batch is likely as long: room for it at once, not by
+            // doubling (a bounded amount, held while the partition is idle).
+            let room = self.items.len().min(1024);
+            Some(std::mem::replace(&mut self.items, Vec::with_capacity(room)))
         }
     }
 

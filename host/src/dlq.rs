@@ -271,6 +271,7 @@ impl DeadLetter {
                 .iter()
                 .map(|e| e.module.as_deref().map(Arc::from))
                 .collect(),
+            ..Default::default()
         };
         let crate::sink::Accepted { rejects, held } = self
             .sink

@@ -104,6 +104,17 @@ impl Ledger {
         }
     }
 
+    /// Records that `offsets` of `partition` were read, in this order.
+    pub fn read_all(&mut self, partition: &Partition, offsets: impl IntoIterator<Item = i64>) {
+        let p = match self.partitions.get_mut(partition) {
+            Some(p) => p,
+            None => self.partitions.entry(partition.clone()).or_default(),
+        };
+        for o in offsets {
+            p.read(o);
+        }
+    }
+
     /// Records that `offset` of `partition` is handled.
     pub fn handled(&mut self, partition: &Partition, offset: i64) {
         if let Some(p) = self.partitions.get_mut(partition) {

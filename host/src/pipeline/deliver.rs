@@ -243,6 +243,9 @@ pub(crate) struct Delivery {
     pub metrics: crate::metrics::PipelineMetrics,
     /// Tag output records with the emitting module's digest.
     pub module_header: bool,
+    /// Whether the source checks that every record's value is one JSON
+    /// document (see [`Lineage::json_checked`]).
+    pub source_json: bool,
 }
 
 /// The output header naming the module that emitted a record.
@@ -292,6 +295,15 @@ impl Delivery {
                     .iter()
                     .map(|&(_, from)| from.and_then(|i| digests.get(i).cloned()))
                     .collect(),
+                json_checked: if self.source_json {
+                    records
+                        .iter()
+                        .zip(&meta)
+                        .map(|(r, &(origin, _))| unchanged_value(r, &job.items, origin))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             };
             let submitted = std::time::Instant::now();
             let pending = match sink
@@ -523,6 +535,15 @@ impl Delivery {
     }
 }
 
+/// Whether `record`'s value is, byte for byte, the value of source record
+/// `origin` (which the source checked).
+fn unchanged_value(record: &Record, items: &[SourceItem], origin: usize) -> bool {
+    match (items.get(origin), &record.value) {
+        (Some(SourceItem::Record(r)), Some(v)) => r.record.value.as_ref() == Some(v),
+        _ => false,
+    }
+}
+
 /// The source position of item `origin`.
 fn source_of_position(items: &[SourceItem], origin: usize) -> crate::record::Position {
     source_of(items, origin).1
@@ -545,6 +566,41 @@ mod tests {
     use super::*;
     use crate::record::{Position, SourceRecord};
     use crate::sink::Reject;
+
+    #[test]
+    fn only_values_unchanged_from_the_source_are_known_json() {
+        let position = Position {
+            partition: Partition {
+                stream: Arc::from("f"),
+                partition: 0,
+            },
+            offset: 0,
+        };
+        let items = vec![
+            SourceItem::Record(SourceRecord {
+                record: Record::from_value(&b"{\"a\":1}"[..]),
+                position: position.clone(),
+            }),
+            SourceItem::Invalid {
+                record: Record::from_value(&b"{\"a\":1}"[..]),
+                position,
+                reason: "test".into(),
+            },
+        ];
+        let same = Record::from_value(&b"{\"a\":1}"[..]);
+        assert!(unchanged_value(&same, &items, 0));
+        assert!(!unchanged_value(
+            &Record::from_value(&b"{\"a\":2}"[..]),
+            &items,
+            0
+        ));
+        assert!(
+            !unchanged_value(&same, &items, 1),
+            "an invalid item was never checked"
+        );
+        assert!(!unchanged_value(&same, &items, 2), "no such item");
+        assert!(!unchanged_value(&Record::default(), &items, 0), "no value");
+    }
 
     /// A sink that accepts everything and reports a reject for a record it
     /// was never given (a broken sink: no real one can be made to do it).
@@ -621,6 +677,7 @@ mod tests {
             dlq_retry: Retry::default(),
             metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
             module_header: false,
+            source_json: false,
         };
         let submitted = delivery
             .submit(Processed { job, chain })
@@ -721,6 +778,7 @@ mod tests {
             dlq_retry: Retry::default(),
             metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
             module_header: false,
+            source_json: false,
         };
         let part = Partition {
             stream: Arc::from("orders"),
@@ -736,6 +794,7 @@ mod tests {
             modules: (0..6)
                 .map(|i| (i % 2 == 0).then(|| Arc::from("sha256:even")))
                 .collect(),
+            ..Default::default()
         };
         assert_eq!(
             lineage.spans(),
@@ -846,6 +905,7 @@ mod tests {
             dlq_retry: Retry::default(),
             metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
             module_header: false,
+            source_json: false,
         };
         let _ = delivery
             .submit(Processed { job, chain })

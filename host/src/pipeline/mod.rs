@@ -491,6 +491,7 @@ impl Pipeline {
             dlq_retry: Retry::from(config.dead_letter.retry()),
             metrics: live.metrics().clone(),
             module_header: d.module_header,
+            source_json: config.source.plugin().json_values(),
         };
         session::run(
             SessionParts {

@@ -572,12 +572,7 @@ impl Coordinator<'_> {
                         let bytes = items.iter().map(ByteSize::byte_size).sum();
                         self.budget.release(items.len(), bytes);
                     }
-                    Some(Ok(SourceEvent::Items(items))) => {
-                        let now = Instant::now();
-                        for item in items {
-                            self.on_item(item, now);
-                        }
-                    }
+                    Some(Ok(SourceEvent::Items(items))) => self.on_items(items, Instant::now()),
                     Some(Ok(SourceEvent::Revoke(r))) => self.on_revoke(r),
                     Some(Err(e)) => {
                         tracing::error!(pipeline = %self.pipeline, error = %e, records_in_flight = self.ledger.in_flight(), "the source failed: delivering what it read before stopping");
@@ -652,6 +647,34 @@ impl Coordinator<'_> {
         batcher.push(item, now, &mut ready);
         for items in ready {
             self.dispatch(&p, items);
+        }
+    }
+
+    /// Items as a source sends them in a chunk: each run of one partition's
+    /// items finds its ledger and batcher once.
+    fn on_items(&mut self, items: Vec<SourceItem>, now: Instant) {
+        let mut items = items.into_iter().peekable();
+        let mut ready = Vec::new();
+        while let Some(first) = items.next() {
+            let p = first.position().partition.clone();
+            let batcher = match self.batchers.get_mut(&p) {
+                Some(b) => b,
+                None => self
+                    .batchers
+                    .entry(p.clone())
+                    .or_insert_with(|| Batcher::new(self.policy.clone())),
+            };
+            let mut offsets = Vec::new();
+            offsets.push(first.position().offset);
+            batcher.push(first, now, &mut ready);
+            while let Some(item) = items.next_if(|i| i.position().partition == p) {
+                offsets.push(item.position().offset);
+                batcher.push(item, now, &mut ready);
+            }
+            self.ledger.read_all(&p, offsets);
+            for batch in ready.drain(..) {
+                self.dispatch(&p, batch);
+            }
         }
     }
 
@@ -939,8 +962,17 @@ impl Coordinator<'_> {
         partition: &Partition,
         positions: Vec<Position>,
     ) -> Result<(), PipelineError> {
-        for pos in &positions {
-            self.ledger.handled(&pos.partition, pos.offset);
+        // A batch's positions are one partition's: one ledger look-up per run.
+        let mut rest = positions.as_slice();
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .position(|p| p.partition != first.partition)
+                .unwrap_or(rest.len());
+            let (this, next) = rest.split_at(run);
+            self.ledger
+                .handled_all(&first.partition, this.iter().map(|p| p.offset));
+            rest = next;
         }
         if self.per_item && !positions.is_empty() {
             let acked = self.control.acknowledge(&positions).await;
@@ -1346,6 +1378,7 @@ mod tests {
             dlq_retry: deliver::Retry::default(),
             metrics,
             module_header: false,
+            source_json: false,
         };
         let parts = SessionParts {
             source: RunningSource {

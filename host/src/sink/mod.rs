@@ -220,9 +220,20 @@ pub struct Lineage {
     /// Per record: the digest of the module that emitted it (`None`: no
     /// transform did, e.g. a dead letter of a record that did not decode).
     pub modules: Vec<Option<Arc<str>>>,
+    /// Per record: whether its value is known to be one JSON document — the
+    /// host checked it where it entered and no transform changed a byte of
+    /// it (a filter, a router, an identity) — so a sink writing JSON lines
+    /// need not parse it again. Shorter than the records (or empty): the
+    /// rest are not known.
+    pub json_checked: Vec<bool>,
 }
 
 impl Lineage {
+    /// Whether record `index`'s value is known to be JSON.
+    pub fn is_json_checked(&self, index: usize) -> bool {
+        self.json_checked.get(index).copied().unwrap_or(false)
+    }
+
     /// The lowest and highest positions of one partition's records: the
     /// first and last offset a write covers, per partition.
     pub fn spans(&self) -> BTreeMap<crate::record::Partition, (i64, i64)> {
@@ -250,6 +261,7 @@ impl Lineage {
                 .iter()
                 .filter_map(|&i| self.modules.get(i).cloned())
                 .collect(),
+            json_checked: indices.iter().map(|&i| self.is_json_checked(i)).collect(),
         }
     }
 }
@@ -456,6 +468,17 @@ pub fn envelope(record: &Record) -> serde_json::Value {
 
 /// Appends one record as one line to `out`, or says why it cannot be.
 pub fn encode_line(record: &Record, format: RecordFormat, out: &mut Vec<u8>) -> Result<(), String> {
+    encode_line_checked(record, format, false, out)
+}
+
+/// [`encode_line`] for a record whose value is known to be one JSON
+/// document when `json_checked` (see [`Lineage::json_checked`]).
+pub fn encode_line_checked(
+    record: &Record,
+    format: RecordFormat,
+    json_checked: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     match format {
         RecordFormat::Value => {
             let Some(value) = record.value.as_deref() else {
@@ -464,7 +487,7 @@ pub fn encode_line(record: &Record, format: RecordFormat, out: &mut Vec<u8>) -> 
                 );
             };
             if !value.contains(&b'\n') && !value.contains(&b'\r') {
-                if let Err(e) = crate::record::check_json(value) {
+                if !json_checked && let Err(e) = crate::record::check_json(value) {
                     return Err(format!(
                         "record value is not JSON, and the sink writes JSON lines: {e}"
                     ));
@@ -487,12 +510,21 @@ pub fn encode_line(record: &Record, format: RecordFormat, out: &mut Vec<u8>) -> 
 
 /// Encodes records as lines; returns the buffer, the number of lines and the rejects.
 pub fn encode_lines(records: &[Record], format: RecordFormat) -> (Vec<u8>, usize, Vec<Reject>) {
+    encode_lines_of(records, &Lineage::default(), format)
+}
+
+/// [`encode_lines`], not parsing again the values `lineage` knows are JSON.
+pub fn encode_lines_of(
+    records: &[Record],
+    lineage: &Lineage,
+    format: RecordFormat,
+) -> (Vec<u8>, usize, Vec<Reject>) {
     let mut buf = Vec::with_capacity(records.iter().map(|r| r.size() + 1).sum());
     let mut rejects = Vec::new();
     let mut lines = 0;
     for (index, record) in records.iter().enumerate() {
         let mark = buf.len();
-        match encode_line(record, format, &mut buf) {
+        match encode_line_checked(record, format, lineage.is_json_checked(index), &mut buf) {
             Ok(()) => lines += 1,
             Err(reason) => {
                 buf.truncate(mark);
@@ -512,6 +544,34 @@ pub fn ready(rejects: Vec<Reject>) -> Pending {
 mod tests {
     use super::*;
     use crate::record::Header;
+
+    #[test]
+    fn a_value_known_to_be_json_is_not_parsed_again() {
+        let records = vec![
+            Record::from_value(&b"{\"a\": 1}"[..]),
+            Record::from_value(&b"{\"b\": 2}"[..]),
+        ];
+        // The second is marked as checked by the host; the marker is what
+        // skips the parse (a value is marked only when it is byte for byte
+        // one the source validated), shown here with a first record that
+        // is parsed and one that is copied.
+        let lineage = Lineage {
+            json_checked: vec![false, true],
+            ..Default::default()
+        };
+        let (buf, lines, rejects) = encode_lines_of(&records, &lineage, RecordFormat::Value);
+        assert_eq!((lines, rejects.len()), (2, 0));
+        assert_eq!(buf, b"{\"a\": 1}\n{\"b\": 2}\n");
+        let bad = vec![Record::from_value(&b"not json"[..])];
+        let (_, lines, rejects) = encode_lines_of(&bad, &Lineage::default(), RecordFormat::Value);
+        assert_eq!(
+            (lines, rejects.len()),
+            (0, 1),
+            "unmarked values are checked"
+        );
+        let (_, lines, _) = encode_lines_of(&bad, &lineage.subset(&[1]), RecordFormat::Value);
+        assert_eq!(lines, 1, "the marker carries over to a retried subset");
+    }
 
     #[test]
     fn value_lines_are_compact_json_and_non_json_is_rejected() {

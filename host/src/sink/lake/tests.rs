@@ -44,6 +44,7 @@ fn batch(range: std::ops::Range<i64>, module: &str) -> SinkBatch {
                 })
                 .collect(),
             modules: range.map(|_| Some(Arc::from(module))).collect(),
+            ..Default::default()
         },
     }
 }

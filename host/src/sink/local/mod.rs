@@ -10,7 +10,7 @@ mod roll;
 
 pub use config::{LocalSinkConfig, RollConfig};
 
-use super::{Accepted, BuildContext, Pending, Sink, SinkError, encode_lines, ready};
+use super::{Accepted, BuildContext, Pending, Sink, SinkError, encode_lines_of, ready};
 use crate::config::RecordFormat;
 use object_store::local::LocalFileSystem;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -100,8 +100,7 @@ impl LocalSink {
 #[async_trait::async_trait]
 impl Sink for LocalSink {
     async fn submit(&self, batch: super::SinkBatch) -> Result<Pending, SinkError> {
-        let records = batch.records;
-        let (buf, lines, rejects) = encode_lines(&records, self.format);
+        let (buf, lines, rejects) = encode_lines_of(&batch.records, &batch.lineage, self.format);
         if lines == 0 {
             return Ok(ready(rejects));
         }

@@ -8,7 +8,7 @@ mod config;
 
 pub use config::StdoutSinkConfig;
 
-use super::{BuildContext, Pending, Sink, SinkError, encode_lines, ready};
+use super::{BuildContext, Pending, Sink, SinkError, encode_lines_of, ready};
 use crate::config::RecordFormat;
 use std::io::Write;
 use std::sync::Mutex;
@@ -60,8 +60,7 @@ impl StdoutSink {
 #[async_trait::async_trait]
 impl Sink for StdoutSink {
     async fn submit(&self, batch: super::SinkBatch) -> Result<Pending, SinkError> {
-        let records = batch.records;
-        let (buf, lines, rejects) = encode_lines(&records, self.format);
+        let (buf, lines, rejects) = encode_lines_of(&batch.records, &batch.lineage, self.format);
         if lines == 0 {
             return Ok(ready(rejects));
         }
