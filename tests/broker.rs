@@ -203,6 +203,8 @@ pub struct Got {
     pub offset: i64,
     /// Headers (name, value).
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp (ms since the epoch), if it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl Got {
@@ -220,6 +222,7 @@ impl Got {
                         .collect()
                 })
                 .unwrap_or_default(),
+            timestamp: m.timestamp().to_millis(),
         }
     }
 
@@ -394,4 +397,112 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<(i32, i64)> {
         .collect();
     out.sort();
     out
+}
+
+/// Committed offset and high watermark of each partition of `topic` for
+/// consumer group `group` (one sample of [`Progress`]).
+pub struct Progress {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: Vec<i32>,
+}
+
+impl Progress {
+    /// Watches `group`'s progress through `topic`.
+    pub fn new(bootstrap: &str, group: &str, topic: &str) -> Progress {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let meta = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut partitions: Vec<i32> = meta
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        partitions.sort();
+        Progress {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+        }
+    }
+
+    /// Per partition: (partition, committed offset or 0, high watermark).
+    pub fn sample(&self) -> Vec<(i32, i64, i64)> {
+        let mut tpl = TopicPartitionList::new();
+        for p in &self.partitions {
+            tpl.add_partition(&self.topic, *p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        self.partitions
+            .iter()
+            .map(|&p| {
+                let c = committed
+                    .find_partition(&self.topic, p)
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(0)
+                    .max(0);
+                let high = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                    .map(|(_, h)| h)
+                    .unwrap_or(0);
+                (p, c, high)
+            })
+            .collect()
+    }
+}
+
+/// Produces numbered records to `topic` at `rate` records/s for `seconds`
+/// (paced every 10 ms), each stamped with its send time; returns how many.
+pub fn produce_paced(
+    bootstrap: &str,
+    topic: &str,
+    rate: usize,
+    seconds: f64,
+    value_bytes: usize,
+) -> usize {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer");
+    let total = (rate as f64 * seconds) as usize;
+    let start = Instant::now();
+    let mut sent = 0usize;
+    while sent < total {
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as usize).min(total);
+        while sent < due {
+            let mut v = format!("{{\"n\":{sent},\"pad\":\"").into_bytes();
+            while v.len() + 2 < value_bytes {
+                v.push(b'x');
+            }
+            v.extend_from_slice(b"\"}");
+            let key = format!("k{}", sent % 1000);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or_default();
+            let record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic)
+                .payload(&v[..])
+                .key(&key[..])
+                .timestamp(now);
+            send(&producer, record);
+            sent += 1;
+        }
+        producer.poll(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+    sent
 }

@@ -352,6 +352,112 @@ fn a_slow_sink_pauses_the_source_and_memory_stays_bounded() {
     );
 }
 
+/// A backlog on four partitions, drained through a sink this test paces
+/// (standard output, read slowly): the group's committed offsets must
+/// advance on all partitions side by side. Before partitions had fair
+/// shares of the budget, the first partition in a fetch took all of it,
+/// again and again, and the partitions were drained one after another (the
+/// widest gap between them reached 100 % of their records).
+#[test]
+fn the_partitions_of_a_backlog_advance_side_by_side() {
+    use std::io::Read;
+    let _one = heavy();
+    let b = broker::bootstrap();
+    broker::require(&b);
+    const N: usize = 60_000;
+    let t = topics(&b, "fairness", 4);
+    assert_eq!(broker::produce(&b, &t.input, numbered(N, 1_000)), N);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = kafka_pipeline(
+        dir.path(),
+        &b,
+        &t,
+        "[outputs.default.stdout]",
+        "[batch]\nmax_records = 200\nmax_wait_ms = 50\n[delivery]\nmax_in_flight_records = 2000\ncommit_interval_ms = 200",
+    );
+    let log = dir.path().join("sluice.log");
+    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], true);
+    let mut out = s.child.stdout.take().expect("stdout");
+    let watcher = {
+        let (b, group, topic) = (b.clone(), t.group.clone(), t.input.clone());
+        std::thread::spawn(move || {
+            let progress = broker::Progress::new(&b, &group, &topic);
+            let deadline = Instant::now() + Duration::from_secs(180);
+            let mut samples = Vec::new();
+            while Instant::now() < deadline {
+                let sample = progress.sample();
+                let done: i64 = sample.iter().map(|(_, c, _)| c).sum();
+                samples.push(sample);
+                if done >= N as i64 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            samples
+        })
+    };
+    // About 100 KB/s (~7,000 records/s): the pace is this reader's, not the broker's.
+    let mut lines = 0usize;
+    let mut buf = vec![0u8; 1 << 10];
+    let started = Instant::now();
+    while lines < N && started.elapsed() < Duration::from_secs(180) {
+        let n = out.read(&mut buf).expect("read stdout");
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&c| c == b'\n').count();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let samples = watcher.join().expect("watcher");
+    let drain = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = out.read_to_end(&mut rest);
+    });
+    let status = s.terminate(Duration::from_secs(60));
+    let _ = drain.join();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log_tail(30)
+    );
+    assert_eq!(lines, N, "every record written once");
+    let table: Vec<String> = samples
+        .iter()
+        .map(|s| format!("{:?}", s.iter().map(|(_, c, _)| c).collect::<Vec<_>>()))
+        .collect();
+    // Each sample: the most and the least advanced partition, as shares of
+    // their own records.
+    let gaps: Vec<f64> = samples
+        .iter()
+        .map(|s| {
+            let shares: Vec<f64> = s
+                .iter()
+                .filter(|(_, _, h)| *h > 0)
+                .map(|(_, c, h)| *c as f64 / *h as f64)
+                .collect();
+            shares.iter().cloned().fold(0.0, f64::max) - shares.iter().cloned().fold(1.0, f64::min)
+        })
+        .collect();
+    let midway = samples
+        .iter()
+        .filter(|s| {
+            let done: i64 = s.iter().map(|(_, c, _)| c).sum();
+            done > 0 && done < N as i64
+        })
+        .count();
+    eprintln!("fairness: committed offsets per partition over time: {table:?}; gaps {gaps:.2?}");
+    assert!(
+        midway >= 3,
+        "the run was sampled at least 3 times midway ({midway}): {table:?}"
+    );
+    let widest = gaps.iter().cloned().fold(0.0, f64::max);
+    assert!(
+        widest < 0.5,
+        "the partitions advanced side by side: the widest gap between them was {:.0} % of their records; committed offsets over time: {table:?}",
+        widest * 100.0
+    );
+}
+
 #[test]
 fn records_keep_key_headers_and_per_partition_order_and_bad_json_goes_to_the_dlq() {
     let _one = heavy();

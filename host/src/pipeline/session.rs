@@ -565,12 +565,13 @@ impl Coordinator<'_> {
                     Some(Ok(SourceEvent::Item(item))) if stopping => {
                         // Read after the shutdown: not processed, not
                         // committed; the next owner reads it again.
-                        self.budget.release(1, item.byte_size());
+                        self.budget.release(&item.position().partition, 1, item.byte_size());
                     }
                     Some(Ok(SourceEvent::Item(item))) => self.on_item(item, Instant::now()),
                     Some(Ok(SourceEvent::Items(items))) if stopping => {
-                        let bytes = items.iter().map(ByteSize::byte_size).sum();
-                        self.budget.release(items.len(), bytes);
+                        for item in &items {
+                            self.budget.release(&item.position().partition, 1, item.byte_size());
+                        }
                     }
                     Some(Ok(SourceEvent::Items(items))) => self.on_items(items, Instant::now()),
                     Some(Ok(SourceEvent::Revoke(r))) => self.on_revoke(r),
@@ -709,7 +710,8 @@ impl Coordinator<'_> {
         {
             // The worker is gone: the session is ending; count it done.
             let job = e.0;
-            self.budget.release(job.items.len(), job.bytes);
+            self.budget
+                .release(&job.partition, job.items.len(), job.bytes);
             self.job_taken();
             self.partition_done(&job.partition);
         }
@@ -863,7 +865,8 @@ impl Coordinator<'_> {
         if job.epoch == self.epoch(&job.partition) {
             self.deferred.push_front((job.partition, job.items));
         } else {
-            self.budget.release(job.items.len(), job.bytes);
+            self.budget
+                .release(&job.partition, job.items.len(), job.bytes);
         }
         Ok(())
     }
@@ -899,7 +902,8 @@ impl Coordinator<'_> {
             }
         }
         // The sinks have the records (durable, or held): the budget is free.
-        self.budget.release(job.items.len(), job.bytes);
+        self.budget
+            .release(&job.partition, job.items.len(), job.bytes);
         self.job_taken();
         if !held {
             self.partition_done(&job.partition);
@@ -1092,8 +1096,11 @@ impl Coordinator<'_> {
                 && let Some(items) = b.take()
             {
                 if r.lost {
-                    self.budget
-                        .release(items.len(), items.iter().map(ByteSize::byte_size).sum());
+                    self.budget.release(
+                        p,
+                        items.len(),
+                        items.iter().map(ByteSize::byte_size).sum(),
+                    );
                 } else {
                     self.dispatch(p, items);
                 }
@@ -1125,7 +1132,7 @@ impl Coordinator<'_> {
         let budget = self.budget.clone();
         self.deferred.retain(|(q, items)| {
             if q == p {
-                budget.release(items.len(), items.iter().map(ByteSize::byte_size).sum());
+                budget.release(p, items.len(), items.iter().map(ByteSize::byte_size).sum());
             }
             q != p
         });

@@ -6,6 +6,13 @@
 //! - Back-pressure: when the pipeline's in-flight budget is spent, the
 //!   assigned partitions are paused (the consumer keeps its group membership
 //!   and heartbeats), and resumed once a quarter of the budget is free.
+//! - Fairness: a partition holding its whole share of the budget (the budget
+//!   split among the partitions read from in the last few seconds) is paused
+//!   alone until it is back under three quarters of its share, so the
+//!   partitions of a backlog advance side by side, while a busy partition
+//!   among idle ones still has the whole budget. (Pausing drops librdkafka's prefetched
+//!   records of that partition; they are fetched again on resume. Without it
+//!   the first partition in a fetch took the whole budget, again and again.)
 //! - Rebalances use the cooperative-sticky protocol. A revoked partition is
 //!   handed to the pipeline as a [`Revocation`]; the rebalance callback waits
 //!   (up to the drain timeout) until the partition's in-flight batches are
@@ -32,7 +39,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -112,6 +119,7 @@ pub(super) fn start(
     let lag = Arc::new(std::sync::atomic::AtomicI64::new(-1));
     let redactor = crate::kafka::Redactor::new(&c.properties);
     let (events_tx, events) = mpsc::unbounded_channel();
+    opts.budget.track_partitions();
     let context = SourceContext {
         events: events_tx,
         budget: opts.budget.clone(),
@@ -259,7 +267,11 @@ impl SourceContext {
     fn offer(&self, item: SourceItem) {
         let bytes = item.byte_size();
         let mut pending = self.pending();
-        if pending.is_empty() && self.budget.try_acquire(bytes) {
+        if pending.is_empty()
+            && self
+                .budget
+                .try_acquire_in(&item.position().partition, bytes)
+        {
             drop(pending);
             let _ = self.events.send(Ok(SourceEvent::Item(item)));
         } else {
@@ -271,7 +283,10 @@ impl SourceContext {
     fn flush_pending(&self) -> bool {
         let mut pending = self.pending();
         while let Some(held) = pending.front() {
-            if !self.budget.try_acquire(held.bytes) {
+            if !self
+                .budget
+                .try_acquire_in(&held.item.position().partition, held.bytes)
+            {
                 return false;
             }
             if let Some(held) = pending.pop_front() {
@@ -495,12 +510,117 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// A partition counts as read from (it shares the budget) this long after
+/// its last record.
+const ACTIVE_WINDOW: Duration = Duration::from_secs(5);
+
+/// Partitions paused one by one for holding more than their share of the
+/// budget (see the module's notes on fairness).
+#[derive(Default)]
+struct HeldBack {
+    partitions: BTreeSet<Partition>,
+    /// When each partition was last read from.
+    last_read: HashMap<Partition, Instant>,
+    /// How many partitions were read from within [`ACTIVE_WINDOW`], and when
+    /// that was counted.
+    sharing: usize,
+    counted: Option<Instant>,
+    /// When the held-back partitions were last looked at.
+    checked: Option<Instant>,
+}
+
+impl HeldBack {
+    /// Notes a record of `p`, and pauses `p` if it holds its whole share of
+    /// the budget.
+    fn check(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        ctx: &SourceContext,
+        p: &Partition,
+    ) {
+        let now = Instant::now();
+        match self.last_read.get_mut(p) {
+            Some(t) => *t = now,
+            None => {
+                self.last_read.insert(p.clone(), now);
+                self.counted = None;
+            }
+        }
+        if self
+            .counted
+            .is_none_or(|t| now.duration_since(t) > Duration::from_millis(100))
+        {
+            self.last_read
+                .retain(|_, t| now.duration_since(*t) <= ACTIVE_WINDOW);
+            self.sharing = self.last_read.len();
+            self.counted = Some(now);
+        }
+        if self.partitions.contains(p) || !ctx.budget.over_share(p, self.sharing, 4) {
+            return;
+        }
+        match consumer.pause(&one_partition(p)) {
+            Ok(()) => {
+                tracing::debug!(partition = %p, in_flight = ctx.budget.in_flight_of(p), sharing = self.sharing, "partition over its share of the budget: paused");
+                self.partitions.insert(p.clone());
+            }
+            Err(e) => tracing::warn!(%e, partition = %p, "cannot pause a partition"),
+        }
+    }
+
+    /// Resumes the partitions back under three quarters of their share.
+    fn release(&mut self, consumer: &BaseConsumer<SourceContext>, ctx: &SourceContext) {
+        if self.partitions.is_empty()
+            || self
+                .checked
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(5))
+        {
+            return;
+        }
+        self.checked = Some(Instant::now());
+        let ready: Vec<Partition> = self
+            .partitions
+            .iter()
+            .filter(|p| !ctx.budget.over_share(p, self.sharing, 3))
+            .cloned()
+            .collect();
+        for p in ready {
+            match consumer.resume(&one_partition(&p)) {
+                Ok(()) => {
+                    tracing::debug!(partition = %p, "partition back within its share: resumed");
+                    self.partitions.remove(&p);
+                }
+                Err(e) => tracing::warn!(%e, partition = %p, "cannot resume a partition"),
+            }
+        }
+    }
+
+    /// After a rebalance: forgets partitions no longer assigned and pauses
+    /// the others again (an assignment may reset their state).
+    fn reassigned(&mut self, consumer: &BaseConsumer<SourceContext>, assignment: &[Partition]) {
+        self.partitions.retain(|p| assignment.contains(p));
+        self.last_read.retain(|p, _| assignment.contains(p));
+        self.counted = None;
+        for p in &self.partitions {
+            if let Err(e) = consumer.pause(&one_partition(p)) {
+                tracing::warn!(%e, partition = %p, "cannot pause a partition");
+            }
+        }
+    }
+}
+
+fn one_partition(p: &Partition) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&p.stream, p.partition);
+    tpl
+}
+
 fn poll_loop(
     consumer: &BaseConsumer<SourceContext>,
     commands: &std::sync::mpsc::Receiver<Command>,
 ) {
     let ctx = consumer.context().clone();
     let mut paused = false;
+    let mut held_back = HeldBack::default();
     let mut failed = false;
     loop {
         match commands.try_recv() {
@@ -522,6 +642,9 @@ fn poll_loop(
         let drained = ctx.flush_pending();
         let spent = !drained || ctx.budget.is_spent();
         let changed = ctx.assignment_changed.swap(false, Ordering::SeqCst);
+        if changed && let Ok(assignment) = consumer.assignment() {
+            held_back.reassigned(consumer, &partitions_of(&ctx, &assignment));
+        }
         if spent && (!paused || changed) {
             if let Ok(assignment) = consumer.assignment() {
                 match consumer.pause(&assignment) {
@@ -542,10 +665,22 @@ fn poll_loop(
             && ctx.budget.has_room()
             && let Ok(assignment) = consumer.assignment()
         {
-            match consumer.resume(&assignment) {
+            // Partitions still over three quarters of their share stay
+            // paused: the others take the room first.
+            let mut resume = TopicPartitionList::new();
+            held_back.partitions.clear();
+            for p in partitions_of(&ctx, &assignment) {
+                if ctx.budget.over_share(&p, held_back.sharing, 3) {
+                    held_back.partitions.insert(p);
+                } else {
+                    resume.add_partition(&p.stream, p.partition);
+                }
+            }
+            match consumer.resume(&resume) {
                 Ok(()) => {
                     tracing::debug!(
-                        partitions = assignment.count(),
+                        partitions = resume.count(),
+                        held_back = held_back.partitions.len(),
                         "budget has room: partitions resumed"
                     );
                     paused = false;
@@ -553,9 +688,24 @@ fn poll_loop(
                 Err(e) => tracing::warn!(%e, "cannot resume partitions"),
             }
         }
-        match consumer.poll(Duration::from_millis(if paused { 20 } else { 100 })) {
+        if !paused {
+            held_back.release(consumer, &ctx);
+        }
+        let wait = if paused || !held_back.partitions.is_empty() {
+            20
+        } else {
+            100
+        };
+        match consumer.poll(Duration::from_millis(wait)) {
             None => {}
-            Some(Ok(msg)) => ctx.offer(ctx.convert(&msg)),
+            Some(Ok(msg)) => {
+                let item = ctx.convert(&msg);
+                let partition = item.position().partition.clone();
+                ctx.offer(item);
+                if !paused {
+                    held_back.check(consumer, &ctx, &partition);
+                }
+            }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
                 let error = kafka_err("poll", &e);
