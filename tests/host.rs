@@ -492,9 +492,22 @@ async fn a_paused_pipeline_reads_nothing_until_resumed() {
         || h.snapshot().lag == Some(0),
     )
     .await;
+    // Per partition as well (the topic has one).
+    let lags = p.snapshot().partition_lags;
+    assert_eq!(lags.len(), 1, "{lags:?}");
+    assert_eq!(
+        (lags[0].stream.as_str(), lags[0].partition, lags[0].lag),
+        (topic.as_str(), 0, 0)
+    );
     let (_, text) = get(&addr, "/metrics", None).await;
     assert!(
         text.contains("sluice_consumer_lag_records{pipeline=\"paused\",tenant=\"acme\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "sluice_partition_lag_records{{pipeline=\"paused\",tenant=\"acme\",stream=\"{topic}\",partition=\"0\"}} 0"
+        )),
         "{text}"
     );
     assert!(host.shutdown(Duration::from_secs(30)).await.is_empty());

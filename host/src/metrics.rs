@@ -66,6 +66,7 @@ pub struct Metrics {
     pub(crate) transform_errors: Family<Labels, Counter>,
     pub(crate) instantiations: Family<Labels, Counter>,
     pub(crate) consumer_lag: Family<Labels, Gauge>,
+    pub(crate) partition_lag: Family<Labels, Gauge>,
     pub(crate) in_flight_records: Family<Labels, Gauge>,
     pub(crate) in_flight_bytes: Family<Labels, Gauge>,
     pub(crate) held_records: Family<Labels, Gauge>,
@@ -153,6 +154,11 @@ impl Metrics {
             "Records between the committed position and the end of the source, where the source knows it",
             None,
         );
+        let partition_lag = gauge(
+            "partition_lag_records",
+            "Records between the committed position and the end of one source partition (labels stream, partition), where the source knows it",
+            None,
+        );
         let in_flight_records = gauge(
             "in_flight_records",
             "Records read and not yet handled",
@@ -236,6 +242,7 @@ impl Metrics {
             transform_errors,
             instantiations,
             consumer_lag,
+            partition_lag,
             in_flight_records,
             in_flight_bytes,
             held_records,
@@ -332,6 +339,15 @@ impl PipelineMetrics {
         family(&self.metrics)
             .get_or_create(&self.labels(extra))
             .set(value);
+    }
+
+    /// Removes gauge `family`'s series with the base labels plus `extra`.
+    pub(crate) fn unset(
+        &self,
+        family: impl Fn(&Metrics) -> &Family<Labels, Gauge>,
+        extra: &[(&'static str, &str)],
+    ) {
+        family(&self.metrics).remove(&self.labels(extra));
     }
 
     /// Observes `value` in histogram `family`.

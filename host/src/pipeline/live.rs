@@ -131,6 +131,9 @@ pub struct Snapshot {
     pub rate_out: f64,
     /// Consumer lag in records, where the source knows it.
     pub lag: Option<i64>,
+    /// The same per source partition (Kafka: from the consumer's statistics,
+    /// every few seconds).
+    pub partition_lags: Vec<PartitionLag>,
     /// Records in flight.
     pub in_flight_records: usize,
     /// Bytes in flight.
@@ -149,6 +152,17 @@ pub struct Snapshot {
     pub batch_latency_p99_ms: Option<f64>,
     /// Seconds since it started.
     pub uptime_seconds: f64,
+}
+
+/// One source partition's lag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionLag {
+    /// Topic (stream) name.
+    pub stream: String,
+    /// Partition number.
+    pub partition: i32,
+    /// Records between the committed position and the end.
+    pub lag: i64,
 }
 
 #[derive(Default)]
@@ -178,6 +192,8 @@ struct Inner {
     rates: Rates,
     /// Recent batch latencies, in µs.
     latencies: VecDeque<u32>,
+    /// The partitions whose lag gauge is set (removed when they go away).
+    lag_series: Vec<(String, String)>,
 }
 
 /// The live state of one pipeline, shared by its tasks and its handle.
@@ -222,6 +238,7 @@ impl Live {
                 memory: Vec::new(),
                 held_records: 0,
                 latencies: VecDeque::with_capacity(LATENCIES),
+                lag_series: Vec::new(),
                 rates: Rates {
                     at: Instant::now(),
                     records_in: 0,
@@ -471,6 +488,7 @@ impl Live {
                     rate_in: i.rates.rate_in,
                     rate_out: i.rates.rate_out,
                     lag: None,
+                    partition_lags: Vec::new(),
                     in_flight_records,
                     in_flight_bytes,
                     held_records: i.held_records,
@@ -484,7 +502,18 @@ impl Live {
             )
         };
         let mut snapshot = snapshot;
-        snapshot.lag = lag_source.and_then(|c| c.lag());
+        snapshot.lag = lag_source.as_ref().and_then(|c| c.lag());
+        snapshot.partition_lags = lag_source
+            .map(|c| c.partition_lags())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, lag)| PartitionLag {
+                stream: p.stream.to_string(),
+                partition: p.partition,
+                lag,
+            })
+            .collect();
+        self.set_partition_lags(&snapshot.partition_lags);
         if let [p50, p99] = self.latency_percentiles(&[50.0, 99.0])[..] {
             snapshot.batch_latency_p50_ms = p50;
             snapshot.batch_latency_p99_ms = p99;
@@ -500,6 +529,33 @@ impl Live {
             self.metrics.set(|m| &m.consumer_lag, &[], lag);
         }
         snapshot
+    }
+
+    /// Sets the per-partition lag gauges, and removes those of partitions
+    /// no longer read.
+    fn set_partition_lags(&self, lags: &[PartitionLag]) {
+        let now: Vec<(String, String)> = lags
+            .iter()
+            .map(|l| (l.stream.clone(), l.partition.to_string()))
+            .collect();
+        let gone: Vec<(String, String)> = {
+            let mut i = self.inner();
+            let old = std::mem::replace(&mut i.lag_series, now.clone());
+            old.into_iter().filter(|s| !now.contains(s)).collect()
+        };
+        for (stream, partition) in &gone {
+            self.metrics.unset(
+                |m| &m.partition_lag,
+                &[("stream", stream), ("partition", partition)],
+            );
+        }
+        for ((stream, partition), l) in now.iter().zip(lags) {
+            self.metrics.set(
+                |m| &m.partition_lag,
+                &[("stream", stream), ("partition", partition)],
+                l.lag,
+            );
+        }
     }
 }
 

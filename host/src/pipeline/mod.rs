@@ -23,7 +23,7 @@ mod session;
 mod summary;
 pub mod swap;
 
-pub use live::{Live, PipelineHandle, RestartPolicy, Snapshot, State};
+pub use live::{Live, PartitionLag, PipelineHandle, RestartPolicy, Snapshot, State};
 pub use summary::{StepStats, Summary};
 pub use swap::{SwapError, Swapped};
 

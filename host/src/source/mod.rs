@@ -187,6 +187,11 @@ pub trait SourceControl: Send + Sync {
     fn lag(&self) -> Option<i64> {
         None
     }
+
+    /// The lag of each partition being read, where the source knows it.
+    fn partition_lags(&self) -> Vec<(Partition, i64)> {
+        Vec::new()
+    }
 }
 
 /// The control of a source read by one task, with no upstream state (files,

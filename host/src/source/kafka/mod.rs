@@ -117,6 +117,7 @@ pub(super) fn start(
         config.set("statistics.interval.ms", STATS_INTERVAL_MS);
     }
     let lag = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    let partition_lags = Arc::new(Mutex::new(Vec::new()));
     let redactor = crate::kafka::Redactor::new(&c.properties);
     let (events_tx, events) = mpsc::unbounded_channel();
     opts.budget.track_partitions();
@@ -132,6 +133,7 @@ pub(super) fn start(
         topics: Mutex::new(HashMap::new()),
         redactor: redactor.clone(),
         lag: lag.clone(),
+        partition_lags: partition_lags.clone(),
     };
     let consumer: BaseConsumer<SourceContext> = config
         .create_with_context(context)
@@ -163,6 +165,7 @@ pub(super) fn start(
             thread: Mutex::new(Some(thread)),
             describe,
             lag,
+            partition_lags,
         }),
     })
 }
@@ -196,6 +199,8 @@ struct SourceContext {
     /// Consumer lag over the assigned partitions, from librdkafka's
     /// statistics; -1 until known.
     lag: Arc<std::sync::atomic::AtomicI64>,
+    /// The same per partition (those whose lag is known).
+    partition_lags: Arc<Mutex<Vec<(Partition, i64)>>>,
 }
 
 /// Every how many ms librdkafka reports statistics (the lag), unless the
@@ -418,20 +423,30 @@ impl ClientContext for SourceContext {
         // parse is ignored (the lag stays as it was).
         match serde_json::from_slice::<rdkafka::Statistics>(statistics) {
             Ok(stats) => {
-                let lags: Vec<i64> = stats
+                let mut lags: Vec<(Partition, i64)> = stats
                     .topics
-                    .values()
-                    .flat_map(|t| t.partitions.iter())
-                    .filter(|(id, _)| **id >= 0)
-                    .map(|(_, p)| p.consumer_lag)
-                    .filter(|lag| *lag >= 0)
+                    .iter()
+                    .flat_map(|(topic, t)| t.partitions.iter().map(move |p| (topic, p)))
+                    .filter(|(_, (id, p))| **id >= 0 && p.consumer_lag >= 0)
+                    .map(|(topic, (id, p))| {
+                        let partition = Partition {
+                            stream: self.stream(topic),
+                            partition: *id,
+                        };
+                        (partition, p.consumer_lag)
+                    })
                     .collect();
+                lags.sort();
                 let lag = if lags.is_empty() {
                     -1
                 } else {
-                    lags.iter().sum()
+                    lags.iter().map(|(_, l)| l).sum()
                 };
                 self.lag.store(lag, Ordering::Relaxed);
+                *self
+                    .partition_lags
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = lags;
             }
             Err(e) => tracing::debug!(error = %e, "cannot read librdkafka's statistics"),
         }
@@ -755,6 +770,7 @@ pub(crate) struct KafkaControl {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     describe: String,
     lag: Arc<std::sync::atomic::AtomicI64>,
+    partition_lags: Arc<Mutex<Vec<(Partition, i64)>>>,
 }
 
 impl KafkaControl {
@@ -811,6 +827,13 @@ impl SourceControl for KafkaControl {
     fn lag(&self) -> Option<i64> {
         let lag = self.lag.load(Ordering::Relaxed);
         (lag >= 0).then_some(lag)
+    }
+
+    fn partition_lags(&self) -> Vec<(Partition, i64)> {
+        self.partition_lags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
