@@ -165,6 +165,36 @@ fn summary(engine: &Engine) {
     }
 }
 
+/// Tenant instantiation: a fresh instance from the pool plus its `init`
+/// (what a new partition, a restart after a trap or a hot swap costs), and
+/// the instance handed back to the pool.
+fn summary_instantiate(engine: &Engine) {
+    println!();
+    println!("instantiation (median of 15 rounds of 50, pooling allocator, same process)");
+    for (project, config) in [
+        ("transforms/identity", "{}"),
+        ("transforms/json-map", MAPPING),
+    ] {
+        let path =
+            sluice::project::resolve_module(&root().join(project), true).expect("build guest");
+        let module = engine.load_file(&path).expect("load guest");
+        let spec = InstanceSpec {
+            name: Arc::from(project),
+            config: config.into(),
+            tables: RefTables::empty(),
+            limits: Limits::default(),
+            grants: Default::default(),
+        };
+        let t = time_per_call(15, 50, || {
+            black_box(Runner::new(module.clone(), spec.clone()).expect("instantiate"));
+        });
+        println!(
+            "{project:<22} {:>8.1} µs per instance (+ init)",
+            t.as_secs_f64() * 1e6
+        );
+    }
+}
+
 /// A batch of 1,000 where record 500 traps the guest, and the same batch clean.
 fn bisection_inputs() -> (Input, Input) {
     let clean: Vec<Vec<u8>> = (0..1000)
@@ -263,6 +293,7 @@ fn main() {
     c.final_summary();
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
         summary(&engine);
+        summary_instantiate(&engine);
         summary_bisection(&engine);
         summary_fuel(&engine);
     }

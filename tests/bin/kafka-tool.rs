@@ -12,6 +12,9 @@
 //!     # produces at a fixed rate, each record stamped with its send time
 //! kafka-tool latency <topic> <records> [timeout-s]
 //!     # reads a topic; p50/p99 of (read time - record timestamp) per partition
+//! kafka-tool repeats <input> <output> <group>
+//!     # after a crash: the output records whose input is at or past the group's
+//!     # committed offset, i.e. what the next owner of the partitions writes again
 //! ```
 
 use sluice_e2e::broker;
@@ -291,9 +294,43 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        Some("repeats") => {
+            let (Some(input), Some(output), Some(group)) = (args.get(2), args.get(3), args.get(4))
+            else {
+                eprintln!("usage: kafka-tool repeats <input> <output> <group>");
+                return ExitCode::from(2);
+            };
+            let idle = Duration::from_secs(3);
+            let max = Duration::from_secs(600);
+            // Input number -> (partition, offset).
+            let mut at = std::collections::HashMap::new();
+            for g in broker::consume_all(&bootstrap, input, false, idle, max) {
+                if let Some(n) = sluice_e2e::scenario::number(&g) {
+                    at.insert(n, (g.partition, g.offset));
+                }
+            }
+            let committed: std::collections::HashMap<i32, i64> =
+                broker::committed(&bootstrap, group, input)
+                    .into_iter()
+                    .collect();
+            let written = broker::consume_all(&bootstrap, output, false, idle, max);
+            let repeats = written
+                .iter()
+                .filter_map(sluice_e2e::scenario::number)
+                .filter(|n| {
+                    at.get(n)
+                        .is_some_and(|(p, o)| *o >= committed.get(p).copied().unwrap_or(0).max(0))
+                })
+                .count();
+            let done: i64 = committed.values().map(|o| (*o).max(0)).sum();
+            println!(
+                "repeats: {} records written, {done} committed, {repeats} written past the committed offsets (the next owner writes them again)",
+                written.len()
+            );
+        }
         _ => {
             eprintln!(
-                "usage: kafka-tool produce|count|raw|copy|watch|paced|latency ... (see the source)"
+                "usage: kafka-tool produce|count|raw|copy|watch|paced|latency|repeats ... (see the source)"
             );
             return ExitCode::from(2);
         }

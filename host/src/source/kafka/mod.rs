@@ -7,7 +7,8 @@
 //!   assigned partitions are paused (the consumer keeps its group membership
 //!   and heartbeats), and resumed once a quarter of the budget is free.
 //! - Fairness: a partition holding its whole share of the budget (the budget
-//!   split among the partitions read from in the last few seconds) is paused
+//!   split among the partitions assigned or read from in the last few
+//!   seconds) is paused
 //!   alone until it is back under three quarters of its share, so the
 //!   partitions of a backlog advance side by side, while a busy partition
 //!   among idle ones still has the whole budget. (Pausing drops librdkafka's prefetched
@@ -613,7 +614,14 @@ impl HeldBack {
     /// the others again (an assignment may reset their state).
     fn reassigned(&mut self, consumer: &BaseConsumer<SourceContext>, assignment: &[Partition]) {
         self.partitions.retain(|p| assignment.contains(p));
+        // A newly assigned partition shares the budget from the start (until
+        // it has been idle for the window): otherwise the first partition
+        // read would take all of it before the others' records are seen.
+        let now = Instant::now();
         self.last_read.retain(|p, _| assignment.contains(p));
+        for p in assignment {
+            self.last_read.entry(p.clone()).or_insert(now);
+        }
         self.counted = None;
         for p in &self.partitions {
             if let Err(e) = consumer.pause(&one_partition(p)) {
