@@ -270,7 +270,8 @@ pub struct DeliveryConfig {
     /// (default 30000).
     pub drain_timeout_ms: u64,
     /// At-least-once: how often handled offsets are committed, in ms
-    /// (default 1000; 0 commits after every batch). Offsets never pass an
+    /// (default 250; 0 commits after every batch). Commits are asynchronous
+    /// and one request covers every partition. Offsets never pass an
     /// unhandled record whatever the interval; a longer interval means
     /// fewer commits and more records repeated after a crash. On a
     /// rebalance and at shutdown, offsets are committed at once.
@@ -292,7 +293,7 @@ impl Default for DeliveryConfig {
             max_in_flight_records: 20_000,
             max_in_flight_mb: 64,
             drain_timeout_ms: 30_000,
-            commit_interval_ms: 1_000,
+            commit_interval_ms: 250,
             module_header: false,
         }
     }
