@@ -114,6 +114,11 @@ impl Engine {
                 .max_wasm_stack(512 << 10)
                 .memory_init_cow(true)
                 .cranelift_opt_level(wasmtime::OptLevel::Speed);
+            // `SLUICE_PROFILE=perfmap`: write /tmp/perf-<pid>.map so that
+            // `perf` names the guests' compiled functions.
+            if std::env::var("SLUICE_PROFILE").is_ok_and(|v| v == "perfmap") {
+                cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+            }
             if pooling {
                 let n = slots.max(1);
                 let mut pool = wasmtime::PoolingAllocationConfig::new();

@@ -65,7 +65,14 @@ struct Settings {
 
 /// A compiled mapping.
 pub struct JsonMap {
-    fields: Vec<(String, Vec<(String, JsonPath)>)>,
+    /// Per output field: its name and its expressions.
+    fields: Vec<(String, Vec<String>)>,
+    /// The expressions compiled by `serde_json_path`, per field, for the
+    /// general path. When the fast path covers the mapping they are compiled
+    /// on first use (most pipelines never need them, and compiling is most
+    /// of an instance's start-up); otherwise at `init`, where a bad
+    /// expression is reported.
+    compiled: std::sync::OnceLock<Vec<Vec<JsonPath>>>,
     input_field: Option<String>,
     missing: Missing,
     /// The one-pass path, when every expression is a singular path.
@@ -94,35 +101,36 @@ impl JsonMap {
                     ));
                 }
             };
-            let mut compiled = Vec::with_capacity(exprs.len());
-            for e in exprs {
-                let path = JsonPath::parse(&e)
-                    .map_err(|err| format!("invalid configuration: mapping `{name}`: `{e}` is not valid JSONPath: {err}"))?;
-                compiled.push((e, path));
-            }
-            fields.push((name, compiled));
+            fields.push((name, exprs));
         }
         let fast = match settings.input_field {
-            None => fast::Fast::compile(
-                &fields
-                    .iter()
-                    .map(|(name, exprs)| {
-                        (name.clone(), exprs.iter().map(|(e, _)| e.clone()).collect())
-                    })
-                    .collect::<Vec<_>>(),
-            ),
+            None => fast::Fast::compile(&fields),
             Some(_) => None,
         };
+        let compiled = std::sync::OnceLock::new();
+        if fast.is_none() {
+            let _ = compiled.set(compile(&fields)?);
+        }
         Ok(JsonMap {
             fields,
+            compiled,
             input_field: settings.input_field,
             missing: settings.missing,
             fast,
         })
     }
 
-    /// Whether this mapping takes the one-pass path (every expression a
-    /// singular path of member names and indexes, no `input_field`).
+    /// The compiled expressions (compiled now if they were not yet).
+    fn compiled(&self) -> Result<&[Vec<JsonPath>], Error> {
+        if let Some(c) = self.compiled.get() {
+            return Ok(c);
+        }
+        // Only reached when the fast path covers the mapping, whose singular
+        // paths are all valid JSONPath: an error here is a bug.
+        let c = compile(&self.fields).map_err(Error::internal)?;
+        Ok(self.compiled.get_or_init(|| c))
+    }
+
     pub fn is_fast(&self) -> bool {
         self.fast.is_some()
     }
@@ -160,7 +168,7 @@ impl JsonMap {
             Some((name, exprs)) => (name.as_str(), exprs.as_slice()),
             None => ("?", &[][..]),
         };
-        let tried: Vec<&str> = exprs.iter().map(|(e, _)| e.as_str()).collect();
+        let tried: Vec<&str> = exprs.iter().map(String::as_str).collect();
         Error::new(
             "missing-field",
             format!("field `{name}`: no match for {}", tried.join(", ")),
@@ -196,8 +204,8 @@ impl JsonMap {
             return Ok(None);
         }
         let mut out = Map::with_capacity(self.fields.len());
-        for (name, exprs) in &self.fields {
-            let found = exprs.iter().find_map(|(_, path)| {
+        for ((name, _), paths) in self.fields.iter().zip(self.compiled()?) {
+            let found = paths.iter().find_map(|path| {
                 let nodes = path.query(doc).all();
                 match nodes.len() {
                     0 => None,
@@ -232,6 +240,24 @@ impl JsonMap {
             .map_err(|e| Error::invalid_input(format!("record value is not valid JSON: {e}")))?;
         self.map_value(&doc)
     }
+}
+
+/// Compiles every field's expressions; the error names the field and the
+/// expression.
+fn compile(fields: &[(String, Vec<String>)]) -> Result<Vec<Vec<JsonPath>>, String> {
+    fields
+        .iter()
+        .map(|(name, exprs)| {
+            exprs
+                .iter()
+                .map(|e| {
+                    JsonPath::parse(e).map_err(|err| {
+                        format!("invalid configuration: mapping `{name}`: `{e}` is not valid JSONPath: {err}")
+                    })
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn is_empty(doc: &Value) -> bool {
@@ -413,6 +439,47 @@ mod tests {
                 (g, f) => proptest::prop_assert!(false, "general {:?} but fast {:?} for {}", g.map(|v| v.map(String::from_utf8)), f, doc),
             }
         }
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// The general path's expressions are compiled lazily when the fast
+        /// path covers a mapping, which is sound only if every expression
+        /// the fast path accepts is valid JSONPath that selects the same.
+        #[test]
+        fn every_singular_path_is_valid_jsonpath(
+            steps in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[a-zA-Z_][a-zA-Z0-9_]{0,5}".prop_map(|n| format!(".{n}")),
+                    "[a-z 0-9_.$-]{0,6}".prop_map(|n| format!("['{n}']")),
+                    (0usize..1000).prop_map(|i| format!("[{i}]")),
+                    "[^'\\\"]{0,4}".prop_map(|n| format!("['{n}']")),
+                ],
+                1..5,
+            )
+        ) {
+            let expr = format!("${}", steps.concat());
+            if fast::singular(&expr).is_some() {
+                proptest::prop_assert!(JsonPath::parse(&expr).is_ok(), "{} is singular but not JSONPath", expr);
+            }
+        }
+    }
+
+    #[test]
+    fn a_mapping_the_fast_path_covers_compiles_its_jsonpaths_on_first_use() {
+        let m = JsonMap::from_config(&json!({"mapping": {"a": "$.a"}})).expect("config");
+        assert!(m.is_fast());
+        assert!(m.compiled.get().is_none(), "not compiled at init");
+        // The general path compiles them.
+        assert_eq!(
+            m.map_bytes(Some(br#"{"a": [1, {"b": 2}]}"#)).expect("ok"),
+            Some(json!({"a": [1, {"b": 2}]}))
+        );
+        assert!(m.compiled.get().is_some());
+        let general = JsonMap::from_config(&json!({"mapping": {"a": "$..a"}})).expect("config");
+        assert!(!general.is_fast());
+        assert!(general.compiled.get().is_some(), "compiled at init");
     }
 
     #[test]
