@@ -666,7 +666,24 @@ fn poll_loop(
         let spent = !drained || ctx.budget.is_spent();
         let changed = ctx.assignment_changed.swap(false, Ordering::SeqCst);
         if changed && let Ok(assignment) = consumer.assignment() {
-            held_back.reassigned(consumer, &partitions_of(&ctx, &assignment));
+            let assigned = partitions_of(&ctx, &assignment);
+            held_back.reassigned(consumer, &assigned);
+            if !paused {
+                // librdkafka keeps a partition's pause across a revocation
+                // and a later re-assignment: one paused when it was last
+                // ours would never be read again. Resuming a partition that
+                // is not paused does nothing.
+                let mut resume = TopicPartitionList::new();
+                for p in assigned
+                    .iter()
+                    .filter(|p| !held_back.partitions.contains(*p))
+                {
+                    resume.add_partition(&p.stream, p.partition);
+                }
+                if let Err(e) = consumer.resume(&resume) {
+                    tracing::warn!(%e, "cannot resume the assigned partitions");
+                }
+            }
         }
         if spent && (!paused || changed) {
             if let Ok(assignment) = consumer.assignment() {
