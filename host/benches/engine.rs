@@ -37,7 +37,12 @@ fn sample(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn runner(engine: &Engine, project: &str, config: &str) -> Runner {
+/// A transform project's module (built if needed) and an instance spec.
+fn module_and_spec(
+    engine: &Engine,
+    project: &str,
+    config: &str,
+) -> (Arc<sluice::engine::Module>, InstanceSpec) {
     let path = sluice::project::resolve_module(&root().join(project), true).expect("build guest");
     let module = engine.load_file(&path).expect("load guest");
     let spec = InstanceSpec {
@@ -47,6 +52,11 @@ fn runner(engine: &Engine, project: &str, config: &str) -> Runner {
         limits: Limits::default(),
         grants: Default::default(),
     };
+    (module, spec)
+}
+
+fn runner(engine: &Engine, project: &str, config: &str) -> Runner {
+    let (module, spec) = module_and_spec(engine, project, config);
     Runner::new(module, spec).expect("init")
 }
 
@@ -175,16 +185,7 @@ fn summary_instantiate(engine: &Engine) {
         ("transforms/identity", "{}"),
         ("transforms/json-map", MAPPING),
     ] {
-        let path =
-            sluice::project::resolve_module(&root().join(project), true).expect("build guest");
-        let module = engine.load_file(&path).expect("load guest");
-        let spec = InstanceSpec {
-            name: Arc::from(project),
-            config: config.into(),
-            tables: RefTables::empty(),
-            limits: Limits::default(),
-            grants: Default::default(),
-        };
+        let (module, spec) = module_and_spec(engine, project, config);
         let t = time_per_call(15, 50, || {
             black_box(Runner::new(module.clone(), spec.clone()).expect("instantiate"));
         });
