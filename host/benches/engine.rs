@@ -206,6 +206,30 @@ fn bisection_inputs() -> (Input, Input) {
     (Input::new(&clean), Input::new(&poisoned))
 }
 
+/// `SLUICE_BENCH_COMPARE=a.wasm,b.wasm`: json-map builds compared in one
+/// process, rounds interleaved (instantiation + init, and a batch of 1,000).
+fn compare_builds(engine: &Engine, paths: &str) {
+    let builds: Vec<(String, Arc<sluice::engine::Module>)> = paths
+        .split(',')
+        .map(|p| (p.to_string(), engine.load_file(Path::new(p)).expect("load")))
+        .collect();
+    let spec = module_and_spec(engine, "transforms/json-map", MAPPING).1;
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); builds.len()];
+    for _ in 0..15 {
+        for (i, (_, module)) in builds.iter().enumerate() {
+            times[i].push(time_per_call(1, 50, || {
+                black_box(Runner::new(module.clone(), spec.clone()).expect("instantiate"));
+            }));
+        }
+    }
+    println!();
+    println!("builds compared (instantiation + init, median of 15 interleaved rounds of 50)");
+    for ((path, _), mut t) in builds.iter().zip(times) {
+        t.sort();
+        println!("{path:<40} {:>8.1} µs", t[t.len() / 2].as_secs_f64() * 1e6);
+    }
+}
+
 fn bench_bisection(c: &mut Criterion, engine: &Engine) {
     let mut poison = runner(engine, "tests/guests/poison", "{}");
     let (clean, poisoned) = bisection_inputs();
@@ -292,6 +316,10 @@ fn main() {
     bench(&mut c, &engine);
     bench_bisection(&mut c, &engine);
     c.final_summary();
+    if let Ok(paths) = std::env::var("SLUICE_BENCH_COMPARE") {
+        compare_builds(&engine, &paths);
+        return;
+    }
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
         summary(&engine);
         summary_instantiate(&engine);
