@@ -92,7 +92,11 @@ impl Budget {
             used.total.records += 1;
             used.total.bytes = used.total.bytes.saturating_add(bytes);
             if self.per_partition.load(Ordering::Relaxed) {
-                let mine = used.by_partition.entry(p.clone()).or_default();
+                // Per Kafka record: clone the partition only for a new entry.
+                let mine = match used.by_partition.get_mut(p) {
+                    Some(mine) => mine,
+                    None => used.by_partition.entry(p.clone()).or_default(),
+                };
                 mine.records += 1;
                 mine.bytes = mine.bytes.saturating_add(bytes);
             }
