@@ -779,3 +779,57 @@ fn a_runner_hands_over_its_failures_and_instantiations_once() {
     );
     assert_eq!(r.errors().get("trap"), Some(&2), "the totals stay");
 }
+
+/// Tainted 64-byte blocks the poison guest's `peek` reports.
+fn peek(r: &mut Runner) -> u64 {
+    let out = run(r, "peek").expect("peek");
+    let value: serde_json::Value =
+        serde_json::from_slice(out.outputs[0].record.value.as_deref().expect("peek output"))
+            .expect("peek json");
+    value["tainted"].as_u64().expect("tainted count")
+}
+
+/// Tenants share the instance pool's slots: whatever the pool does to make
+/// a slot ready again (pages reset in place with `PAGEMAP_SCAN`, or given
+/// back to the kernel), an instance never reads what the previous one in its
+/// slot wrote — after a trap or after its runner ends. One slot, so the next
+/// instance is in the same slot; the same instance reading its own writes is
+/// the control that the probe sees what is there.
+#[test]
+fn an_instance_never_reads_what_the_last_one_in_its_slot_wrote() {
+    for keep_resident in [true, false] {
+        let engine = Engine::with_options(EngineOptions {
+            slots: 1,
+            keep_resident,
+            ..EngineOptions::default()
+        })
+        .expect("engine");
+        assert!(engine.pooled(), "the test needs the pool");
+        println!("reset: {:?}", engine.resident());
+        let m = engine
+            .load_file(&module("tests/guests/poison"))
+            .expect("poison");
+        let mut r = Runner::new(m.clone(), spec("tainter", "{}", Limits::default())).expect("init");
+        let before = peek(&mut r);
+        run(&mut r, "taint").expect("taint");
+        let own = peek(&mut r);
+        // 4 MiB of taint: 65,536 blocks (one may straddle the vector's ends).
+        assert!(
+            own >= before + (4 << 20) / 64 - 1,
+            "the probe must see the instance's own taint: {before} -> {own}"
+        );
+        run(&mut r, "taint").expect("taint");
+        assert!(run(&mut r, "boom").is_err(), "the trap ends the instance");
+        assert_eq!(peek(&mut r), 0, "after a trap ({:?})", engine.resident());
+        assert_eq!(r.instantiations(), 2);
+        run(&mut r, "taint").expect("taint");
+        drop(r);
+        let mut next = Runner::new(m, spec("reader", "{}", Limits::default())).expect("init");
+        assert_eq!(
+            peek(&mut next),
+            0,
+            "after the runner ended ({:?})",
+            engine.resident()
+        );
+    }
+}

@@ -177,21 +177,35 @@ fn summary(engine: &Engine) {
 
 /// Tenant instantiation: a fresh instance from the pool plus its `init`
 /// (what a new partition, a restart after a trap or a hot swap costs), and
-/// the instance handed back to the pool.
-fn summary_instantiate(engine: &Engine) {
+/// the instance handed back to the pool; on `engine` and, as the baseline in
+/// the same process, on an engine whose pool gives every touched page back to
+/// the kernel (wasmtime's default reset, `SLUICE_POOL_RESIDENT=0`).
+fn summary_instantiate(engine: &Engine, decommit: &Engine) {
     println!();
-    println!("instantiation (median of 15 rounds of 50, pooling allocator, same process)");
+    println!(
+        "instantiation (median of 15 rounds of 50, pooling allocator, same process; reset: {:?})",
+        engine.resident()
+    );
+    println!(
+        "{:<22} {:>12} {:>16} {:>8}",
+        "", "this engine", "pages given back", "ratio"
+    );
     for (project, config) in [
         ("transforms/identity", "{}"),
         ("transforms/json-map", MAPPING),
     ] {
-        let (module, spec) = module_and_spec(engine, project, config);
-        let t = time_per_call(15, 50, || {
-            black_box(Runner::new(module.clone(), spec.clone()).expect("instantiate"));
-        });
+        let per = |engine: &Engine| {
+            let (module, spec) = module_and_spec(engine, project, config);
+            time_per_call(15, 50, || {
+                black_box(Runner::new(module.clone(), spec.clone()).expect("instantiate"));
+            })
+            .as_secs_f64()
+                * 1e6
+        };
+        let (this, given_back) = (per(engine), per(decommit));
         println!(
-            "{project:<22} {:>8.1} µs per instance (+ init)",
-            t.as_secs_f64() * 1e6
+            "{project:<22} {this:>9.1} µs {given_back:>13.1} µs {:>7.2}x",
+            given_back / this
         );
     }
 }
@@ -245,7 +259,7 @@ fn bench_bisection(c: &mut Criterion, engine: &Engine) {
     group.finish();
 }
 
-fn summary_bisection(engine: &Engine) {
+fn summary_bisection(engine: &Engine, label: &str) {
     let mut poison = runner(engine, "tests/guests/poison", "{}");
     let (clean, poisoned) = bisection_inputs();
     let (clean, poisoned) = (clean.pairs(), poisoned.pairs());
@@ -259,7 +273,10 @@ fn summary_bisection(engine: &Engine) {
         black_box(p);
     });
     println!();
-    println!("bisection, batch of 1,000 (median of 15 rounds, same process)");
+    println!(
+        "bisection, batch of 1,000 (median of 15 rounds, same process; {label}, reset: {:?})",
+        engine.resident()
+    );
     println!(
         "  clean batch {:.3} ms; one trapping record {:.3} ms ({calls} extra calls, fresh instance after each trap) = {:.1}x",
         ok.as_secs_f64() * 1e3,
@@ -322,8 +339,14 @@ fn main() {
     }
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
         summary(&engine);
-        summary_instantiate(&engine);
-        summary_bisection(&engine);
+        let decommit = Engine::with_options(EngineOptions {
+            keep_resident: false,
+            ..EngineOptions::default()
+        })
+        .expect("engine");
+        summary_instantiate(&engine, &decommit);
+        summary_bisection(&engine, "this engine");
+        summary_bisection(&decommit, "pages given back");
         summary_fuel(&engine);
     }
 }

@@ -16,6 +16,7 @@ pub struct Engine {
     linker: Arc<Linker<HostState>>,
     max_module_bytes: u64,
     pooled: bool,
+    resident: Resident,
     fuel: bool,
     cache: Option<cache::ComponentCache>,
     /// Modules already compiled and linked by this engine, by content
@@ -48,6 +49,59 @@ pub struct EngineOptions {
     /// Where compiled modules are cached on disk (default: `SLUICE_CACHE_DIR`,
     /// else `~/.cache/sluice/components`).
     pub cache_dir: Option<PathBuf>,
+    /// Reset a pooled instance's memory in place (see [`Resident`]) when the
+    /// system allows it safely. On by default; `SLUICE_POOL_RESIDENT=0`
+    /// turns it off.
+    pub keep_resident: bool,
+}
+
+/// How a pooled slot's memory is reset when its instance ends.
+///
+/// By default wasmtime gives every page the instance touched back to the
+/// kernel (`madvise`), so the next instance in the slot takes a page fault
+/// per page it touches again, and each reset flushes TLBs on every core the
+/// process runs on: most of an instantiation's time (27 of 28 µs for
+/// `identity`, issue 16). With `PAGEMAP_SCAN` (Linux 6.7+) wasmtime finds the
+/// pages that were written and copies their original contents back in place
+/// instead, up to [`KEEP_RESIDENT_MEMORY`] per memory (the rest is given
+/// back as before).
+///
+/// Only without swap: wasmtime 48 skips a written page that was swapped out
+/// (it is not "present"), so the next instance in the slot would read the
+/// last one's data (wasmtime PR #14357). The host checks `/proc/swaps` when
+/// it builds its engine and keeps the default reset if any swap is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resident {
+    /// Written pages are reset in place (no swap, `PAGEMAP_SCAN` works).
+    InPlace,
+    /// Pages are given back to the kernel; the reason why.
+    Decommit(&'static str),
+}
+
+/// The most of a pooled linear memory reset in place ([`Resident`]).
+pub const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
+/// The most of a pooled table reset in place.
+pub const KEEP_RESIDENT_TABLE: usize = 64 << 10;
+
+impl Resident {
+    /// What this system allows, if `wanted`.
+    fn probe(wanted: bool) -> Resident {
+        if !wanted {
+            return Resident::Decommit("turned off");
+        }
+        match std::fs::read_to_string("/proc/swaps") {
+            // A header line, then one line per swap area.
+            Ok(text) if text.lines().skip(1).any(|l| !l.trim().is_empty()) => {
+                return Resident::Decommit("swap is on");
+            }
+            Ok(_) => {}
+            Err(_) => return Resident::Decommit("cannot read /proc/swaps"),
+        }
+        if !wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+            return Resident::Decommit("PAGEMAP_SCAN is not available (Linux 6.7+)");
+        }
+        Resident::InPlace
+    }
 }
 
 impl Default for EngineOptions {
@@ -60,6 +114,8 @@ impl Default for EngineOptions {
             fuel: std::env::var("SLUICE_FUEL").is_ok_and(|v| v == "1" || v == "true"),
             require_pool: false,
             cache_dir: None,
+            keep_resident: !std::env::var("SLUICE_POOL_RESIDENT")
+                .is_ok_and(|v| v == "0" || v == "false"),
         }
     }
 }
@@ -105,7 +161,9 @@ impl Engine {
             fuel,
             require_pool,
             cache_dir,
+            keep_resident,
         } = options;
+        let resident = Resident::probe(keep_resident);
         let configure = |pooling: bool, slots: u32| {
             let mut cfg = wasmtime::Config::new();
             cfg.epoch_interruption(true)
@@ -132,6 +190,11 @@ impl Engine {
                     .max_tables_per_component(64)
                     .table_elements(MAX_TABLE_ELEMENTS as usize)
                     .max_unused_warm_slots(n.min(100));
+                if resident == Resident::InPlace {
+                    pool.linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+                        .table_keep_resident(KEEP_RESIDENT_TABLE)
+                        .pagemap_scan(wasmtime::Enabled::Yes);
+                }
                 cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
             }
             cfg
@@ -178,11 +241,27 @@ impl Engine {
                 }
             })
             .map_err(|e| LoadError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        let resident = if pooled {
+            resident
+        } else {
+            Resident::Decommit("no instance pool")
+        };
+        match resident {
+            Resident::InPlace => tracing::info!(
+                slots,
+                keep_resident_bytes = KEEP_RESIDENT_MEMORY,
+                "instance pool: written pages reset in place"
+            ),
+            Resident::Decommit(why) => {
+                tracing::info!(slots, why, "instance pool: pages given back on reset")
+            }
+        }
         Ok(Engine {
             inner,
             linker: Arc::new(linker),
             max_module_bytes: MAX_MODULE_MB << 20,
             pooled,
+            resident,
             fuel,
             cache: match &cache_dir {
                 Some(dir) => match cache::ComponentCache::open(dir) {
@@ -206,6 +285,11 @@ impl Engine {
     /// Whether instances come from the pooling allocator (else on demand).
     pub fn pooled(&self) -> bool {
         self.pooled
+    }
+
+    /// How the pool resets an ended instance's memory.
+    pub fn resident(&self) -> Resident {
+        self.resident
     }
 
     /// Loads, compiles and links a component file.

@@ -33,7 +33,9 @@ pub use lift::{GuestText, MAX_TEXT_BYTES};
 pub use limits::{
     DEFAULT_INSTANCE_SLOTS, Limits, MAX_INSTANCES, MAX_MEMORY_MB, MAX_MODULE_MB, MAX_TABLE_ELEMENTS,
 };
-pub use load::{Engine, EngineOptions, Engines, Module};
+pub use load::{
+    Engine, EngineOptions, Engines, KEEP_RESIDENT_MEMORY, KEEP_RESIDENT_TABLE, Module, Resident,
+};
 pub use runner::{InstanceSpec, Runner};
 
 use std::time::Duration;

@@ -14,6 +14,11 @@
 //!   (trying to skip the transforms after it);
 //! - `logbig`: writes 100 log lines of 2 MiB each (the host's text cap);
 //! - `lognewline`: writes a log line with a newline and a forged host line.
+//! - `taint`: fills 4 MiB of fresh heap with a pattern and keeps it;
+//! - `peek`: grows memory by 8 MiB and emits `{"tainted": N}`, the number of
+//!   64-byte blocks anywhere in memory holding that pattern (what a previous
+//!   instance in the same pool slot left behind, if the host does not reset
+//!   memory between instances).
 //!
 //! What a guest can reach of its environment is probed by the separate
 //! `ambient` test guest, which needs grants to load.
@@ -102,12 +107,62 @@ impl Transform for Poison {
                 "innocent\n2026-12-01T00:00:00.000000Z ERROR sluice: circuit breaker open\r\x1b[31mred",
             );
         }
+        if has(b"taint") {
+            let mut v = vec![0u8; 4 << 20];
+            let base = v.as_ptr() as usize;
+            let k = std::hint::black_box(37);
+            for (i, b) in v.iter_mut().enumerate() {
+                *b = tainted(base + i, k);
+            }
+            std::hint::black_box(v.leak());
+        }
+        if has(b"peek") {
+            let tainted = peek();
+            out.emit(&Output::new(
+                format!("{{\"tainted\":{tainted}}}").as_bytes(),
+            ));
+            return Ok(());
+        }
         if has(b"fail") {
             return Err(Error::new("poison", "record asked to fail"));
         }
         out.emit(&Output::from_record(record));
         Ok(())
     }
+}
+
+/// The byte `taint` writes at address `addr`: a 64-byte pattern computed at
+/// run time from `k` (37, hidden from the compiler), so no data segment or
+/// stack copy holds a whole aligned block of it.
+fn tainted(addr: usize, k: u8) -> u8 {
+    ((addr % 64) as u8).wrapping_mul(k) ^ 0xA5
+}
+
+/// Tainted 64-byte blocks in all of linear memory, after growing it by
+/// 8 MiB (pages a previous instance used beyond this one's initial size).
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+fn peek() -> usize {
+    let grown = core::arch::wasm32::memory_grow::<0>(128);
+    assert!(grown != usize::MAX, "memory.grow failed");
+    let size = core::arch::wasm32::memory_size::<0>() * 65536;
+    let k = std::hint::black_box(37);
+    // Skip the first block: address 0 is the null pointer.
+    (1..size / 64)
+        .filter(|&b| {
+            (b * 64..b * 64 + 64).all(|addr| {
+                // SAFETY: every address below `memory.size` is a readable
+                // byte of this instance's linear memory.
+                let byte = unsafe { core::ptr::read_volatile(addr as *const u8) };
+                byte == tainted(addr, k)
+            })
+        })
+        .count()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn peek() -> usize {
+    0
 }
 
 #[allow(unconditional_recursion)]
