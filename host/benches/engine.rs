@@ -236,11 +236,36 @@ fn compare_builds(engine: &Engine, paths: &str) {
             }));
         }
     }
+    // Throughput: batches of 1,000, rounds interleaved across the builds.
+    let values = sample(1000);
+    let input = Input::new(&values);
+    let pairs = input.pairs();
+    let mut runners: Vec<Runner> = builds
+        .iter()
+        .map(|(_, m)| Runner::new(m.clone(), spec.clone()).expect("init"))
+        .collect();
+    let mut per_record: Vec<Vec<Duration>> = vec![Vec::new(); builds.len()];
+    for _ in 0..15 {
+        for (i, r) in runners.iter_mut().enumerate() {
+            per_record[i].push(
+                time_per_call(1, 20, || {
+                    black_box(r.process(&pairs).expect("process"));
+                }) / 1000,
+            );
+        }
+    }
     println!();
-    println!("builds compared (instantiation + init, median of 15 interleaved rounds of 50)");
-    for ((path, _), mut t) in builds.iter().zip(times) {
+    println!(
+        "builds compared (median of 15 interleaved rounds: instantiation + init, 50 per round; json-map batch of 1,000, 20 per round)"
+    );
+    for (((path, _), mut t), mut p) in builds.iter().zip(times).zip(per_record) {
         t.sort();
-        println!("{path:<40} {:>8.1} µs", t[t.len() / 2].as_secs_f64() * 1e6);
+        p.sort();
+        println!(
+            "{path:<60} {:>8.1} µs per instance {:>8.3} µs per record",
+            t[t.len() / 2].as_secs_f64() * 1e6,
+            p[p.len() / 2].as_secs_f64() * 1e6
+        );
     }
 }
 

@@ -75,6 +75,34 @@ fn target_dir(dir: &Path, manifest: &Path) -> Result<PathBuf, BuildError> {
     Ok(Path::new(target).join("sluice-guests"))
 }
 
+/// LLVM's inlining threshold for guests (several times its default).
+const INLINE_THRESHOLD: &str = "-Cllvm-args=-inline-threshold=1000";
+
+/// How guests are optimised, as `cargo --config` settings: whole-program
+/// (fat) LTO in one codegen unit, with LLVM inlining more than its default.
+/// Guests run compiled by Cranelift, where every call and every function
+/// entry costs more than in native code (wasmtime checks the epoch deadline
+/// at each entry), so inlining across crates pays: json-map's guest code ran
+/// 18 % faster per record in the engine bench (0.889 -> 0.729 µs). A
+/// project's own `[profile.release]` `lto` or `codegen-units` wins over ours.
+fn optimisation(manifest: &str) -> Vec<String> {
+    let profile = toml::from_str::<toml::Table>(manifest)
+        .ok()
+        .and_then(|t| t.get("profile")?.get("release")?.as_table().cloned())
+        .unwrap_or_default();
+    let mut settings = Vec::new();
+    if !profile.contains_key("lto") {
+        settings.push(r#"profile.release.lto="fat""#.to_string());
+    }
+    if !profile.contains_key("codegen-units") {
+        settings.push("profile.release.codegen-units=1".to_string());
+    }
+    settings.push(format!(
+        r#"target.{GUEST_TARGET}.rustflags=["{INLINE_THRESHOLD}"]"#
+    ));
+    settings
+}
+
 pub(super) fn build(dir: &Path, manifest: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
     // A project made by `sluice new` takes the SDK from this host.
     if std::fs::read_to_string(manifest).is_ok_and(|t| t.contains(".sluice/sluice-guest")) {
@@ -94,9 +122,11 @@ pub(super) fn build(dir: &Path, manifest: &Path, quiet: bool) -> Result<PathBuf,
     ])
     .arg(&manifest_abs)
     .arg("--target-dir")
-    .arg(&target)
-    .stdout(Stdio::piped())
-    .stderr(if quiet {
+    .arg(&target);
+    for setting in optimisation(&std::fs::read_to_string(manifest).unwrap_or_default()) {
+        cmd.arg("--config").arg(setting);
+    }
+    cmd.stdout(Stdio::piped()).stderr(if quiet {
         Stdio::piped()
     } else {
         Stdio::inherit()
@@ -173,4 +203,26 @@ pub(super) fn build(dir: &Path, manifest: &Path, quiet: bool) -> Result<PathBuf,
         }
     }
     found.ok_or_else(|| BuildError::NoArtifact(dir.to_path_buf()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guests_get_lto_unless_their_manifest_says_otherwise() {
+        let plain = optimisation("[package]\nname = \"t\"\n");
+        assert!(
+            plain.contains(&r#"profile.release.lto="fat""#.to_string()),
+            "{plain:?}"
+        );
+        assert!(plain.contains(&"profile.release.codegen-units=1".to_string()));
+        assert!(plain.iter().any(|s| s.contains(INLINE_THRESHOLD)));
+        let own = optimisation(
+            "[package]\nname = \"t\"\n[profile.release]\nlto = false\ncodegen-units = 4\n",
+        );
+        assert!(!own.iter().any(|s| s.starts_with("profile.")), "{own:?}");
+        // An unreadable manifest gets the defaults (cargo reports it).
+        assert_eq!(optimisation("not toml ["), plain);
+    }
 }
