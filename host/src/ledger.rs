@@ -10,7 +10,7 @@
 //! tree to rebalance; an out-of-order read (a source that goes back) is
 //! inserted in place.
 
-use crate::record::Partition;
+use crate::record::{Partition, Position};
 use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Debug, Default)]
@@ -172,6 +172,64 @@ impl Ledger {
     }
 }
 
+/// A batch's source offsets, in runs of one partition (a batch's items are
+/// one partition's, so usually one run): what a finished batch hands the
+/// ledger, without a [`Position`] — and a reference count on its partition —
+/// per record.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Offsets {
+    runs: Vec<(Partition, Vec<i64>)>,
+}
+
+impl Offsets {
+    /// The offsets of `positions`, in their order.
+    pub fn of<'a>(positions: impl IntoIterator<Item = &'a Position>) -> Self {
+        let positions = positions.into_iter();
+        let mut runs: Vec<(Partition, Vec<i64>)> = Vec::new();
+        for p in positions {
+            match runs.last_mut() {
+                Some((partition, offsets))
+                    if (std::sync::Arc::ptr_eq(&partition.stream, &p.partition.stream)
+                        && partition.partition == p.partition.partition)
+                        || *partition == p.partition =>
+                {
+                    offsets.push(p.offset)
+                }
+                _ => runs.push((p.partition.clone(), vec![p.offset])),
+            }
+        }
+        Offsets { runs }
+    }
+
+    /// How many offsets.
+    pub fn len(&self) -> usize {
+        self.runs.iter().map(|(_, o)| o.len()).sum()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.runs.iter().all(|(_, o)| o.is_empty())
+    }
+
+    /// The runs: a partition and its offsets.
+    pub fn runs(&self) -> impl Iterator<Item = (&Partition, &[i64])> {
+        self.runs.iter().map(|(p, o)| (p, o.as_slice()))
+    }
+
+    /// The positions again (for sources acknowledged per item).
+    pub fn positions(&self) -> Vec<Position> {
+        self.runs
+            .iter()
+            .flat_map(|(p, offsets)| {
+                offsets.iter().map(|&offset| Position {
+                    partition: p.clone(),
+                    offset,
+                })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,5 +367,34 @@ mod tests {
             }),
             None
         );
+    }
+
+    #[test]
+    fn offsets_keep_runs_of_one_partition_in_order() {
+        use crate::record::{Partition, Position};
+        let a = Partition {
+            stream: Arc::from("t"),
+            partition: 0,
+        };
+        // Equal, but another allocation: still one run.
+        let a2 = Partition {
+            stream: Arc::from("t"),
+            partition: 0,
+        };
+        let b = Partition {
+            stream: Arc::from("t"),
+            partition: 1,
+        };
+        let at = |p: &Partition, offset| Position {
+            partition: p.clone(),
+            offset,
+        };
+        let positions = vec![at(&a, 5), at(&a2, 6), at(&b, 1), at(&a, 7)];
+        let o = super::Offsets::of(&positions);
+        let runs: Vec<_> = o.runs().map(|(p, o)| (p.partition, o.to_vec())).collect();
+        assert_eq!(runs, vec![(0, vec![5, 6]), (1, vec![1]), (0, vec![7])]);
+        assert_eq!(o.len(), 4);
+        assert_eq!(o.positions(), positions);
+        assert!(super::Offsets::of(&[]).is_empty());
     }
 }

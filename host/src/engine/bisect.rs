@@ -189,6 +189,22 @@ fn append(merged: &mut Processed, part: Processed) {
             }
         })
         .collect();
+    // The common case, the whole batch in one call: take the part as it is
+    // (no copy of every outcome and output) when that changes nothing.
+    if merged.outcomes.is_empty()
+        && merged.outputs.is_empty()
+        && slots.iter().enumerate().all(|(i, &s)| s as usize == i)
+    {
+        let mut part = part;
+        for out in &mut part.outputs {
+            if out.slot as usize >= slots.len() {
+                out.slot = 0;
+            }
+        }
+        merged.outcomes = part.outcomes;
+        merged.outputs = part.outputs;
+        return;
+    }
     for outcome in part.outcomes {
         merged.outcomes.push(match outcome {
             Outcome::Emit { start, end } => Outcome::Emit {
@@ -253,5 +269,38 @@ mod tests {
         );
         let slots: Vec<u32> = merged.outputs.iter().map(|o| o.slot).collect();
         assert_eq!(slots, vec![0, 1, 2, 1]);
+    }
+
+    #[test]
+    fn a_first_part_taken_whole_ends_as_the_slow_path_would() {
+        for names in [
+            vec![String::new(), "a".into(), "b".into()],
+            // Not one-to-one: the copy renumbers.
+            vec![String::new(), "a".into(), "a".into()],
+            vec!["x".into(), String::new()],
+        ] {
+            let part = || Processed {
+                outcomes: vec![Outcome::Emit { start: 0, end: 4 }],
+                outputs: vec![out(0, "p"), out(1, "q"), out(2, "r"), out(9, "s")],
+                output_names: names.clone(),
+            };
+            let mut fast = Processed {
+                outcomes: Vec::new(),
+                outputs: Vec::new(),
+                output_names: vec![String::new()],
+            };
+            append(&mut fast, part());
+            // The copying path, forced by a merged batch that is not empty.
+            let mut slow = Processed {
+                outcomes: vec![Outcome::Drop],
+                outputs: Vec::new(),
+                output_names: vec![String::new()],
+            };
+            append(&mut slow, part());
+            assert_eq!(fast.output_names, slow.output_names, "{names:?}");
+            assert_eq!(fast.outcomes[..], slow.outcomes[1..], "{names:?}");
+            let slots = |p: &Processed| p.outputs.iter().map(|o| o.slot).collect::<Vec<_>>();
+            assert_eq!(slots(&fast), slots(&slow), "{names:?}");
+        }
     }
 }

@@ -113,8 +113,8 @@ pub(crate) struct DurableBatch {
     pub partition: Partition,
     /// The partition's epoch when the batch was cut.
     pub epoch: u64,
-    /// The source positions of its items.
-    pub positions: Vec<crate::record::Position>,
+    /// The source offsets of its items.
+    pub offsets: crate::ledger::Offsets,
     /// Durable, or why not (the session ends without committing them).
     pub outcome: Result<(), PipelineError>,
 }

@@ -29,9 +29,9 @@ use crate::batch::{Batcher, ByteSize};
 use crate::config::BatchPolicy;
 use crate::engine::Runner;
 use crate::flow::Budget;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Offsets};
 use crate::metrics::PipelineMetrics;
-use crate::record::{Partition, Position};
+use crate::record::Partition;
 use crate::source::{
     Acknowledgement, Revocation, RunningSource, SourceControl, SourceEvent, SourceItem,
 };
@@ -939,8 +939,8 @@ impl Coordinator<'_> {
             self.publish_due = Some(self.last_publish + PUBLISH_EVERY);
         }
         if !held {
-            let positions = job.items.iter().map(|i| i.position().clone()).collect();
-            self.handled(&job.partition, positions).await?;
+            let offsets = Offsets::of(job.items.iter().map(|i| i.position()));
+            self.handled(&job.partition, offsets).await?;
         }
         Ok(())
     }
@@ -948,7 +948,7 @@ impl Coordinator<'_> {
     /// What sinks held of a batch is durable.
     async fn on_durable(&mut self, d: DurableBatch) -> Result<(), PipelineError> {
         self.held_jobs = self.held_jobs.saturating_sub(1);
-        self.held_records = self.held_records.saturating_sub(d.positions.len());
+        self.held_records = self.held_records.saturating_sub(d.offsets.len());
         self.live.set_held(self.held_records);
         self.partition_done(&d.partition);
         d.outcome?;
@@ -956,7 +956,7 @@ impl Coordinator<'_> {
             self.check_revokes();
             return Ok(());
         }
-        self.handled(&d.partition, d.positions).await
+        self.handled(&d.partition, d.offsets).await
     }
 
     /// Items of `partition` are in a sink or the dead-letter queue, durably:
@@ -964,22 +964,14 @@ impl Coordinator<'_> {
     async fn handled(
         &mut self,
         partition: &Partition,
-        positions: Vec<Position>,
+        offsets: Offsets,
     ) -> Result<(), PipelineError> {
-        // A batch's positions are one partition's: one ledger look-up per run.
-        let mut rest = positions.as_slice();
-        while let Some(first) = rest.first() {
-            let run = rest
-                .iter()
-                .position(|p| p.partition != first.partition)
-                .unwrap_or(rest.len());
-            let (this, next) = rest.split_at(run);
-            self.ledger
-                .handled_all(&first.partition, this.iter().map(|p| p.offset));
-            rest = next;
+        // One ledger look-up per run of one partition.
+        for (p, run) in offsets.runs() {
+            self.ledger.handled_all(p, run.iter().copied());
         }
-        if self.per_item && !positions.is_empty() {
-            let acked = self.control.acknowledge(&positions).await;
+        if self.per_item && !offsets.is_empty() {
+            let acked = self.control.acknowledge(&offsets.positions()).await;
             self.metrics.count(|m| &m.commits, &[], 1);
             if acked.is_err() {
                 self.metrics.count(|m| &m.commit_failures, &[], 1);
@@ -1184,6 +1176,7 @@ impl Coordinator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Position;
 
     const GOLDEN_WORKERS: [usize; 8] = [0, 3, 3, 2, 0, 1, 0, 0];
 

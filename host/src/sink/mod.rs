@@ -486,7 +486,7 @@ pub fn encode_line_checked(
                     "record has no value, and the sink writes values (format = \"value\")".into(),
                 );
             };
-            if !value.contains(&b'\n') && !value.contains(&b'\r') {
+            if memchr::memchr2(b'\n', b'\r', value).is_none() {
                 if !json_checked && let Err(e) = crate::record::check_json(value) {
                     return Err(format!(
                         "record value is not JSON, and the sink writes JSON lines: {e}"

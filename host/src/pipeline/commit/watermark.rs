@@ -85,12 +85,7 @@ fn durable(
 ) -> impl std::future::Future<Output = DurableBatch> + Send + 'static {
     let partition = finished.job.partition.clone();
     let epoch = finished.job.epoch;
-    let positions = finished
-        .job
-        .items
-        .iter()
-        .map(|i| i.position().clone())
-        .collect();
+    let offsets = crate::ledger::Offsets::of(finished.job.items.iter().map(|i| i.position()));
     async move {
         let mut outcome = Ok(());
         for d in durables {
@@ -102,7 +97,7 @@ fn durable(
         DurableBatch {
             partition,
             epoch,
-            positions,
+            offsets,
             outcome,
         }
     }
