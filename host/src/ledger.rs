@@ -184,7 +184,6 @@ pub struct Offsets {
 impl Offsets {
     /// The offsets of `positions`, in their order.
     pub fn of<'a>(positions: impl IntoIterator<Item = &'a Position>) -> Self {
-        let positions = positions.into_iter();
         let mut runs: Vec<(Partition, Vec<i64>)> = Vec::new();
         for p in positions {
             match runs.last_mut() {

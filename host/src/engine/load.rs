@@ -166,7 +166,7 @@ impl Engine {
         let resident = Resident::probe(keep_resident);
         let configure = |pooling: bool, slots: u32| {
             let mut cfg = wasmtime::Config::new();
-            cfg.epoch_interruption(std::env::var("TMP_NOEPOCH").is_err())
+            cfg.epoch_interruption(true)
                 .consume_fuel(fuel)
                 .concurrency_support(false)
                 .max_wasm_stack(512 << 10)
