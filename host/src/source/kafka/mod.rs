@@ -14,6 +14,8 @@
 //!   among idle ones still has the whole budget. (Pausing drops librdkafka's prefetched
 //!   records of that partition; they are fetched again on resume. Without it
 //!   the first partition in a fetch took the whole budget, again and again.)
+//!   A partition paused this way, or with all the others while the budget is
+//!   spent, keeps its share however long it waits ([`Sharing`]).
 //! - Rebalances use the cooperative-sticky protocol. A revoked partition is
 //!   handed to the pipeline as a [`Revocation`]; the rebalance callback waits
 //!   (up to the drain timeout) until the partition's in-flight batches are
@@ -530,22 +532,93 @@ impl ConsumerContext for SourceContext {
 /// its last record.
 const ACTIVE_WINDOW: Duration = Duration::from_secs(5);
 
+/// Which partitions share the budget: those read from within
+/// [`ACTIVE_WINDOW`] (or assigned, until they have been idle that long), and
+/// those this source holds back. A partition the source paused is not idle:
+/// however long it waits it keeps its share, or the others' shares would
+/// grow over it and it would wait longer still (with slow acknowledgements,
+/// two partitions of four once waited 16 s while the other two drained).
+#[derive(Default)]
+struct Sharing {
+    /// When each partition was last read from (or assigned, or resumed).
+    last_read: HashMap<Partition, Instant>,
+    /// How many share the budget, and when that was counted.
+    count: usize,
+    counted: Option<Instant>,
+}
+
+impl Sharing {
+    /// Notes a record of `p` read at `now`.
+    fn read(&mut self, p: &Partition, now: Instant) {
+        match self.last_read.get_mut(p) {
+            Some(t) => *t = now,
+            None => {
+                self.last_read.insert(p.clone(), now);
+                self.counted = None;
+            }
+        }
+    }
+
+    /// How many partitions share the budget, counted again at most every
+    /// 100 ms; `held` are the partitions this source holds back.
+    fn count(&mut self, held: &BTreeSet<Partition>, now: Instant) -> usize {
+        if self
+            .counted
+            .is_none_or(|t| now.duration_since(t) > Duration::from_millis(100))
+        {
+            self.last_read
+                .retain(|p, t| held.contains(p) || now.duration_since(*t) <= ACTIVE_WINDOW);
+            self.count = self.last_read.len();
+            self.counted = Some(now);
+        }
+        self.count
+    }
+
+    /// `p` was resumed at `now`: its wait does not count as idle.
+    fn resumed(&mut self, p: Partition, now: Instant) {
+        self.last_read.insert(p, now);
+    }
+
+    /// The whole assignment was paused (budget spent) until `now`: the time
+    /// paused does not count as idle for any partition that was sharing.
+    fn unpaused(&mut self, now: Instant) {
+        for t in self.last_read.values_mut() {
+            *t = now;
+        }
+        self.count = self.last_read.len();
+        self.counted = Some(now);
+    }
+
+    /// A new assignment at `now`: partitions no longer assigned leave; a
+    /// newly assigned one shares from the start (until it has been idle for
+    /// the window), otherwise the first partition read would take all of it
+    /// before the others' records are seen.
+    fn reassigned(&mut self, assignment: &[Partition], now: Instant) {
+        self.last_read.retain(|p, _| assignment.contains(p));
+        for p in assignment {
+            self.last_read.entry(p.clone()).or_insert(now);
+        }
+        self.counted = None;
+    }
+}
+
 /// Partitions paused one by one for holding more than their share of the
 /// budget (see the module's notes on fairness).
 #[derive(Default)]
 struct HeldBack {
     partitions: BTreeSet<Partition>,
-    /// When each partition was last read from.
-    last_read: HashMap<Partition, Instant>,
-    /// How many partitions were read from within [`ACTIVE_WINDOW`], and when
-    /// that was counted.
-    sharing: usize,
-    counted: Option<Instant>,
+    /// Which partitions share the budget.
+    sharing: Sharing,
     /// When the held-back partitions were last looked at.
     checked: Option<Instant>,
 }
 
 impl HeldBack {
+    /// How many partitions share the budget now.
+    fn sharing(&mut self) -> usize {
+        self.sharing.count(&self.partitions, Instant::now())
+    }
+
     /// Notes a record of `p`, and pauses `p` if it holds its whole share of
     /// the budget.
     fn check(
@@ -554,29 +627,14 @@ impl HeldBack {
         ctx: &SourceContext,
         p: &Partition,
     ) {
-        let now = Instant::now();
-        match self.last_read.get_mut(p) {
-            Some(t) => *t = now,
-            None => {
-                self.last_read.insert(p.clone(), now);
-                self.counted = None;
-            }
-        }
-        if self
-            .counted
-            .is_none_or(|t| now.duration_since(t) > Duration::from_millis(100))
-        {
-            self.last_read
-                .retain(|_, t| now.duration_since(*t) <= ACTIVE_WINDOW);
-            self.sharing = self.last_read.len();
-            self.counted = Some(now);
-        }
-        if self.partitions.contains(p) || !ctx.budget.over_share(p, self.sharing, 4) {
+        self.sharing.read(p, Instant::now());
+        let sharing = self.sharing();
+        if self.partitions.contains(p) || !ctx.budget.over_share(p, sharing, 4) {
             return;
         }
         match consumer.pause(&one_partition(p)) {
             Ok(()) => {
-                tracing::debug!(partition = %p, in_flight = ctx.budget.in_flight_of(p), sharing = self.sharing, "partition over its share of the budget: paused");
+                tracing::debug!(partition = %p, in_flight = ctx.budget.in_flight_of(p), sharing, "partition over its share of the budget: paused");
                 self.partitions.insert(p.clone());
             }
             Err(e) => tracing::warn!(%e, partition = %p, "cannot pause a partition"),
@@ -593,10 +651,11 @@ impl HeldBack {
             return;
         }
         self.checked = Some(Instant::now());
+        let sharing = self.sharing();
         let ready: Vec<Partition> = self
             .partitions
             .iter()
-            .filter(|p| !ctx.budget.over_share(p, self.sharing, 3))
+            .filter(|p| !ctx.budget.over_share(p, sharing, 3))
             .cloned()
             .collect();
         for p in ready {
@@ -604,6 +663,7 @@ impl HeldBack {
                 Ok(()) => {
                     tracing::debug!(partition = %p, "partition back within its share: resumed");
                     self.partitions.remove(&p);
+                    self.sharing.resumed(p, Instant::now());
                 }
                 Err(e) => tracing::warn!(%e, partition = %p, "cannot resume a partition"),
             }
@@ -614,15 +674,7 @@ impl HeldBack {
     /// the others again (an assignment may reset their state).
     fn reassigned(&mut self, consumer: &BaseConsumer<SourceContext>, assignment: &[Partition]) {
         self.partitions.retain(|p| assignment.contains(p));
-        // A newly assigned partition shares the budget from the start (until
-        // it has been idle for the window): otherwise the first partition
-        // read would take all of it before the others' records are seen.
-        let now = Instant::now();
-        self.last_read.retain(|p, _| assignment.contains(p));
-        for p in assignment {
-            self.last_read.entry(p.clone()).or_insert(now);
-        }
-        self.counted = None;
+        self.sharing.reassigned(assignment, Instant::now());
         for p in &self.partitions {
             if let Err(e) = consumer.pause(&one_partition(p)) {
                 tracing::warn!(%e, partition = %p, "cannot pause a partition");
@@ -708,9 +760,11 @@ fn poll_loop(
             // Partitions still over three quarters of their share stay
             // paused: the others take the room first.
             let mut resume = TopicPartitionList::new();
+            held_back.sharing.unpaused(Instant::now());
             held_back.partitions.clear();
+            let sharing = held_back.sharing();
             for p in partitions_of(&ctx, &assignment) {
-                if ctx.budget.over_share(&p, held_back.sharing, 3) {
+                if ctx.budget.over_share(&p, sharing, 3) {
                     held_back.partitions.insert(p);
                 } else {
                     resume.add_partition(&p.stream, p.partition);
@@ -904,5 +958,79 @@ impl super::SourcePlugin for KafkaSourceConfig {
 
     fn kafka(&self) -> Option<&KafkaSourceConfig> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(i: i32) -> Partition {
+        Partition {
+            stream: Arc::from("t"),
+            partition: i,
+        }
+    }
+
+    fn assigned(t0: Instant) -> Sharing {
+        let mut s = Sharing::default();
+        s.reassigned(&[part(0), part(1), part(2), part(3)], t0);
+        s
+    }
+
+    #[test]
+    fn a_partition_held_back_keeps_its_share_however_long_it_waits() {
+        let t0 = Instant::now();
+        let later = t0 + ACTIVE_WINDOW + Duration::from_secs(1);
+        let mut s = assigned(t0);
+        assert_eq!(s.count(&BTreeSet::new(), t0), 4);
+        // Partitions 0 and 1 are read; 2 is held back, 3 is idle.
+        s.read(&part(0), later);
+        s.read(&part(1), later);
+        let held: BTreeSet<Partition> = [part(2)].into();
+        assert_eq!(
+            s.count(&held, later),
+            3,
+            "0 and 1 read, 2 held back; 3 idle"
+        );
+        // The control: not held back, 2 is idle too.
+        let mut s = assigned(t0);
+        s.read(&part(0), later);
+        s.read(&part(1), later);
+        assert_eq!(s.count(&BTreeSet::new(), later), 2);
+    }
+
+    #[test]
+    fn the_time_the_whole_assignment_was_paused_is_not_idle() {
+        let t0 = Instant::now();
+        let resumed = t0 + ACTIVE_WINDOW * 2;
+        let mut s = assigned(t0);
+        s.unpaused(resumed);
+        s.read(&part(0), resumed + Duration::from_millis(200));
+        assert_eq!(
+            s.count(&BTreeSet::new(), resumed + Duration::from_millis(200)),
+            4
+        );
+        // The control: without it, only the partition read still shares.
+        let mut s = assigned(t0);
+        s.read(&part(0), resumed + Duration::from_millis(200));
+        assert_eq!(
+            s.count(&BTreeSet::new(), resumed + Duration::from_millis(200)),
+            1
+        );
+    }
+
+    #[test]
+    fn a_partition_shares_from_its_resume_until_idle_for_the_window() {
+        let t0 = Instant::now();
+        let mut s = assigned(t0);
+        let resumed = t0 + ACTIVE_WINDOW * 2;
+        s.resumed(part(3), resumed);
+        assert_eq!(s.count(&BTreeSet::new(), resumed), 1);
+        let idle = resumed + ACTIVE_WINDOW + Duration::from_secs(1);
+        assert_eq!(s.count(&BTreeSet::new(), idle), 0);
+        // A new assignment brings partitions back in, at once.
+        s.reassigned(&[part(0), part(1)], idle);
+        assert_eq!(s.count(&BTreeSet::new(), idle), 2);
     }
 }
