@@ -260,8 +260,12 @@ pub struct DeliveryConfig {
     /// then one key is never in two workers at once, and a single partition
     /// uses one core.
     pub pin_partitions: bool,
-    /// Most records read but not yet in a sink or the DLQ (default 20000).
+    /// Most records read but not yet in a sink or the DLQ (default 100000,
+    /// the number of messages a librdkafka producer queues by default).
     /// When reached, the source stops reading (Kafka partitions are paused).
+    /// At-least-once holds a record here until its sink acknowledges it, so
+    /// against a slowly acknowledging broker this bounds throughput (records
+    /// in flight ÷ acknowledgement time); `max_in_flight_mb` bounds memory.
     pub max_in_flight_records: usize,
     /// Most bytes read but not yet in a sink or the DLQ, in MiB (default 64).
     pub max_in_flight_mb: usize,
@@ -290,7 +294,7 @@ impl Default for DeliveryConfig {
             transaction_timeout_ms: 60_000,
             workers: default_workers(),
             pin_partitions: false,
-            max_in_flight_records: 20_000,
+            max_in_flight_records: 100_000,
             max_in_flight_mb: 64,
             drain_timeout_ms: 30_000,
             commit_interval_ms: 250,
