@@ -47,12 +47,16 @@ fn componentize_py(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
     );
     let mut cmd = Command::new(&py);
     cmd.arg("-m").arg("venv").arg(&venv);
-    run_tool(dir, &mut cmd, "python -m venv", true).map_err(|e| BuildError::Tool {
-        path: dir.to_path_buf(),
-        message: format!(
-            "cannot create a virtual environment with {} (on Debian, install python3-venv): {e}",
-            py.display()
-        ),
+    run_tool(dir, &mut cmd, "python -m venv", true).map_err(|e| {
+        let e = e.to_string();
+        BuildError::Tool {
+            path: dir.to_path_buf(),
+            message: format!(
+                "cannot create a virtual environment with {}{}: {e}",
+                py.display(),
+                venv_hint(&e)
+            ),
+        }
     })?;
     let mut cmd = Command::new(venv.join("bin").join("python"));
     cmd.args([
@@ -66,6 +70,16 @@ fn componentize_py(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
     run_tool(dir, &mut cmd, "pip install componentize-py", quiet)?;
     write_if_changed(&stamp, b"")?;
     Ok(tool)
+}
+
+/// Debian's Python lacks `venv` (and `ensurepip`) unless python3-venv is
+/// installed; say so only when that is what failed, not for a full disk.
+fn venv_hint(error: &str) -> &'static str {
+    if error.contains("ensurepip") || error.contains("No module named venv") {
+        " (on Debian, install python3-venv)"
+    } else {
+        ""
+    }
 }
 
 pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
@@ -145,4 +159,19 @@ pub(super) fn build(dir: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
         .arg(out);
     run_tool(dir, &mut cmd, "componentize-py", quiet)?;
     cache.done(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::venv_hint;
+
+    #[test]
+    fn the_python3_venv_hint_is_given_only_when_venv_is_missing() {
+        let debian = "The virtual environment was not created successfully because ensurepip is \
+                      not available. On Debian/Ubuntu systems, you need to install the python3-venv";
+        assert!(venv_hint(debian).contains("python3-venv"));
+        assert!(venv_hint("/usr/bin/python3: No module named venv").contains("python3-venv"));
+        let full = "Error: [Errno 28] No space left on device: '/x/.sluice'";
+        assert_eq!(venv_hint(full), "");
+    }
 }
