@@ -74,8 +74,13 @@ pub(super) fn client_config(
         ("isolation.level", isolation),
         ("partition.assignment.strategy", "cooperative-sticky"),
         ("enable.partition.eof", "false"),
-        // Bound what librdkafka prefetches (its default is 64 MiB).
-        ("queued.max.messages.kbytes", "16384"),
+        // Bound what librdkafka prefetches per partition (its default is
+        // 64 MiB). Pausing a partition (back-pressure, fairness) discards
+        // what it prefetched, and resuming fetches and decompresses it
+        // again: a shallow prefetch wastes less. On a 4-partition backlog
+        // 4 MiB against 16 used 40 % less CPU and read as fast or faster
+        // (BENCHMARKS.md, Kafka section).
+        ("queued.max.messages.kbytes", "4096"),
         ("fetch.max.bytes", "16777216"),
     ];
     let mut config =
