@@ -1,8 +1,10 @@
 //! The circuit breaker: when a transform fails more than a set share of the
 //! records over a window (a bad deploy), the pipeline stops before that batch
 //! is delivered, instead of filling the dead-letter queue with a whole
-//! topic. Nothing past the batch that tripped it is committed; the records
-//! are read again once the transform is fixed and the pipeline restarted.
+//! topic. The batches handled before it are delivered and committed first
+//! (what the sinks hold is made durable); nothing from the batch that
+//! tripped it on is committed: those records are read again once the
+//! transform is fixed and the pipeline restarted.
 
 use super::summary::StepStats;
 use crate::config::CircuitBreakerConfig;

@@ -381,7 +381,16 @@ fn hand_over(handover: &SharedHandover, f: Finished) -> bool {
 /// A worker's thread: runs the chain on each job it takes, on its own
 /// instances, until the coordinator closes the queue.
 fn worker(w: Worker, jobs: Queue, finished: SharedHandover, done: mpsc::UnboundedSender<Report>) {
+    // Once the breaker opened, the jobs still queued are given back unrun:
+    // the coordinator delivers what was handled before, then stops.
+    let mut tripped = false;
     while let Some(job) = jobs.next() {
+        if tripped {
+            hand_over(&finished, Finished::Skip(job.partition.clone(), job.seq));
+            let e = PipelineError::Internal("not run: the circuit breaker opened".into());
+            let _ = done.send(Done::failed(job, e).into());
+            continue;
+        }
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut runners = w.runners.lock().unwrap_or_else(|e| e.into_inner());
             let chain = run_chain(&mut runners, &job.items, &w.outputs, &w.breaker);
@@ -423,7 +432,8 @@ fn worker(w: Worker, jobs: Queue, finished: SharedHandover, done: mpsc::Unbounde
             }
             tracing::error!(error = %open, "circuit breaker open");
             let _ = done.send(Done::failed(job, open.into()).into());
-            return;
+            tripped = true;
+            continue;
         }
         if !hand_over(&finished, Finished::Ready(Processed { job, chain })) {
             return;
@@ -536,7 +546,11 @@ impl Coordinator<'_> {
             tokio::select! {
                 biased;
                 finished = done_rx.recv() => match finished {
-                    Some(Report::Done(d)) => self.on_done(d).await?,
+                    Some(Report::Done(d)) => {
+                        if let Err(e) = self.on_done(d).await {
+                            return Err(self.deliver_held_then(e, done_rx).await);
+                        }
+                    }
                     Some(Report::Durable(d)) => self.on_durable(d).await?,
                     None => return Err(PipelineError::Internal("delivery stopped".into())),
                 },
@@ -943,6 +957,47 @@ impl Coordinator<'_> {
             self.handled(&job.partition, offsets).await?;
         }
         Ok(())
+    }
+
+    /// The pipeline stops with `error`. When the transform is at fault (its
+    /// circuit breaker opened), the sinks are sound: the batches handed to
+    /// them before are delivered and what they hold is made durable first,
+    /// within the drain timeout, so that those records are delivered and
+    /// committed; nothing from the batch that tripped the breaker on is
+    /// (the workers give back their queued jobs unrun), and nothing new is
+    /// read. A sink's own failure stops at once.
+    async fn deliver_held_then(
+        &mut self,
+        error: PipelineError,
+        done_rx: &mut mpsc::UnboundedReceiver<Report>,
+    ) -> PipelineError {
+        if !matches!(error, PipelineError::CircuitOpen(_)) {
+            return error;
+        }
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        while self.jobs_in_flight > 0 || self.held_jobs > 0 {
+            if self.held_jobs > 0 {
+                self.request_flush();
+            }
+            let report = match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+                Ok(Some(report)) => report,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(pipeline = %self.pipeline, jobs_in_flight = self.jobs_in_flight, held_records = self.held_records, "stopping: what was handed to the sinks was not durable within the drain timeout (not committed; read again on the next run)");
+                    break;
+                }
+            };
+            // Later batches (or their failures) change nothing about the
+            // error the pipeline stops with.
+            let outcome = match report {
+                Report::Done(d) => self.on_done(d).await,
+                Report::Durable(d) => self.on_durable(d).await,
+            };
+            if let Err(e) = outcome {
+                tracing::debug!(pipeline = %self.pipeline, error = %e, "stopping: a batch not delivered (not committed)");
+            }
+        }
+        error
     }
 
     /// What sinks held of a batch is durable.
