@@ -15,7 +15,8 @@ use sluice_e2e::scenario::{
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn bin() -> PathBuf {
@@ -299,32 +300,44 @@ fn a_slow_sink_pauses_the_source_and_memory_stays_bounded() {
         true,
     );
     let mut out = s.child.stdout.take().expect("stdout");
+    // A thread reads the pipe (about 200 KB/s: far slower than the broker
+    // delivers), so that a pipeline that writes nothing fails the test
+    // instead of blocking it in a read; once the test is done sampling it
+    // drains fast, so that the pipeline can finish writing and stop.
+    let lines = Arc::new(AtomicUsize::new(0));
+    let fast = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (lines, fast) = (lines.clone(), fast.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 2 << 10];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let seen = buf[..n].iter().filter(|&&c| c == b'\n').count();
+                lines.fetch_add(seen, Ordering::Relaxed);
+                if !fast.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        })
+    };
     let mut peak = 0u64;
-    let mut lines_seen = 0usize;
-    let mut buf = vec![0u8; 2 << 10];
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(25) {
-        // About 200 KB/s: far slower than the broker delivers.
-        let n = out.read(&mut buf).expect("read stdout");
-        if n == 0 {
-            break;
-        }
-        lines_seen += buf[..n].iter().filter(|&&c| c == b'\n').count();
+    while started.elapsed() < Duration::from_secs(25) && s.running() {
         std::thread::sleep(Duration::from_millis(10));
         if let Some(rss) = s.rss_kib() {
             peak = peak.max(rss);
         }
     }
-    let status = {
-        // Keep draining while it shuts down, so that it can finish writing.
-        let drain = std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = out.read_to_end(&mut sink);
-        });
-        let status = s.terminate(Duration::from_secs(60));
-        let _ = drain.join();
-        status
-    };
+    let lines_seen = lines.load(Ordering::Relaxed);
+    fast.store(true, Ordering::Relaxed);
+    let status = s.terminate(Duration::from_secs(60));
+    if status.is_none() {
+        // It did not stop: kill it, so that the reader sees the pipe close.
+        s.kill9();
+    }
+    let _ = reader.join();
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     eprintln!(
         "back-pressure: {N} records waiting, about {lines_seen} written in 25 s through a slow pipe; peak resident memory {} MiB (bound {BOUND_MIB} MiB)",
