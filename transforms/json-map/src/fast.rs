@@ -200,15 +200,9 @@ impl Fast {
 fn write_value(raw: &RawValue, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     let text = raw.get().as_bytes();
     let verbatim = match text.first() {
-        Some(b'"') => !text.contains(&b'\\'),
+        Some(b'"') => !has_backslash(text),
         Some(b't' | b'f' | b'n') => true,
-        Some(b'-' | b'0'..=b'9') => {
-            let digits = text.strip_prefix(b"-").unwrap_or(text);
-            !digits.is_empty()
-                && digits.len() <= 15
-                && digits.iter().all(u8::is_ascii_digit)
-                && text != b"-0"
-        }
+        Some(b'-' | b'0'..=b'9') => number_is_canonical(text),
         _ => false,
     };
     if verbatim {
@@ -218,6 +212,88 @@ fn write_value(raw: &RawValue, out: &mut Vec<u8>) -> Result<(), serde_json::Erro
         let v: serde_json::Value = serde_json::from_str(raw.get())?;
         serde_json::to_writer(&mut *out, &v)
     }
+}
+
+/// Byte equality, 8 bytes at a time, without a call to `memcmp` (in Wasm a
+/// byte loop behind a call; member names are short).
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        if word(x) != word(y) {
+            return false;
+        }
+    }
+    ca.remainder()
+        .iter()
+        .zip(cb.remainder())
+        .all(|(x, y)| x == y)
+}
+
+/// Whether `text` holds a `\\`, 8 bytes at a time (a Wasm `memchr` reads 4).
+#[inline]
+fn has_backslash(text: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = text.chunks_exact(8);
+    for c in &mut chunks {
+        // A byte of `x` is zero where `c` holds a backslash.
+        let x = word(c) ^ (ONES * u64::from(b'\\'));
+        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().contains(&b'\\')
+}
+
+/// Eight bytes as a word (`c` is a chunk of exactly 8).
+#[inline]
+fn word(c: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(c);
+    u64::from_le_bytes(w)
+}
+
+/// Whether serde_json writes the number `text` (valid JSON number text)
+/// back exactly as it is after parsing it: small integers, and decimals
+/// such as money amounts (`3.37`, `-0.5`, `12.0`) that have at most 15
+/// significant digits (so that the parsed `f64` is the nearest double,
+/// which prints back as the same shortest digits), no exponent, no
+/// trailing zero after the first fraction digit, and a magnitude printed
+/// without an exponent (integer part of at most 9 digits, at most two
+/// zeros after the point before the first significant digit). Anything
+/// else goes through `Value` as the general path does.
+fn number_is_canonical(text: &[u8]) -> bool {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    let (int, frac) = match digits.iter().position(|&c| c == b'.') {
+        Some(dot) => (&digits[..dot], Some(&digits[dot + 1..])),
+        None => (digits, None),
+    };
+    if int.is_empty() || !int.iter().all(u8::is_ascii_digit) || (int.len() > 1 && int[0] == b'0') {
+        return false;
+    }
+    let Some(frac) = frac else {
+        return int.len() <= 15 && text != b"-0";
+    };
+    if frac.is_empty() || !frac.iter().all(u8::is_ascii_digit) || int.len() > 9 {
+        return false;
+    }
+    if frac.len() > 1 && frac[frac.len() - 1] == b'0' {
+        return false;
+    }
+    let significant = if int == b"0" {
+        let zeros = frac.iter().take_while(|&&c| c == b'0').count();
+        if zeros == frac.len() || zeros > 2 {
+            return false;
+        }
+        frac.len() - zeros
+    } else {
+        int.len() + frac.len()
+    };
+    significant <= 15
 }
 
 /// One step down from a raw value, if it is an object or array holding it.
@@ -258,7 +334,11 @@ impl<'de> Visitor<'de> for Members<'_, '_, 'de> {
         let mut n = 0;
         while let Some(key) = map.next_key_seed(Key)? {
             n += 1;
-            match self.wanted.iter().position(|w| *w == *key) {
+            match self
+                .wanted
+                .iter()
+                .position(|w| same(w.as_bytes(), key.as_bytes()))
+            {
                 Some(at) => self.found[at] = Some(map.next_value::<&'de RawValue>()?),
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -325,6 +405,104 @@ impl<'de> Visitor<'de> for Element {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_wise_equality_and_backslash_search() {
+        let texts: [&[u8]; 9] = [
+            b"",
+            b"a",
+            b"txn_id",
+            b"txn_ie",
+            b"customer_id",
+            b"customer_ie",
+            b"abcdefgh",
+            b"abcdefgi",
+            b"\"2026-11-18T14:00:07Z\"",
+        ];
+        for a in texts {
+            for b in texts {
+                assert_eq!(same(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+        for len in 0..24 {
+            let mut t = vec![b'a'; len];
+            assert!(!has_backslash(&t));
+            for at in 0..len {
+                t[at] = b'\\';
+                assert!(has_backslash(&t), "{len} {at}");
+                t[at] = 0xdc; // 0x5c with the high bit set: not a backslash
+                assert!(!has_backslash(&t), "{len} {at}");
+                t[at] = b'a';
+            }
+        }
+    }
+
+    /// What serde_json writes for the number `text` after parsing it.
+    fn reprinted(text: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(text).expect("number");
+        serde_json::to_string(&v).expect("json")
+    }
+
+    #[test]
+    fn canonical_numbers_are_those_serde_json_writes_back_unchanged() {
+        for kept in [
+            "0",
+            "7",
+            "-7",
+            "3.37",
+            "24.35",
+            "-0.5",
+            "12.0",
+            "0.001",
+            "0.25",
+            "999999999.5",
+            "123456789.123456",
+            "100.01",
+            "0.0012",
+        ] {
+            assert!(number_is_canonical(kept.as_bytes()), "{kept}");
+            assert_eq!(reprinted(kept), kept);
+        }
+        for general in [
+            "-0",
+            "0.0",
+            "-0.0",
+            "12.50",
+            "1e3",
+            "1.5E2",
+            "0.0001",
+            "1234567890.5",
+            "0.1234567890123456",
+            "1234567890123456",
+            "1.",
+        ] {
+            assert!(!number_is_canonical(general.as_bytes()), "{general}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever number text is judged canonical, serde_json writes it
+        /// back byte for byte (so copying it is what the general path does).
+        #[test]
+        fn a_number_judged_canonical_is_written_back_unchanged(
+            neg in proptest::bool::ANY,
+            int in "(0|[1-9][0-9]{0,11})",
+            frac in proptest::option::of("[0-9]{1,18}"),
+            exp in proptest::option::of("[eE][-+]?[0-9]{1,2}"),
+        ) {
+            let mut text = format!("{}{int}", if neg { "-" } else { "" });
+            if let Some(f) = frac {
+                text.push('.');
+                text.push_str(&f);
+            }
+            if let Some(e) = exp {
+                text.push_str(&e);
+            }
+            if number_is_canonical(text.as_bytes()) {
+                proptest::prop_assert_eq!(reprinted(&text), text);
+            }
+        }
+    }
 
     #[test]
     fn singular_paths_are_recognised() {

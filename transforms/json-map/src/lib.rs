@@ -388,6 +388,8 @@ mod tests {
             Just("12.50".to_string()),
             Just("1e3".to_string()),
             Just("-0.0".to_string()),
+            "-?(0|[1-9][0-9]{0,10})\\.[0-9]{1,17}([eE][-+]?[0-9])?".prop_map(String::from),
+            "-?(0|[1-9][0-9]{0,4})\\.0{0,3}[1-9]{1,3}".prop_map(String::from),
             Just("123456789012345678901234567890".to_string()),
             "[a-z é\\\"]{0,6}".prop_map(|s| serde_json::to_string(&s).expect("string")),
             Just(r#""caf\u00e9 \n""#.to_string()),
