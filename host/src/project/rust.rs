@@ -85,6 +85,7 @@ const INLINE_THRESHOLD: &str = "-Cllvm-args=-inline-threshold=1000";
 /// at each entry), so inlining across crates pays: json-map's guest code ran
 /// 18 % faster per record in the engine bench (0.889 -> 0.729 µs). A
 /// project's own `[profile.release]` `lto` or `codegen-units` wins over ours.
+/// (LTO needs the crate built as a `cdylib` alone: see [`build`].)
 fn optimisation(manifest: &str) -> Vec<String> {
     let profile = toml::from_str::<toml::Table>(manifest)
         .ok()
@@ -112,9 +113,16 @@ pub(super) fn build(dir: &Path, manifest: &Path, quiet: bool) -> Result<PathBuf,
     let manifest_abs = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
     tracing::debug!(project = %dir.display(), "building transform project");
     let mut cmd = cargo();
+    // `cargo rustc --crate-type cdylib`, not `cargo build`: a library that
+    // is also an `rlib` (as a transform tested natively often is) gets no
+    // LTO from cargo at all, whatever the profile says. Only the component
+    // is wanted here.
     cmd.args([
-        "build",
+        "rustc",
         "--release",
+        "--lib",
+        "--crate-type",
+        "cdylib",
         "--target",
         GUEST_TARGET,
         "--message-format=json-render-diagnostics",
