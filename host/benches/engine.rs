@@ -137,7 +137,7 @@ fn summary(engine: &Engine) {
         sluice_json_map::JsonMap::init(sluice_guest::Config::from_json(MAPPING).expect("cfg"))
             .expect("native init");
     println!();
-    println!("summary (median of 15 rounds, same process)");
+    println!("summary (median of 15 interleaved rounds, same process)");
     println!(
         "{:>6}  {:>16}  {:>14}  {:>16}  {:>18}  {:>10}",
         "batch",
@@ -153,15 +153,25 @@ fn summary(engine: &Engine) {
         let pairs = input.pairs();
         let wire = sluice_guest::__rt::batch_of_values(&values);
         let iters = (20_000 / size).max(20);
-        let id = time_per_call(15, iters, || {
-            black_box(identity.process(&pairs).expect("identity"));
-        });
-        let wasm = time_per_call(15, iters, || {
-            black_box(json_map.process(&pairs).expect("json-map"));
-        });
-        let nat = time_per_call(15, iters, || {
-            black_box(sluice_guest::__rt::process(&mut native, &wire).expect("native"));
-        });
+        // Rounds interleaved (identity, wasm, native, identity, ...), so that
+        // the machine's drift during the run falls on all three alike.
+        let (mut id, mut wasm, mut nat) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..15 {
+            id.push(time_per_call(1, iters, || {
+                black_box(identity.process(&pairs).expect("identity"));
+            }));
+            wasm.push(time_per_call(1, iters, || {
+                black_box(json_map.process(&pairs).expect("json-map"));
+            }));
+            nat.push(time_per_call(1, iters, || {
+                black_box(sluice_guest::__rt::process(&mut native, &wire).expect("native"));
+            }));
+        }
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        let (id, wasm, nat) = (median(id), median(wasm), median(nat));
         let per = |d: Duration| d.as_secs_f64() * 1e6 / size as f64;
         let rate = |d: Duration| size as f64 / d.as_secs_f64();
         println!(

@@ -139,18 +139,10 @@ impl Fast {
         if first.map(|i| doc[i]) != Some(b'{') {
             return Mapped::Fallback;
         }
-        let mut found: Vec<Option<&RawValue>> = vec![None; self.top.len()];
-        let mut de = serde_json::Deserializer::from_slice(doc);
-        let members = match de.deserialize_map(Members {
-            wanted: &self.top,
-            found: &mut found,
-        }) {
-            Ok(n) => n,
-            Err(_) => return Mapped::Fallback,
-        };
-        if de.end().is_err() {
+        let mut found: Vec<Option<&[u8]>> = vec![None; self.top.len()];
+        let Some(members) = crate::scan::object(doc, &self.top, &mut found) else {
             return Mapped::Fallback;
-        }
+        };
         if members == 0 {
             return Mapped::Empty;
         }
@@ -197,10 +189,9 @@ impl Fast {
 /// Writes a member's value as the general path would (parsed, then
 /// serialized): copied as it is when that gives the same text (strings
 /// without escapes, small integers, literals), else through `Value`.
-fn write_value(raw: &RawValue, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    let text = raw.get().as_bytes();
+fn write_value(text: &[u8], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     let verbatim = match text.first() {
-        Some(b'"') => !has_backslash(text),
+        Some(b'"') => !crate::scan::has_backslash(text),
         Some(b't' | b'f' | b'n') => true,
         Some(b'-' | b'0'..=b'9') => number_is_canonical(text),
         _ => false,
@@ -209,52 +200,9 @@ fn write_value(raw: &RawValue, out: &mut Vec<u8>) -> Result<(), serde_json::Erro
         out.extend_from_slice(text);
         Ok(())
     } else {
-        let v: serde_json::Value = serde_json::from_str(raw.get())?;
+        let v: serde_json::Value = serde_json::from_slice(text)?;
         serde_json::to_writer(&mut *out, &v)
     }
-}
-
-/// Byte equality, 8 bytes at a time, without a call to `memcmp` (in Wasm a
-/// byte loop behind a call; member names are short).
-#[inline]
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        if word(x) != word(y) {
-            return false;
-        }
-    }
-    ca.remainder()
-        .iter()
-        .zip(cb.remainder())
-        .all(|(x, y)| x == y)
-}
-
-/// Whether `text` holds a `\\`, 8 bytes at a time (a Wasm `memchr` reads 4).
-#[inline]
-fn has_backslash(text: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = text.chunks_exact(8);
-    for c in &mut chunks {
-        // A byte of `x` is zero where `c` holds a backslash.
-        let x = word(c) ^ (ONES * u64::from(b'\\'));
-        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
-            return true;
-        }
-    }
-    chunks.remainder().contains(&b'\\')
-}
-
-/// Eight bytes as a word (`c` is a chunk of exactly 8).
-#[inline]
-fn word(c: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(c);
-    u64::from_le_bytes(w)
 }
 
 /// Whether serde_json writes the number `text` (valid JSON number text)
@@ -297,8 +245,8 @@ fn number_is_canonical(text: &[u8]) -> bool {
 }
 
 /// One step down from a raw value, if it is an object or array holding it.
-fn descend<'a>(v: &'a RawValue, step: &Step) -> Option<&'a RawValue> {
-    let text = v.get();
+fn descend<'a>(v: &'a [u8], step: &Step) -> Option<&'a [u8]> {
+    let text = std::str::from_utf8(v).ok()?;
     let mut de = serde_json::Deserializer::from_str(text);
     match step {
         Step::Name(name) if text.starts_with('{') => {
@@ -309,9 +257,12 @@ fn descend<'a>(v: &'a RawValue, step: &Step) -> Option<&'a RawValue> {
                 found: &mut found,
             })
             .ok()?;
-            found[0]
+            found[0].map(|v: &RawValue| v.get().as_bytes())
         }
-        Step::Index(i) if text.starts_with('[') => de.deserialize_seq(Element(*i)).ok()?,
+        Step::Index(i) if text.starts_with('[') => de
+            .deserialize_seq(Element(*i))
+            .ok()?
+            .map(|v| v.get().as_bytes()),
         _ => None,
     }
 }
@@ -337,7 +288,7 @@ impl<'de> Visitor<'de> for Members<'_, '_, 'de> {
             match self
                 .wanted
                 .iter()
-                .position(|w| same(w.as_bytes(), key.as_bytes()))
+                .position(|w| crate::scan::same(w.as_bytes(), key.as_bytes()))
             {
                 Some(at) => self.found[at] = Some(map.next_value::<&'de RawValue>()?),
                 None => {
@@ -405,37 +356,6 @@ impl<'de> Visitor<'de> for Element {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn word_wise_equality_and_backslash_search() {
-        let texts: [&[u8]; 9] = [
-            b"",
-            b"a",
-            b"txn_id",
-            b"txn_ie",
-            b"customer_id",
-            b"customer_ie",
-            b"abcdefgh",
-            b"abcdefgi",
-            b"\"2026-11-18T14:00:07Z\"",
-        ];
-        for a in texts {
-            for b in texts {
-                assert_eq!(same(a, b), a == b, "{a:?} {b:?}");
-            }
-        }
-        for len in 0..24 {
-            let mut t = vec![b'a'; len];
-            assert!(!has_backslash(&t));
-            for at in 0..len {
-                t[at] = b'\\';
-                assert!(has_backslash(&t), "{len} {at}");
-                t[at] = 0xdc; // 0x5c with the high bit set: not a backslash
-                assert!(!has_backslash(&t), "{len} {at}");
-                t[at] = b'a';
-            }
-        }
-    }
 
     /// What serde_json writes for the number `text` after parsing it.
     fn reprinted(text: &str) -> String {

@@ -26,6 +26,7 @@
 //! are not valid JSON fail with `invalid-input`.
 
 mod fast;
+mod scan;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -393,6 +394,8 @@ mod tests {
             Just("123456789012345678901234567890".to_string()),
             "[a-z é\\\"]{0,6}".prop_map(|s| serde_json::to_string(&s).expect("string")),
             Just(r#""caf\u00e9 \n""#.to_string()),
+            Just(r#""\ud83d\ude00 \/\t\u0000""#.to_string()),
+            Just("\"long string, longer than one word: 0123456789\"".to_string()),
         ];
         leaf.prop_recursive(3, 24, 5, |inner| {
             let key = prop_oneof![
@@ -422,25 +425,70 @@ mod tests {
         /// (parse, JSONPath, serialize), for any document and policy.
         #[test]
         fn the_fast_path_writes_what_the_general_path_gives(doc in json_text(), policy in 0usize..3) {
+            same_as_general_path(doc.as_bytes(), policy)?;
+        }
+
+        /// The same for documents broken at one byte (most no longer JSON):
+        /// the fast path never takes what the general path rejects.
+        #[test]
+        fn the_fast_path_agrees_on_broken_documents(
+            doc in json_text(),
+            at in proptest::num::usize::ANY,
+            byte in proptest::sample::select(b"\"\\,:{}[]e0-.u \x01\x1f\xffx".to_vec()),
+            how in 0usize..3,
+            policy in 0usize..3,
+        ) {
+            let mut doc = doc.into_bytes();
+            if !doc.is_empty() {
+                let at = at % doc.len();
+                match how {
+                    0 => doc[at] = byte,
+                    1 => doc.insert(at, byte),
+                    _ => doc.truncate(at),
+                }
+            }
+            same_as_general_path(&doc, policy)?;
+        }
+    }
+
+    /// Maps `doc` through the fast path and the general path and fails
+    /// unless both give the same bytes, or the same error.
+    fn same_as_general_path(
+        doc: &[u8],
+        policy: usize,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        {
             let missing = ["omit", "null", "fail"][policy];
             let m = JsonMap::from_config(&json!({
                 "mapping": {"a": "$.a", "bc": "$.b.c", "b1": "$.b[1]", "sp": "$['a b']", "xc": ["$.x", "$.c.a"]},
                 "missing": missing,
             })).expect("config");
             proptest::prop_assert!(m.is_fast());
-            let general = m.map_bytes(Some(doc.as_bytes())).map(|v| v.map(|v| serde_json::to_vec(&v).expect("json")));
+            let general = m
+                .map_bytes(Some(doc))
+                .map(|v| v.map(|v| serde_json::to_vec(&v).expect("json")));
             let mut buf = b"prefix".to_vec();
-            let fast = m.map_into(Some(doc.as_bytes()), &mut buf);
+            let fast = m.map_into(Some(doc), &mut buf);
             match (general, fast) {
-                (Ok(Some(g)), Ok(true)) => proptest::prop_assert_eq!(String::from_utf8_lossy(&buf[6..]), String::from_utf8_lossy(&g)),
+                (Ok(Some(g)), Ok(true)) => proptest::prop_assert_eq!(
+                    String::from_utf8_lossy(&buf[6..]),
+                    String::from_utf8_lossy(&g)
+                ),
                 (Ok(None), Ok(false)) => proptest::prop_assert_eq!(&buf[..], b"prefix"),
                 (Err(g), Err(f)) => {
                     proptest::prop_assert_eq!(g.kind(), f.kind());
                     proptest::prop_assert_eq!(g.message(), f.message());
                 }
-                (g, f) => proptest::prop_assert!(false, "general {:?} but fast {:?} for {}", g.map(|v| v.map(String::from_utf8)), f, doc),
+                (g, f) => proptest::prop_assert!(
+                    false,
+                    "general {:?} but fast {:?} for {}",
+                    g.map(|v| v.map(String::from_utf8)),
+                    f,
+                    String::from_utf8_lossy(doc)
+                ),
             }
         }
+        Ok(())
     }
 
     use proptest::strategy::Strategy as _;
