@@ -139,8 +139,18 @@ impl Fast {
         if first.map(|i| doc[i]) != Some(b'{') {
             return Mapped::Fallback;
         }
-        let mut found: Vec<Option<&[u8]>> = vec![None; self.top.len()];
-        let Some(members) = crate::scan::object(doc, &self.top, &mut found) else {
+        // On the stack for up to 16 top-level names (no allocation per
+        // record).
+        let mut small = [None; 16];
+        let mut large;
+        let found: &mut [Option<&[u8]>] = match small.get_mut(..self.top.len()) {
+            Some(found) => found,
+            None => {
+                large = vec![None; self.top.len()];
+                &mut large
+            }
+        };
+        let Some(members) = crate::scan::object(doc, &self.top, found) else {
             return Mapped::Fallback;
         };
         if members == 0 {

@@ -50,7 +50,7 @@ pub(crate) fn object<'d>(
             s.i += 1;
             s.ws();
             let start = s.i;
-            s.value(1)?;
+            s.scalar_or_value(1)?;
             members += 1;
             if let Some(at) = wanted.iter().position(|w| same(w.as_bytes(), key)) {
                 found[at] = Some(&doc[start..s.i]);
@@ -171,6 +171,18 @@ impl<'d> Scan<'d> {
         }
     }
 
+    /// [`Scan::value`], with strings and numbers scanned in place (a
+    /// call costs more in Wasm than natively: each one checks the deadline
+    /// and saves registers).
+    #[inline(always)]
+    fn scalar_or_value(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => self.value(depth),
+        }
+    }
+
     /// One value at `self.i` (after whitespace), leaving `self.i` after it.
     fn value(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
@@ -231,6 +243,7 @@ impl<'d> Scan<'d> {
     }
 
     /// A number without an exponent: `-?(0|[1-9][0-9]*)(\.[0-9]+)?`.
+    #[inline(always)]
     fn number(&mut self) -> Option<()> {
         let start = self.i;
         if self.peek() == Some(b'-') {
@@ -264,6 +277,7 @@ impl<'d> Scan<'d> {
     /// A string at its opening quote: its content (between the quotes) and
     /// whether it has escapes. `None` for a control character, a bad escape,
     /// an escaped lone surrogate, invalid UTF-8 or no closing quote.
+    #[inline(always)]
     fn string(&mut self) -> Option<(&'d [u8], bool)> {
         let b = self.b;
         let start = self.i + 1;
