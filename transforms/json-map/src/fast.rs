@@ -135,10 +135,6 @@ impl Fast {
         fail_missing: bool,
         out: &mut Vec<u8>,
     ) -> Mapped {
-        let first = doc.iter().position(|c| !c.is_ascii_whitespace());
-        if first.map(|i| doc[i]) != Some(b'{') {
-            return Mapped::Fallback;
-        }
         // On the stack for up to 16 top-level names (no allocation per
         // record).
         let mut small = [None; 16];
