@@ -8,7 +8,10 @@
 use sluice_e2e::process::Sluice;
 use sluice_e2e::scenario::{number, tally, until_distinct};
 use sluice_e2e::wat_guest::{Process, Realloc, component};
-use sluice_e2e::{broker, http_get, http_request, module, toml_path, with_custom_section};
+use sluice_e2e::{
+    broker, http_get, http_request, module, post_chunked, post_declaring, toml_path,
+    with_custom_section,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -257,18 +260,11 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
             "{what}: {message}"
         );
     }
-    // Too large: refused with the limit, without reading past it.
-    let huge = vec![0u8; (128 << 20) + 1];
-    let (code, body) = post(&addr, upload, Some(TENANT_A), &huge);
+    // Too large: refused on its declared length, before any byte is read.
+    let (code, body) =
+        post_declaring(&addr, upload, Some(TENANT_A), (128 << 20) + 1).expect("request");
     assert_eq!(code, 413, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("128 MiB"),
-        "{body}"
-    );
-    drop(huge);
+    assert!(body.contains("128 MiB"), "{body}");
     assert_eq!(active_digest(&addr), v1, "refused modules changed nothing");
 
     // Deploy v2 with the tenant's own token, then roll back with the admin's.
@@ -424,10 +420,55 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     let out = cli(TENANT_A, &["pipelines", "--host", &url]);
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        out.status.success() && listed.contains("stream\tteam-a\trunning"),
-        "{listed}"
+        out.status.success()
+            && listed.starts_with("PIPELINE ")
+            && listed.lines().any(|l| l
+                .split_whitespace()
+                .take(3)
+                .eq(["stream", "team-a", "running"])),
+        "a table with a header: {listed}"
     );
     assert!(listed.contains(&v1[..19]), "{listed}");
+    let out = cli(TENANT_A, &["pipelines", "--host", &url, "--json"]);
+    let parsed = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(parsed["pipelines"][0]["name"], "stream", "{parsed}");
+    // The versions the API keeps, the active one marked.
+    let out = cli(
+        TENANT_A,
+        &["versions", "--host", &url, "stream", "identity"],
+    );
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success()
+            && listed
+                .lines()
+                .any(|l| l.starts_with(v1.as_str()) && l.ends_with("active"))
+            && listed.contains(v2.as_str()),
+        "{listed}"
+    );
+    // Pause and resume through the CLI.
+    for (verb, state) in [("pause", "paused"), ("resume", "running")] {
+        let out = cli(TENANT_A, &[verb, "--host", &url, "stream"]);
+        assert!(
+            out.status.success(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, text) =
+                http_get(&addr, "/api/pipelines/stream", Some(ADMIN)).expect("snapshot");
+            let now = json(&text)["state"].clone();
+            if now == state {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after `sluice {verb}`: {now}, not {state}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let v2_file = dir.path().join("v2.wasm");
     std::fs::write(&v2_file, &v2_bytes).expect("v2 file");
     let out = cli(
@@ -444,6 +485,26 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success() && err.contains("403"), "{err}");
     assert_eq!(active_digest(&addr), v1);
+    // No token at all: said before any build, naming SLUICE_TOKEN (the
+    // module path is not even looked at: it does not exist).
+    let out = std::process::Command::new(bin())
+        .args([
+            "deploy",
+            "--host",
+            &url,
+            "stream",
+            "identity",
+            &dir.path().join("not-built-yet").to_string_lossy(),
+        ])
+        .env_remove("SLUICE_TOKEN")
+        .output()
+        .expect("sluice");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("401") && err.contains("SLUICE_TOKEN"),
+        "{err}"
+    );
+    assert!(!err.contains("no such file"), "the token first: {err}");
     let status = s.terminate(Duration::from_secs(60));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -984,4 +1045,245 @@ fn a_watched_directory_deploys_changed_files_and_refuses_bad_ones() {
         "{status:?}\n{}",
         s.log_tail(30)
     );
+}
+
+/// A hostile tenant's oversized uploads: declared over the limit, they are
+/// refused before a byte is read and cost the host nothing; sent without a
+/// length (chunked), at most two are buffered at once, so four at the same
+/// time cost at most two modules' worth (2 x 128 MiB) of the host's memory.
+/// Every refusal is in the audit log. (Before: each 129 MiB upload was read
+/// up to the limit, copied once more, and the peak grew by 255-385 MiB per
+/// request.)
+#[test]
+fn oversized_uploads_cost_the_host_a_bounded_amount_and_are_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("pipelines")).expect("dir");
+    std::fs::write(
+        dir.path().join("tokens.toml"),
+        format!("[[token]]\nname = \"team-a-ci\"\ntoken = \"{TENANT_A}\"\ntenant = \"team-a\"\n"),
+    )
+    .expect("tokens");
+    let host = dir.path().join("host.toml");
+    std::fs::write(
+        &host,
+        "listen = \"127.0.0.1:0\"\ntokens_file = \"tokens.toml\"\ninstance_slots = 10\n",
+    )
+    .expect("host file");
+    let log = dir.path().join("host.log");
+    let mut s = Sluice::serve(&bin(), &host, &log, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        if let Some(a) = s.listen_address() {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "{}", s.log_tail(20));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let upload = "/api/pipelines/stream/transforms/identity/modules";
+    let before = s.peak_kib().expect("peak");
+    let declared: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                sc.spawn(|| {
+                    post_declaring(&addr, upload, Some(TENANT_A), 129 << 20)
+                        .map(|(c, _)| c)
+                        .unwrap_or(0)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+    });
+    assert_eq!(declared, vec![413; 4]);
+    let after_declared = s.peak_kib().expect("peak");
+    let chunked: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| sc.spawn(|| post_chunked(&addr, upload, Some(TENANT_A), 129 << 20)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+    });
+    let after_chunked = s.peak_kib().expect("peak");
+    eprintln!(
+        "host peak RSS: {} MiB at start, {} MiB after 4 declared 129 MiB uploads, {} MiB after 4 chunked ones",
+        before / 1024,
+        after_declared / 1024,
+        after_chunked / 1024
+    );
+    assert!(
+        after_declared < before + 16 * 1024,
+        "uploads refused on their length cost memory: {before} -> {after_declared} KiB"
+    );
+    assert!(
+        chunked.iter().all(|&c| c == 413),
+        "chunked uploads over the limit: {chunked:?}"
+    );
+    assert!(
+        after_chunked < after_declared + (2 * 128 + 48) * 1024,
+        "four concurrent chunked uploads cost more than two modules: {after_declared} -> {after_chunked} KiB"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).expect("audit log");
+    let refused = audit
+        .lines()
+        .filter(|l| l.contains("\"outcome\":\"refused\"") && l.contains("128 MiB"))
+        .count();
+    assert_eq!(refused, 8, "every 413 audited:\n{audit}");
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(status.is_some_and(|st| st.success()), "{}", s.log_tail(20));
+}
+
+fn cli_deploy(url: &str, module: &Path, extra: &[&str]) -> std::process::Output {
+    let module = module.to_string_lossy().into_owned();
+    let mut args = vec!["deploy", "--host", url];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["stream", "identity", &module]);
+    std::process::Command::new(bin())
+        .args(&args)
+        .env("SLUICE_TOKEN", ADMIN)
+        .output()
+        .expect("sluice deploy")
+}
+
+/// Probation across a restart, and `sluice deploy` waiting for it: a
+/// version deployed with `--no-wait` is on probation when the host gets
+/// SIGTERM; the restarted host starts on the version before it (the last
+/// that passed) and says so, instead of making the unproven version
+/// permanent. Deployed again, `sluice deploy` waits while records flow and
+/// exits 0 once it passed; after another restart it is still active. A
+/// version that fails its records makes `sluice deploy` exit non-zero with
+/// the host's reason.
+#[test]
+fn probation_survives_a_restart_and_deploy_waits_for_its_verdict() {
+    let b = broker::bootstrap();
+    broker::require(&b);
+    let input = broker::unique("probation-in");
+    let output = broker::unique("probation-out");
+    let dlq = broker::unique("probation-dlq");
+    let group = broker::unique("probation-group");
+    broker::create_topic(&b, &input, 1);
+    broker::create_topic(&b, &output, 1);
+    broker::create_topic(&b, &dlq, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = lab_with(
+        dir.path(),
+        &b,
+        &input,
+        &output,
+        &dlq,
+        &group,
+        "[circuit_breaker]\nwindow_records = 100\nfailure_ratio = 0.5\n[deploy]\nprobation_records = 200",
+    );
+    let log = dir.path().join("host.log");
+    let (mut s, addr) = start(&host, &log);
+    let url = format!("http://{addr}");
+    let v1_bytes = std::fs::read(module("transforms/identity")).expect("v1");
+    let v1 = sluice::host::registry::digest_of(&v1_bytes);
+    let v2_bytes = with_custom_section(&v1_bytes, "version", b"2");
+    let v2 = sluice::host::registry::digest_of(&v2_bytes);
+    let v2_file = dir.path().join("v2.wasm");
+    std::fs::write(&v2_file, &v2_bytes).expect("v2 file");
+    let records = |from: usize, to: usize, note: &str| {
+        (from..to)
+            .map(|i| {
+                (
+                    Some(format!("k{}", i % 20)),
+                    format!("{{\"n\":{i},\"note\":\"{note}\"}}").into_bytes(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // v2 with --no-wait, no records: still on probation at the SIGTERM.
+    let out = cli_deploy(&url, &v2_file, &["--no-wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, snap) = http_get(&addr, "/api/pipelines/stream", Some(ADMIN)).expect("snapshot");
+    let snap = json(&snap);
+    assert_eq!(snap["probation"]["digest"], v2.as_str(), "{snap}");
+    assert_eq!(snap["probation"]["remaining"], 200, "{snap}");
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(status.is_some_and(|st| st.success()), "{}", s.log_tail(20));
+
+    let (mut s, addr) = start(&host, &log);
+    let url = format!("http://{addr}");
+    assert_eq!(
+        active_digest(&addr),
+        v1,
+        "the restarted host starts on the last version that passed its probation"
+    );
+    assert_eq!(versions(&addr, ADMIN), vec![v1.clone()]);
+    let (_, snap) = http_get(&addr, "/api/pipelines/stream", Some(ADMIN)).expect("snapshot");
+    assert!(
+        snap.contains("was still on probation when the host stopped"),
+        "{snap}"
+    );
+
+    // Deployed again, waiting: it passes once 200 records went through it.
+    let waiting = {
+        let url = url.clone();
+        let v2_file = v2_file.clone();
+        std::thread::spawn(move || cli_deploy(&url, &v2_file, &[]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while active_digest(&addr) != v2 {
+        assert!(Instant::now() < deadline, "v2 never became active");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker::produce(&b, &input, records(0, 400, "ok"));
+    let out = waiting.join().expect("deploy thread");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success() && err.contains("passed its probation"),
+        "{err}"
+    );
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(status.is_some_and(|st| st.success()), "{}", s.log_tail(20));
+    let (mut s, addr) = start(&host, &log);
+    let url = format!("http://{addr}");
+    assert_eq!(active_digest(&addr), v2, "a version that passed stays");
+
+    // A version failing every record: `deploy` exits non-zero, naming it.
+    let bad = module("tests/guests/poison");
+    let bad_digest = sluice::host::registry::digest_of(&std::fs::read(&bad).expect("poison"));
+    let waiting = {
+        let url = url.clone();
+        std::thread::spawn(move || cli_deploy(&url, &bad, &[]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while active_digest(&addr) != bad_digest {
+        assert!(
+            Instant::now() < deadline,
+            "the bad version never became active"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker::produce(&b, &input, records(400, 800, "fail"));
+    let out = waiting.join().expect("deploy thread");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success()
+            && err.contains(&format!("{bad_digest} was rolled back"))
+            && err.contains("on probation it failed"),
+        "{err}"
+    );
+    assert!(!err.contains("start it again"), "{err}");
+    // It failed every record it saw, and the message counts only its own.
+    let counts: Vec<u64> = err
+        .split("failed ")
+        .nth(1)
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .take(2)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        counts.len() == 2 && counts[0] == counts[1] && counts[0] > 0,
+        "failed N of its N records: {err}"
+    );
+    assert_eq!(active_digest(&addr), v2);
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(status.is_some_and(|st| st.success()), "{}", s.log_tail(20));
 }

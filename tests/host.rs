@@ -611,6 +611,20 @@ async fn the_status_page_shows_every_pipeline_in_a_real_browser() {
     file_pipeline(&lab, "orders", "acme", Kind::JsonMap, 800);
     file_pipeline(&lab, "booths", "globex", Kind::Enrich, 600);
     file_pipeline(&lab, "strict", "initech", Kind::FailsEverything, 500);
+    // Enrich sends large amounts to `alerts`, which this pipeline does not
+    // declare: those records go to the dead-letter queue, and the page says
+    // where they went.
+    let data = lab.events("alerting", 400);
+    lab.write_pipeline(
+        "alerting",
+        &format!(
+            "name = \"alerting\"\ntenant = \"hooli\"\n[source.file]\npath = {}\n[batch]\nmax_records = 100\n[[transforms]]\nname = \"enrich\"\nmodule = {}\nconfig = {{ table = \"booths\", key = \"$.booth\", fields = [\"region\"], alert = {{ field = \"$.amount\", above = 30, output = \"alerts\" }} }}\ntables = {{ booths = {{ path = {}, key = \"booth_id\" }} }}\n{}",
+            toml_path(&data),
+            toml_path(&module("transforms/enrich")),
+            toml_path(&lab.path("data/booths.csv")),
+            sinks(&lab, "alerting")
+        ),
+    );
     lab.write_pipeline("broken", "name = \"broken\"\n[source.file]\n");
     let host = Host::new(lab.host_config("")).expect("host");
     host.start_all().await.expect("dir");
@@ -664,9 +678,26 @@ async fn the_status_page_shows_every_pipeline_in_a_real_browser() {
         "{strict}"
     );
     assert!(row("booths").contains(">globex<"));
+    // Per output, and the dropped count, each in its own column.
+    assert!(orders.contains("data-output=\"default\""), "{orders}");
+    assert!(orders.contains("class=\"num dropped\""), "{orders}");
+    let alerting = row("alerting");
+    let snap = host.pipeline("alerting").expect("alerting").snapshot();
+    let undeclared = &snap.undeclared_outputs;
+    assert!(
+        undeclared.len() == 1 && undeclared[0].output == "alerts" && undeclared[0].records > 0,
+        "{undeclared:?}"
+    );
+    assert!(
+        alerting.contains(&format!(
+            "{} to undeclared output `alerts` of enrich",
+            undeclared[0].records
+        )),
+        "{alerting}"
+    );
     assert!(dom.contains("broken.toml"), "the refused file is listed");
     assert!(
-        dom.contains("3 pipelines (2 finished, 1 failed)"),
+        dom.contains("4 pipelines (3 finished, 1 failed)"),
         "summary line"
     );
 
@@ -819,4 +850,133 @@ fn a_host_killed_with_sigkill_loses_no_record_of_any_pipeline() {
         "SIGTERM drains every pipeline and exits 0: {status:?}\n{}",
         s.log_tail(30)
     );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// The bundled example host, as the README runs it (`sluice serve
+/// examples/host/host.toml` from the repository's root, its `data_dir`
+/// relative to the host file), started three times: every start finds the
+/// modules its desired state keeps and runs both pipelines (the second
+/// start refused both before: a stored module's path was resolved against
+/// the pipeline file's folder).
+#[test]
+fn the_example_host_starts_again_after_a_restart() {
+    for project in [
+        "transforms/json-map",
+        "transforms/filter",
+        "transforms/enrich",
+        "transforms/identity",
+    ] {
+        module(project);
+    }
+    let root = sluice_e2e::root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_tree(
+        &root.join("examples/host"),
+        &dir.path().join("examples/host"),
+    );
+    copy_tree(
+        &root.join("examples/toll-road"),
+        &dir.path().join("examples/toll-road"),
+    );
+    std::os::unix::fs::symlink(root.join("transforms"), dir.path().join("transforms"))
+        .expect("symlink");
+    let host_file = dir.path().join("examples/host/host.toml");
+    let text = std::fs::read_to_string(&host_file).expect("host file");
+    assert!(
+        text.contains("listen = \"127.0.0.1:7070\"") && text.contains("data_dir = \"../"),
+        "the example host file changed; update this test:\n{text}"
+    );
+    std::fs::write(
+        &host_file,
+        text.replace("listen = \"127.0.0.1:7070\"", "listen = \"127.0.0.1:0\""),
+    )
+    .expect("host file");
+    let mut first_run: Option<Vec<usize>> = None;
+    for start in 1..=3 {
+        let log = dir.path().join(format!("host{start}.log"));
+        let mut s = Sluice::serve_in(
+            &bin(),
+            dir.path(),
+            Path::new("examples/host/host.toml"),
+            &log,
+        );
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let states = loop {
+            assert!(
+                s.running(),
+                "start {start}: the host exited:\n{}",
+                s.log_tail(30)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "start {start}: the example's pipelines did not finish:\n{}",
+                s.log_tail(30)
+            );
+            if let Some(addr) = s.listen_address()
+                && let Ok((200, body)) = http_get(&addr, "/api/pipelines", None)
+                && let Ok(json) = serde_json::from_str::<serde_json::Value>(&body)
+            {
+                let refused = json["refused"].as_array().map_or(0, Vec::len);
+                assert_eq!(refused, 0, "start {start}: pipelines refused: {body}");
+                let states: BTreeMap<String, String> = json["pipelines"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|p| {
+                                (
+                                    p["name"].as_str().unwrap_or_default().to_string(),
+                                    p["state"].as_str().unwrap_or_default().to_string(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if states.len() == 2 && states.values().all(|s| s != "starting" && s != "running") {
+                    break states;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            states.values().all(|s| s == "finished"),
+            "start {start}: {states:?}\n{}",
+            s.log_tail(30)
+        );
+        let status = s.terminate(Duration::from_secs(60));
+        assert!(
+            status.is_some_and(|st| st.success()),
+            "start {start}: SIGTERM: {status:?}\n{}",
+            s.log_tail(30)
+        );
+        // The files are read once: a restart resumes where the host
+        // stopped, so the lake does not grow again (before: 995 -> 1,990).
+        let written: Vec<usize> = ["raw-copy", "raw-copy-errors", "toll-road/transactions"]
+            .iter()
+            .map(|d| lines(&dir.path().join("lake/host").join(d)))
+            .collect();
+        assert!(
+            written[0] > 0,
+            "start {start}: nothing written: {written:?}"
+        );
+        match &first_run {
+            None => first_run = Some(written),
+            Some(first) => assert_eq!(
+                &written, first,
+                "start {start}: a restarted host read its files again"
+            ),
+        }
+    }
 }

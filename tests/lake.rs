@@ -512,3 +512,105 @@ fn the_copy_every_stream_example_is_a_valid_pipeline() {
     assert_eq!(lake.format, sluice::sink::lake::LakeFormat::Raw);
     assert!(lake.partition.contains("topic={stream}") && lake.partition.contains("%H"));
 }
+
+/// The visible files under `dir` (names not starting with `.` or `_`, at any
+/// depth), relative to it: what `ls`, `head dir/*.jsonl` and lake readers see.
+fn visible_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(['.', '_']) {
+                continue;
+            }
+            if e.path().is_dir() {
+                todo.push(e.path());
+            } else {
+                let rel = e
+                    .path()
+                    .strip_prefix(dir)
+                    .expect("under")
+                    .display()
+                    .to_string();
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A file source with a relative path into a local Parquet lake, as the
+/// README's first pipeline does: the objects are plain, visible names
+/// (`events.jsonl-<hash>+0+…`, no leading dot, no `%`), so pyarrow's dataset
+/// reader and DuckDB both read every row; amounts that are whole in the first
+/// batch and decimal later all reach the lake (the inferred column is a
+/// double); the dead-letter files are visible to `head lake/dlq/*.jsonl`.
+#[test]
+fn a_local_parquet_lake_from_a_file_is_read_whole_by_pyarrow_and_duckdb() {
+    const N: usize = 3_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("data")).expect("data");
+    let mut text = String::new();
+    let mut broken = 0;
+    for i in 0..N {
+        if i % 400 == 399 {
+            text.push_str("{\"truncated\n");
+            broken += 1;
+        } else if i < 1_000 {
+            // The whole first batch has whole amounts.
+            text.push_str(&format!("{{\"id\":{i},\"amount\":{}}}\n", i % 40));
+        } else {
+            text.push_str(&format!("{{\"id\":{i},\"amount\":{}.5}}\n", i % 40));
+        }
+    }
+    std::fs::write(dir.path().join("data/events.jsonl"), text).expect("input");
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"visible\"\n[source.file]\npath = \"data/events.jsonl\"\nformat = \"jsonl\"\n[batch]\nmax_records = 1000\n[[transforms]]\nname = \"identity\"\nmodule = {}\n[outputs.default.lake]\nurl = \"lake/events\"\nformat = \"parquet\"\n[dead_letter.lake]\nurl = \"lake/dlq\"\n",
+            toml_path(&module("transforms/identity")),
+        ),
+    )
+    .expect("pipeline");
+    run_to_end(&pipeline, &dir.path().join("run.log"));
+    let lake = dir.path().join("lake/events");
+    let files = visible_files(&lake);
+    assert!(!files.is_empty(), "no visible object in {}", lake.display());
+    for f in &files {
+        assert!(
+            f.starts_with("events.jsonl-") && f.ends_with(".parquet") && !f.contains('%'),
+            "a plain, readable object name: {f} (all: {files:?})"
+        );
+    }
+    let good = (N - broken) as u64;
+    let arrow = lakes::pyarrow(&lake);
+    assert_eq!(arrow["rows"].as_u64(), Some(good), "pyarrow: {arrow}");
+    assert_eq!(arrow["columns"]["amount"], "double", "{arrow}");
+    let duck = lakes::duckdb(&format!(
+        "SELECT count(*) AS c, sum(amount) AS s FROM read_parquet('{}/*.parquet')",
+        lake.display()
+    ));
+    assert_eq!(duck[0]["c"].as_u64(), Some(good), "duckdb: {duck:?}");
+    // The dead-letter queue holds the broken lines and nothing else: no
+    // decimal amount was turned away by an `int64` column.
+    let dlq = dir.path().join("lake/dlq");
+    let entries: Vec<serde_json::Value> = visible_files(&dlq)
+        .iter()
+        .filter(|f| f.ends_with(".jsonl"))
+        .flat_map(|f| {
+            std::fs::read_to_string(dlq.join(f))
+                .expect("dlq file")
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("entry"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(entries.len(), broken, "visible dead letters: {entries:?}");
+    assert!(
+        entries.iter().all(|e| e["stage"] == "decode"),
+        "{entries:?}"
+    );
+}

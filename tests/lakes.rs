@@ -51,6 +51,14 @@ pub fn duckdb(sql: &str) -> Vec<serde_json::Value> {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("duckdb printed {out:?}: {e}"))
 }
 
+/// Reads a lake folder on disk as a pyarrow dataset (Hive partitions;
+/// names starting with `.` or `_` skipped, as pyarrow, Spark and Hive do):
+/// `{"rows", "files", "columns"}`.
+pub fn pyarrow(dir: &std::path::Path) -> serde_json::Value {
+    let out = helper(&["pyarrow", &dir.display().to_string()]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("pyarrow printed {out:?}: {e}"))
+}
+
 /// The pipeline-file options of a moto bucket.
 pub const S3_OPTIONS: &str = "options = { endpoint = \"http://127.0.0.1:5055\", allow_http = \"true\", access_key_id = \"testing\", secret_access_key = \"testing\", region = \"us-east-1\" }";
 

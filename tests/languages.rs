@@ -156,6 +156,76 @@ fn newcomer(lang: &str) {
     }
 }
 
+/// The first thing every author writes: `print()` in Python, `console.log`
+/// in JavaScript. The records still pass (before, every Python record
+/// failed with a trap in the WASI stub; JavaScript's lines vanished), and
+/// when a record's expectation does not hold, `sluice test` shows what the
+/// transform printed for it beside the diff.
+fn printing(lang: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cwd = dir.path();
+    let (ok, text) = sluice(cwd, &["new", "x", "--lang", lang]);
+    assert!(ok, "{text}");
+    let (file, anchor, prints) = match lang {
+        "python" => (
+            "x/transform.py",
+            "    doc[\"greeting\"] =",
+            "    print(\"about to greet\", name)\n    import sys\n    print(\"on stderr\", file=sys.stderr)\n",
+        ),
+        _ => (
+            "x/transform.js",
+            "  doc.greeting =",
+            "  console.log(\"about to greet\", doc.name);\n  console.error({ on: \"stderr\" });\n",
+        ),
+    };
+    let path = cwd.join(file);
+    let source = std::fs::read_to_string(&path).expect("transform");
+    assert!(source.contains(anchor), "the template changed:\n{source}");
+    std::fs::write(
+        &path,
+        source.replacen(anchor, &format!("{prints}{anchor}"), 1),
+    )
+    .expect("write");
+    let (ok, text) = sluice(cwd, &["build", "x"]);
+    assert!(ok, "{text}");
+    let (ok, text) = sluice(cwd, &["test", "x"]);
+    assert!(
+        ok && text.contains("1 passed, 0 failed"),
+        "printing fails nothing:\n{text}"
+    );
+    // A wrong expectation: the diff, and beside it what was printed.
+    let fixture = cwd.join("x/fixtures/sample.yaml");
+    let yaml = std::fs::read_to_string(&fixture).expect("fixture");
+    assert!(yaml.contains("hello, Ada"), "{yaml}");
+    std::fs::write(&fixture, yaml.replace("hello, Ada", "hi, Ada")).expect("fixture");
+    let (ok, text) = sluice(cwd, &["test", "x"]);
+    assert!(!ok, "{text}");
+    let at = text
+        .find("hi, Ada")
+        .unwrap_or_else(|| panic!("no diff:\n{text}"));
+    let after = &text[at..];
+    assert!(
+        after.contains("info: about to greet Ada"),
+        "the printed line beside the diff:\n{text}"
+    );
+    let stderr_line = if lang == "python" {
+        "warn: on stderr"
+    } else {
+        "error: {\"on\":\"stderr\"}"
+    };
+    assert!(after.contains(stderr_line), "{text}");
+}
+
+#[test]
+fn print_in_python_is_logged_and_shown_by_sluice_test() {
+    printing("python");
+}
+
+#[test]
+fn console_log_in_javascript_is_logged_and_shown_by_sluice_test() {
+    printing("js");
+}
+
 #[test]
 fn sluice_new_build_test_works_for_python_from_an_empty_directory() {
     newcomer("python");

@@ -441,6 +441,97 @@ pub fn http_request(
     ))
 }
 
+/// A `POST` that declares a `Content-Length` of `declared` bytes and asks
+/// `Expect: 100-continue`, as curl does for large bodies: the status and
+/// body of the answer. `send` bytes of zeros follow only if the server says
+/// `100 Continue`; otherwise nothing is sent.
+pub fn post_declaring(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    declared: u64,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {declared}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // The server may reset the connection after answering.
+            Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(e),
+        }
+        if String::from_utf8_lossy(&raw).contains("\r\n\r\n") && raw.ends_with(b"}") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+/// A chunked `POST` of `len` zero bytes (no `Content-Length`): the answer's
+/// status, or 0 when the server closed the connection before answering.
+pub fn post_chunked(addr: &str, path: &str, token: Option<&str>, len: usize) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(120)));
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(head.as_bytes()).is_err() {
+        return 0;
+    }
+    let chunk = vec![0u8; 1 << 20];
+    let mut sent = 0;
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        let ok = write!(s, "{n:x}\r\n")
+            .and_then(|_| s.write_all(&chunk[..n]))
+            .and_then(|_| s.write_all(b"\r\n"));
+        if ok.is_err() {
+            break;
+        }
+        sent += n;
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// `bytes` (a component) with one more custom section: the same code, a
 /// different digest — a new "version" that behaves exactly like the old.
 pub fn with_custom_section(bytes: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {

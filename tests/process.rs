@@ -32,6 +32,12 @@ impl Sluice {
         Self::command(bin, "serve", host, log, env, false, &[])
     }
 
+    /// `<bin> serve <host file>` started in `dir`, the host file's path
+    /// relative to it (as a user types it from the repository's root).
+    pub fn serve_in(bin: &Path, dir: &Path, host: &Path, log: &Path) -> Sluice {
+        Self::command_in(bin, "serve", host, log, &[], false, &[], Some(dir))
+    }
+
     /// `<bin> serve <host file> --watch <dir>`.
     pub fn serve_watching(bin: &Path, host: &Path, dir: &Path, log: &Path) -> Sluice {
         let dir = dir.to_string_lossy().into_owned();
@@ -57,6 +63,20 @@ impl Sluice {
         pipe_stdout: bool,
         args: &[&str],
     ) -> Sluice {
+        Self::command_in(bin, verb, file, log, env, pipe_stdout, args, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn command_in(
+        bin: &Path,
+        verb: &str,
+        file: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+        pipe_stdout: bool,
+        args: &[&str],
+        dir: Option<&Path>,
+    ) -> Sluice {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -79,6 +99,9 @@ impl Sluice {
             .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
         }
         Sluice {
             child: cmd.spawn().expect("start sluice"),
@@ -128,6 +151,16 @@ impl Sluice {
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+    }
+
+    /// Peak resident memory in KiB (Linux `VmHWM`), if the process is alive.
+    pub fn peak_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|n| n.parse().ok())
     }

@@ -181,6 +181,49 @@ export const log = {
   error: (m) => write("error", m),
 };
 
+function shown(v) {
+  if (typeof v === "string") return v;
+  if (v instanceof Error) return v.stack ? `${v}\n${v.stack}` : String(v);
+  try {
+    const text = JSON.stringify(v);
+    return text === undefined ? String(v) : text;
+  } catch {
+    return String(v);
+  }
+}
+
+// `console.log` and friends go to the transform's log at the host, through
+// the same bounded, rate-limited path as `log` (the component has no console
+// of its own: without this, they were silently dropped). Arguments are
+// joined by spaces, objects shown as JSON.
+const CONSOLE_LEVELS = {
+  log: "info",
+  info: "info",
+  debug: "debug",
+  trace: "trace",
+  warn: "warn",
+  error: "error",
+};
+const sluiceConsole = {};
+for (const [name, level] of Object.entries(CONSOLE_LEVELS)) {
+  sluiceConsole[name] = (...args) => write(level, args.map(shown).join(" "));
+}
+try {
+  Object.defineProperty(globalThis, "console", {
+    value: sluiceConsole,
+    writable: true,
+    configurable: true,
+  });
+} catch {
+  for (const name of Object.keys(CONSOLE_LEVELS)) {
+    try {
+      globalThis.console[name] = sluiceConsole[name];
+    } catch {
+      // left as the engine has it
+    }
+  }
+}
+
 /** The row of reference table `table` for `key` as JSON text, or null. */
 export function lookupText(table, key) {
   const row = host.lookup(String(table), String(key));

@@ -41,6 +41,11 @@ enum Command {
     Check {
         /// The pipeline file (TOML).
         pipeline: PathBuf,
+        /// Also connect to the source and every sink (brokers answer,
+        /// topics exist, buckets list, folders are writable), reading and
+        /// writing no record.
+        #[arg(long)]
+        connect: bool,
     },
     /// Reads a pipeline's dead-letter queue: list, show or replay entries.
     Dlq {
@@ -57,11 +62,22 @@ enum Command {
         pipeline: String,
         /// The transform of the pipeline.
         transform: String,
-        /// The component (`.wasm`), or a Rust transform project to build first.
+        /// The component (`.wasm`), or a transform project (Rust, Python or
+        /// JavaScript) to build first.
         module: PathBuf,
         /// Store and validate only; do not activate.
         #[arg(long)]
         no_activate: bool,
+        /// Return once the version is active, without waiting for its
+        /// probation (by default `deploy` waits, and fails if the host rolls
+        /// the version back).
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the probation, in seconds (it needs records
+        /// to flow: `[deploy] probation_records` of them); then it exits 2,
+        /// the version active and still undecided.
+        #[arg(long, default_value_t = 300)]
+        wait_timeout: u64,
     },
     /// Activates the version of a transform that was active before the
     /// current one.
@@ -80,11 +96,67 @@ enum Command {
         remote: Remote,
         /// One pipeline (default: all).
         pipeline: Option<String>,
+        /// The API's JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
-    /// Lists a running host's pipelines, one line each.
+    /// Lists a running host's pipelines: a table with a header.
     Pipelines {
         #[command(flatten)]
         remote: Remote,
+        /// The API's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists the versions of a transform kept by a running host, oldest
+    /// first; the active one is marked.
+    Versions {
+        #[command(flatten)]
+        remote: Remote,
+        /// The pipeline.
+        pipeline: String,
+        /// The transform of the pipeline.
+        transform: String,
+        /// The API's JSON instead of the list.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pauses a pipeline of a running host: it reads nothing until resumed
+    /// (in-flight batches are delivered).
+    Pause {
+        #[command(flatten)]
+        remote: Remote,
+        /// The pipeline.
+        pipeline: String,
+    },
+    /// Resumes a paused pipeline of a running host.
+    Resume {
+        #[command(flatten)]
+        remote: Remote,
+        /// The pipeline.
+        pipeline: String,
+    },
+    /// Creates or replaces a pipeline on a running host from a pipeline file
+    /// (named by its `name`); the host checks it before it starts.
+    Apply {
+        #[command(flatten)]
+        remote: Remote,
+        /// The pipeline file (TOML).
+        file: PathBuf,
+    },
+    /// Stops and removes a pipeline of a running host (admins).
+    Delete {
+        #[command(flatten)]
+        remote: Remote,
+        /// The pipeline.
+        pipeline: String,
+    },
+    /// Prints a shell completion script: `sluice completions bash >
+    /// ~/.local/share/bash-completion/completions/sluice`, or for zsh, fish,
+    /// elvish, powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Scaffolds a transform project: a sample transform, fixtures that
     /// pass and a README. It builds anywhere, not only in this repository.
@@ -158,7 +230,14 @@ fn remote_call(
             .as_str()
             .map(str::to_string)
             .unwrap_or(answer.body);
-        anyhow::bail!("{} {path}: {} {message}", method, answer.status);
+        let hint = match answer.status {
+            401 if remote.token_file.is_none() && std::env::var_os("SLUICE_TOKEN").is_none() => {
+                " (this host wants a token: export SLUICE_TOKEN or give --token-file)"
+            }
+            401 | 403 => " (check the token in SLUICE_TOKEN or --token-file)",
+            _ => "",
+        };
+        anyhow::bail!("{} {path}: {} {message}{hint}", method, answer.status);
     }
     Ok(json)
 }
@@ -176,7 +255,33 @@ fn segment(s: &str) -> String {
         .collect()
 }
 
-fn print_pipeline_line(p: &serde_json::Value) {
+/// Rows under a header, each column as wide as its widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn pipeline_row(p: &serde_json::Value) -> Vec<String> {
     let digests: Vec<String> = p["transforms"]
         .as_array()
         .map(|ts| {
@@ -192,17 +297,29 @@ fn print_pipeline_line(p: &serde_json::Value) {
                 .collect()
         })
         .unwrap_or_default();
-    println!(
-        "{}\t{}\t{}\tin {}\tout {}\tdlq {}\t{}",
-        p["name"].as_str().unwrap_or_default(),
-        p["tenant"].as_str().unwrap_or_default(),
-        p["state"].as_str().unwrap_or_default(),
-        p["records_in"],
-        p["records_out"],
-        p["dead_letter"],
-        digests.join(" ")
-    );
+    let outputs: Vec<String> = p["outputs"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect())
+        .unwrap_or_default();
+    vec![
+        p["name"].as_str().unwrap_or_default().to_string(),
+        p["tenant"].as_str().unwrap_or_default().to_string(),
+        p["state"].as_str().unwrap_or_default().to_string(),
+        p["records_in"].to_string(),
+        if outputs.is_empty() {
+            p["records_out"].to_string()
+        } else {
+            outputs.join(" ")
+        },
+        p["dropped"].to_string(),
+        p["dead_letter"].to_string(),
+        digests.join(" "),
+    ]
 }
+
+const PIPELINE_HEADER: [&str; 8] = [
+    "PIPELINE", "TENANT", "STATE", "IN", "OUT", "DROPPED", "DLQ", "MODULES",
+];
 
 #[derive(Debug, Subcommand)]
 enum DlqAction {
@@ -383,6 +500,138 @@ fn serve(host_file: &std::path::Path, watch: Option<PathBuf>) -> anyhow::Result<
     })
 }
 
+fn pause_or_resume(remote: &Remote, pipeline: &str, verb: &str) -> anyhow::Result<ExitCode> {
+    let json = remote_call(
+        remote,
+        "POST",
+        &format!("/api/pipelines/{}/{verb}", segment(pipeline)),
+        Vec::new(),
+    )?;
+    eprintln!(
+        "pipeline `{pipeline}`: {}",
+        json["state"].as_str().unwrap_or(verb)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Follows a new version's probation on the host: exit 0 when it passed,
+/// non-zero with the host's reason when it was rolled back.
+fn wait_for_probation(
+    remote: &Remote,
+    pipeline: &str,
+    transform: &str,
+    digest: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let path = format!("/api/pipelines/{}", segment(pipeline));
+    let mut said = None;
+    loop {
+        let snap = remote_call(remote, "GET", &path, Vec::new())?;
+        let active = snap["transforms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["name"] == transform)
+            .and_then(|t| t["digest"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let on_probation = snap["probation"]["digest"].as_str() == Some(digest);
+        if active != digest {
+            let why = snap["last_errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .rev()
+                .filter_map(|e| e["message"].as_str())
+                .find(|m| m.contains(digest) && m.contains("rolled back"))
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("the active version is now {active}"));
+            anyhow::bail!("{pipeline}/{transform}: {digest} was rolled back: {why}");
+        }
+        if !on_probation {
+            eprintln!("{pipeline}/{transform}: {digest} passed its probation and stays active");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let state = snap["state"].as_str().unwrap_or_default();
+        if matches!(state, "finished" | "stopped" | "failed") {
+            anyhow::bail!(
+                "{pipeline}/{transform}: the pipeline is {state} while {digest} is on probation; it is judged when the pipeline runs again (start it again, e.g. `sluice apply` its file)"
+            );
+        }
+        let remaining = snap["probation"]["remaining"].as_u64().unwrap_or_default();
+        if said != Some(remaining) {
+            eprintln!(
+                "{pipeline}/{transform}: on probation, {remaining} records to go (--no-wait to return at once)"
+            );
+            said = Some(remaining);
+        }
+        if started.elapsed() >= timeout {
+            eprintln!(
+                "{pipeline}/{transform}: {digest} is active and still on probation after {} s ({remaining} records to go: are records flowing?); the host rolls it back by itself if it fails",
+                timeout.as_secs()
+            );
+            return Ok(ExitCode::from(2));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn print_refused(json: &serde_json::Value) {
+    for r in json["refused"].as_array().into_iter().flatten() {
+        println!(
+            "refused: {}: {}",
+            r["file"].as_str().unwrap_or_default(),
+            r["error"].as_str().unwrap_or_default()
+        );
+    }
+}
+
+/// One pipeline's snapshot as a person reads it.
+fn print_status(p: &serde_json::Value) {
+    let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+    println!("{} (tenant {}): {}", s("name"), s("tenant"), s("state"));
+    if let Some(reason) = p["reason"].as_str() {
+        println!("  reason:   {reason}");
+    }
+    println!("  source:   {}", s("source"));
+    for t in p["transforms"].as_array().into_iter().flatten() {
+        println!(
+            "  module:   {} {}",
+            t["name"].as_str().unwrap_or_default(),
+            t["digest"].as_str().unwrap_or_default()
+        );
+    }
+    println!(
+        "  in:       {} records ({:.0}/s)",
+        p["records_in"],
+        p["rate_in"].as_f64().unwrap_or_default()
+    );
+    for (name, n) in p["outputs"].as_object().into_iter().flatten() {
+        println!("  out:      {name} {n} records");
+    }
+    println!("  dropped:  {}", p["dropped"]);
+    println!("  dlq:      {}", p["dead_letter"]);
+    for u in p["undeclared_outputs"].as_array().into_iter().flatten() {
+        println!(
+            "            {} of them sent by `{}` to undeclared output `{}`",
+            u["records"],
+            u["transform"].as_str().unwrap_or_default(),
+            u["output"].as_str().unwrap_or_default()
+        );
+    }
+    if let Some(lag) = p["lag"].as_i64() {
+        println!("  lag:      {lag} records");
+    }
+    if let Some(e) = p["last_errors"].as_array().and_then(|a| a.last()) {
+        println!(
+            "  last error: {} {}",
+            e["at"].as_str().unwrap_or_default(),
+            e["message"].as_str().unwrap_or_default()
+        );
+    }
+}
+
 /// Runs the command line with the process arguments.
 pub fn main() -> ExitCode {
     // rust-rdkafka logs a spurious error when a consumer that already left
@@ -424,8 +673,21 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { pipeline } => {
+            if let Ok((config, _)) = crate::config::PipelineConfig::load(&pipeline)
+                && let crate::source::SourceConfig::File(f) = &config.source
+                && f.path != "-"
+            {
+                eprintln!(
+                    "note: `sluice run` reads `{}` from its start every time; a host (`sluice serve`) keeps what it delivered and resumes",
+                    f.path
+                );
+            }
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let summary = rt.block_on(pipeline::run_file(&pipeline, &RunOptions::default()))?;
+            let summary = rt.block_on(pipeline::run_file(&pipeline, &RunOptions::default()));
+            // A read of standard input blocks a thread of the runtime until
+            // a line comes: a stopped run must not wait for one to exit.
+            rt.shutdown_background();
+            let summary = summary?;
             eprintln!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
@@ -436,7 +698,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             transform,
             module,
             no_activate,
+            no_wait,
+            wait_timeout,
         } => {
+            // The host, the token and the pipeline are checked before a
+            // build that can take a minute.
+            remote_call(
+                &remote,
+                "GET",
+                &format!("/api/pipelines/{}", segment(&pipeline)),
+                Vec::new(),
+            )?;
             let path = crate::project::resolve_module(&module, false)?;
             let bytes = std::fs::read(&path)
                 .with_context(|| format!("cannot read `{}`", path.display()))?;
@@ -451,21 +723,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 bytes,
             )?;
+            let digest = report["digest"].as_str().unwrap_or_default().to_string();
             match report["swapped"].as_object() {
                 Some(s) => eprintln!(
-                    "{pipeline}/{transform}: {} active (was {}), taking traffic {:.0} ms after the upload",
-                    report["digest"].as_str().unwrap_or_default(),
+                    "{pipeline}/{transform}: {digest} active (was {}), taking traffic {:.0} ms after the upload",
                     s.get("previous")
                         .and_then(|v| v.as_str())
                         .unwrap_or_default(),
                     report["total_ms"].as_f64().unwrap_or_default()
                 ),
-                None => eprintln!(
-                    "{pipeline}/{transform}: {} stored and validated (not active)",
-                    report["digest"].as_str().unwrap_or_default()
-                ),
+                None => {
+                    eprintln!(
+                        "{pipeline}/{transform}: {digest} stored and validated (not active; `sluice versions` lists it)"
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            if no_wait {
+                eprintln!(
+                    "{pipeline}/{transform}: not waiting for its probation (`sluice status {pipeline}` shows it)"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            wait_for_probation(
+                &remote,
+                &pipeline,
+                &transform,
+                &digest,
+                std::time::Duration::from_secs(wait_timeout),
+            )
         }
         Command::Rollback {
             remote,
@@ -488,33 +774,139 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { remote, pipeline } => {
+        Command::Status {
+            remote,
+            pipeline,
+            json: as_json,
+        } => {
             let path = match &pipeline {
                 Some(p) => format!("/api/pipelines/{}", segment(p)),
                 None => "/api/pipelines".to_string(),
             };
             let json = remote_call(&remote, "GET", &path, Vec::new())?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json).unwrap_or_default()
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json).unwrap_or_default()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let one = [json.clone()];
+            let pipelines = match pipeline {
+                Some(_) => &one[..],
+                None => json["pipelines"].as_array().map_or(&[][..], Vec::as_slice),
+            };
+            for p in pipelines {
+                print_status(p);
+            }
+            print_refused(&json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pipelines {
+            remote,
+            json: as_json,
+        } => {
+            let json = remote_call(&remote, "GET", "/api/pipelines", Vec::new())?;
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json).unwrap_or_default()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = json["pipelines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(pipeline_row)
+                .collect();
+            print_table(&PIPELINE_HEADER, &rows);
+            print_refused(&json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Versions {
+            remote,
+            pipeline,
+            transform,
+            json: as_json,
+        } => {
+            let json = remote_call(
+                &remote,
+                "GET",
+                &format!(
+                    "/api/pipelines/{}/transforms/{}/versions",
+                    segment(&pipeline),
+                    segment(&transform)
+                ),
+                Vec::new(),
+            )?;
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json).unwrap_or_default()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let active = json["active"].as_str().unwrap_or_default();
+            let rows: Vec<Vec<String>> = json["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .map(|v| {
+                    vec![
+                        v.to_string(),
+                        if v == active { "active" } else { "" }.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["DIGEST", ""], &rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pause { remote, pipeline } => pause_or_resume(&remote, &pipeline, "pause"),
+        Command::Resume { remote, pipeline } => pause_or_resume(&remote, &pipeline, "resume"),
+        Command::Apply { remote, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read `{}`", file.display()))?;
+            let name = toml::from_str::<toml::Table>(&text)
+                .with_context(|| format!("`{}` is not TOML", file.display()))?
+                .get("name")
+                .and_then(|n| n.as_str().map(str::to_string))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("`{}` has no `name`: the host needs one", file.display())
+                })?;
+            let json = remote_call(
+                &remote,
+                "PUT",
+                &format!("/api/pipelines/{}", segment(&name)),
+                text.into_bytes(),
+            )?;
+            eprintln!(
+                "pipeline `{name}`: {}",
+                if json["replaced"].as_bool() == Some(true) {
+                    "replaced"
+                } else {
+                    "created"
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Pipelines { remote } => {
-            let json = remote_call(&remote, "GET", "/api/pipelines", Vec::new())?;
-            for p in json["pipelines"].as_array().into_iter().flatten() {
-                print_pipeline_line(p);
-            }
-            for r in json["refused"].as_array().into_iter().flatten() {
-                println!(
-                    "refused\t{}\t{}",
-                    r["file"].as_str().unwrap_or_default(),
-                    r["error"].as_str().unwrap_or_default()
-                );
-            }
+        Command::Delete { remote, pipeline } => {
+            remote_call(
+                &remote,
+                "DELETE",
+                &format!("/api/pipelines/{}", segment(&pipeline)),
+                Vec::new(),
+            )?;
+            eprintln!("pipeline `{pipeline}`: deleted");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { pipeline } => {
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { pipeline, connect } => {
             let (config, base) = crate::config::PipelineConfig::load(&pipeline)?;
             crate::source::validate(&config.source, &base)?;
             let engine = Engine::with_options(crate::engine::EngineOptions::for_limits(
@@ -544,7 +936,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for r in &runners {
                 eprintln!("ok: transform `{}` initialised", r.name());
             }
-            eprintln!("pipeline `{}` is valid", config.name);
+            // Outputs a transform's fixtures show it using that this
+            // pipeline does not declare: at run time those records would
+            // go to the dead-letter queue (stage `route`).
+            let mut undeclared = 0;
+            for t in &config.transforms {
+                let module = base.join(&t.module);
+                for (output, fixture) in crate::fixture::fixture_outputs(&module) {
+                    if !config.outputs.contains_key(&output) {
+                        undeclared += 1;
+                        eprintln!(
+                            "WARNING: transform `{}` sends records to output `{output}` (fixture `{}`), which this pipeline does not declare: they would go to the dead-letter queue; add `[outputs.{output}]`",
+                            t.name,
+                            fixture.display()
+                        );
+                    }
+                }
+            }
+            let mut unreachable = 0;
+            if connect {
+                match config.source.plugin().probe(&base) {
+                    Ok(what) => eprintln!("ok: source: {what}"),
+                    Err(e) => {
+                        unreachable += 1;
+                        eprintln!("error: source: {e}");
+                    }
+                }
+                let sinks = config
+                    .outputs
+                    .iter()
+                    .map(|(name, sink)| (format!("output `{name}`"), sink))
+                    .chain(std::iter::once((
+                        "dead-letter queue".to_string(),
+                        &config.dead_letter,
+                    )));
+                for (what, sink) in sinks {
+                    match sink.plugin().probe(&base, &config) {
+                        Ok(found) => eprintln!("ok: {what}: {found}"),
+                        Err(e) => {
+                            unreachable += 1;
+                            eprintln!("error: {what}: {e}");
+                        }
+                    }
+                }
+            }
+            if unreachable > 0 {
+                anyhow::bail!(
+                    "pipeline `{}` is valid, but {unreachable} of its connections failed (see above)",
+                    config.name
+                );
+            }
+            eprintln!(
+                "pipeline `{}` is valid{}{}",
+                config.name,
+                if connect { " and connects" } else { "" },
+                if undeclared > 0 {
+                    format!(" ({undeclared} warnings)")
+                } else {
+                    String::new()
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { action } => dlq(action),

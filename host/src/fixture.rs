@@ -310,6 +310,30 @@ pub fn discover(path: &Path) -> Result<Target, FixtureError> {
     Ok(Target { files, module })
 }
 
+/// The named outputs a transform project's fixtures show it sending records
+/// to, each with the first fixture file that shows it (nothing when the
+/// module is a `.wasm` file or the project has no readable fixtures).
+pub fn fixture_outputs(module: &Path) -> BTreeMap<String, PathBuf> {
+    let mut found = BTreeMap::new();
+    if !module.is_dir() {
+        return found;
+    }
+    let Ok(target) = discover(module) else {
+        return found;
+    };
+    for file in target.files {
+        let Ok(fixture) = read(&file) else { continue };
+        for case in &fixture.records {
+            if let Expect::Emit { emit } = &case.expect {
+                for name in emit.iter().filter_map(|o| o.output.as_ref()) {
+                    found.entry(name.clone()).or_insert_with(|| file.clone());
+                }
+            }
+        }
+    }
+    found
+}
+
 fn is_json(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "json")
 }
@@ -588,7 +612,7 @@ fn run_fixture(
         blessed: false,
     };
     let mut runner = match (
-        Runner::new(module.clone(), spec),
+        Runner::new(module.clone(), spec.clone()),
         &fixture.expect_init_error,
     ) {
         (Ok(r), None) => r,
@@ -670,12 +694,14 @@ fn run_fixture(
             .collect(),
     };
 
+    let mut changed = Vec::new();
     for (i, (case, got)) in fixture.records.iter_mut().zip(actual).enumerate() {
         if matches(&case.expect, &got) {
             continue;
         }
         if bless {
             case.expect = got.shown();
+            changed.push(i);
             report.blessed = true;
         } else {
             let label = case
@@ -683,16 +709,161 @@ fn run_fixture(
                 .as_deref()
                 .map(|n| format!(" `{n}`"))
                 .unwrap_or_default();
+            let logs = logs_of(&module, &spec, (&records[i], &positions[i]));
             report.mismatches.push(format!(
-                "  record {i}{label}: expected (-) vs actual (+):\n{}",
+                "  record {i}{label}: expected (-) vs actual (+):\n{}{logs}",
                 diff(&render(&case.expect), &render(&got.shown()))
             ));
         }
     }
     if report.blessed {
-        write(path, &fixture)?;
+        bless_file(path, &fixture, &changed)?;
     }
     Ok(report)
+}
+
+/// Writes blessed expectations: in a YAML file, only the `expect:` blocks
+/// of the records that changed are replaced, so the author's comments,
+/// flow style and order stay; when the file's layout is not one this can
+/// edit safely (the edited text must parse to exactly the blessed fixture),
+/// the whole file is written again.
+fn bless_file(path: &Path, fixture: &FixtureFile, changed: &[usize]) -> Result<(), FixtureError> {
+    if !is_json(path)
+        && let Ok(original) = std::fs::read_to_string(path)
+        && let Some(text) = edit_expectations(&original, fixture, changed)
+        && serde_yaml::from_str::<FixtureFile>(&text)
+            .ok()
+            .and_then(|f| serde_json::to_value(f).ok())
+            == serde_json::to_value(fixture).ok()
+    {
+        return std::fs::write(path, text).map_err(|e| FixtureError::File {
+            path: path.into(),
+            message: e.to_string(),
+        });
+    }
+    write(path, fixture)
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim_start();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// The text with the `expect:` block of each record in `changed` replaced
+/// by the fixture's (block style); `None` when the layout is not the plain
+/// one (`records:` at the top, items `- ` in block style).
+fn edit_expectations(text: &str, fixture: &FixtureFile, changed: &[usize]) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| l.trim_end() == "records:")?;
+    // The items: `- ` lines at one indentation, until a top-level key.
+    let mut items: Vec<usize> = Vec::new();
+    let mut item_indent = None;
+    let mut end = lines.len();
+    for (n, line) in lines.iter().enumerate().skip(start + 1) {
+        if is_blank_or_comment(line) {
+            continue;
+        }
+        let ind = indent_of(line);
+        let rest = &line[ind..];
+        if ind == 0 && !rest.starts_with("- ") && rest != "-" {
+            end = n;
+            break;
+        }
+        if rest.starts_with("- ") && item_indent.is_none_or(|i| i == ind) {
+            item_indent = Some(ind);
+            items.push(n);
+        }
+    }
+    if items.len() != fixture.records.len() {
+        return None;
+    }
+    let key_indent = item_indent? + 2;
+    let mut replace: Vec<(usize, usize, String)> = Vec::new();
+    for &i in changed {
+        let first = items[i];
+        let last = items.get(i + 1).copied().unwrap_or(end);
+        // The `expect:` key: on the dash line or a line at the key indentation.
+        let at = (first..last).find(|&n| {
+            let l = lines[n];
+            if n == first {
+                l[key_indent - 2..].starts_with("- expect:")
+            } else {
+                indent_of(l) == key_indent && l[key_indent..].starts_with("expect:")
+            }
+        })?;
+        let mut stop = at + 1;
+        while stop < last {
+            let l = lines[stop];
+            if !l.trim().is_empty() && indent_of(l) <= key_indent {
+                break;
+            }
+            stop += 1;
+        }
+        // Trailing blank lines and comments stay where they are.
+        while stop > at + 1 && is_blank_or_comment(lines[stop - 1]) {
+            stop -= 1;
+        }
+        let prefix = &lines[at]
+            [..indent_of(lines[at]) + lines[at][indent_of(lines[at])..].find("expect:")?];
+        let rendered = serde_yaml::to_string(&fixture.records[i].expect).ok()?;
+        let rendered = rendered.trim_end();
+        let block = if rendered.lines().count() == 1 && !rendered.contains(": ") {
+            format!("{prefix}expect: {rendered}")
+        } else {
+            let pad = " ".repeat(key_indent + 2);
+            let body: Vec<String> = rendered.lines().map(|l| format!("{pad}{l}")).collect();
+            format!("{prefix}expect:\n{}", body.join("\n"))
+        };
+        replace.push((at, stop, block));
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut n = 0;
+    for (from, to, block) in replace {
+        for l in &lines[n..from] {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out.push_str(&block);
+        out.push('\n');
+        n = to;
+    }
+    for l in &lines[n..] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    Some(out)
+}
+
+/// What the transform logged (`sluice.log`, `print()`, `console.log`) for
+/// one record run alone on a fresh instance, shown beside its diff: the
+/// fixture's batch runs as one call, so its lines are not per record.
+fn logs_of(
+    module: &Arc<crate::engine::Module>,
+    spec: &InstanceSpec,
+    record: (&Record, &Position),
+) -> String {
+    let Ok(mut runner) = Runner::new(module.clone(), spec.clone()) else {
+        return String::new();
+    };
+    runner.capture_logs(true);
+    let _ = runner.process(&[record]);
+    let lines = runner.take_logs();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("    its log (the record run alone):\n");
+    for l in lines {
+        out.push_str(&format!(
+            "      {}: {}\n",
+            l.level,
+            crate::engine::escape_controls(&l.message)
+        ));
+    }
+    out
 }
 
 fn batch_failure(e: &TransformError, portable: &dyn Fn(&str) -> String) -> ExpectedFailure {
@@ -801,6 +972,55 @@ mod tests {
         // Blessing writes `value: null`, which reads back as JSON null.
         let text = serde_yaml::to_string(&emit[0]).expect("yaml");
         assert!(text.contains("value: null"), "{text}");
+    }
+
+    #[test]
+    fn bless_edits_only_the_changed_expectations() {
+        let original = "# the author's notes\ndescription: x\nconfig: {a: 1}   # inline\nrecords:\n  # first\n  - name: one\n    input: {n: 1}\n    expect: drop   # was dropped\n  - input: {n: 2}\n    expect:\n      emit:\n        - value: {n: 2}\n\n  # third, flow style kept\n  - {input: {n: 3}, expect: drop}\n";
+        let mut fixture: FixtureFile = serde_yaml::from_str(original).expect("parse");
+        fixture.records[1].expect = Expect::Emit {
+            emit: vec![ExpectedOutput {
+                output: Some("alerts".into()),
+                key: None,
+                value: Some(serde_json::json!({"n": 20})),
+                value_text: None,
+                value_base64: None,
+                headers: BTreeMap::new(),
+                timestamp: None,
+            }],
+        };
+        fixture.records[0].expect = Expect::Fail {
+            fail: ExpectedFailure {
+                kind: "invalid-input".into(),
+                message: Some("bad".into()),
+                message_regex: None,
+            },
+        };
+        let text = edit_expectations(original, &fixture, &[0, 1]).expect("edited");
+        for kept in [
+            "# the author's notes",
+            "config: {a: 1}   # inline",
+            "  # first",
+            "    input: {n: 1}",
+            "  # third, flow style kept",
+            "  - {input: {n: 3}, expect: drop}",
+        ] {
+            assert!(text.contains(kept), "lost `{kept}`:\n{text}");
+        }
+        assert!(
+            !text.contains("# was dropped"),
+            "the old expectation is gone:\n{text}"
+        );
+        let back: FixtureFile = serde_yaml::from_str(&text).expect("parses");
+        assert_eq!(
+            serde_json::to_value(&back).expect("json"),
+            serde_json::to_value(&fixture).expect("json"),
+            "{text}"
+        );
+        // A layout it does not know (flow-style records) is left to a full rewrite.
+        let flow = "records: [{input: {n: 1}, expect: drop}]\n";
+        let f: FixtureFile = serde_yaml::from_str(flow).expect("parse");
+        assert!(edit_expectations(flow, &f, &[0]).is_none());
     }
 
     #[test]

@@ -142,6 +142,126 @@ impl ClientContext for Logs {
     }
 }
 
+/// Connects to the brokers of `config` and reads their metadata, within
+/// 10 s (`sluice check --connect`): how many brokers answered and the
+/// partitions of each of `topics`; an error names the bootstrap address,
+/// or a topic that does not exist when `must_exist`.
+pub fn probe_brokers(
+    config: &ClientConfig,
+    bootstrap: &str,
+    topics: &[&str],
+    must_exist: bool,
+) -> Result<String, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(|e| format!("cannot create a Kafka client for `{bootstrap}`: {e}"))?;
+    let metadata = consumer
+        .fetch_metadata(None, std::time::Duration::from_secs(10))
+        .map_err(|e| format!("cannot reach the Kafka brokers at `{bootstrap}` within 10 s: {e}"))?;
+    let mut said = vec![format!(
+        "reached `{bootstrap}` ({} brokers)",
+        metadata.brokers().len()
+    )];
+    for topic in topics {
+        match metadata.topics().iter().find(|t| t.name() == *topic) {
+            Some(t) if t.error().is_none() => {
+                said.push(format!("topic `{topic}`: {} partitions", t.partitions().len()))
+            }
+            _ if must_exist => {
+                return Err(format!("topic `{topic}` does not exist on `{bootstrap}`"));
+            }
+            _ => said.push(format!(
+                "topic `{topic}` does not exist yet (created on first write if the brokers allow it)"
+            )),
+        }
+    }
+    Ok(said.join("; "))
+}
+
+/// Whether a client error says the brokers cannot be reached (all down, a
+/// failed connection, a name that does not resolve).
+pub fn is_unreachable(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(C::AllBrokersDown | C::BrokerTransportFailure | C::Resolve)
+    )
+}
+
+/// Repeats of one warning within this window are counted, not logged.
+const REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Logs a warning unless the same `(what, message)` was logged within the
+/// last 30 s; the next line after the window says how many were left out.
+/// librdkafka reports an unreachable broker several times a second, for
+/// ever: without this, the log drowns.
+pub fn warn_limited(what: &str, message: &str) {
+    limited(false, what, message)
+}
+
+/// [`warn_limited`] at error level.
+pub fn error_limited(what: &str, message: &str) {
+    limited(true, what, message)
+}
+
+fn limited(error: bool, what: &str, message: &str) {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashMap<(String, String), (std::time::Instant, u64)>>> =
+        OnceLock::new();
+    // Lines that differ only in numbers (`after 0ms`, `after 1ms`) are one.
+    let mut shape = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_ascii_digit() {
+            if !shape.ends_with('#') {
+                shape.push('#');
+            }
+        } else {
+            shape.push(c);
+        }
+    }
+    let key = (what.to_string(), shape);
+    let now = std::time::Instant::now();
+    let suppressed = {
+        let mut seen = SEEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Bounded: forget old lines once there are many distinct ones.
+        if seen.len() > 1024 {
+            seen.retain(|_, (at, _)| now.duration_since(*at) < REPEAT_WINDOW);
+        }
+        match seen.get_mut(&key) {
+            Some((at, count)) if now.duration_since(*at) < REPEAT_WINDOW => {
+                *count += 1;
+                return;
+            }
+            Some((at, count)) => {
+                let n = *count;
+                *at = now;
+                *count = 0;
+                n
+            }
+            None => {
+                seen.insert(key, (now, 0));
+                0
+            }
+        }
+    };
+    let window = REPEAT_WINDOW.as_secs();
+    match (error, suppressed) {
+        (false, 0) => tracing::warn!(target: "librdkafka", client = what, "{message}"),
+        (false, n) => {
+            tracing::warn!(target: "librdkafka", client = what, suppressed = n, "{message} ({n} more like it in the last {window} s)")
+        }
+        (true, 0) => tracing::error!(target: "librdkafka", client = what, "{message}"),
+        (true, n) => {
+            tracing::error!(target: "librdkafka", client = what, suppressed = n, "{message} ({n} more like it in the last {window} s)")
+        }
+    }
+}
+
 /// Forwards one librdkafka log line.
 pub fn forward_log(
     client: &str,
@@ -155,12 +275,8 @@ pub fn forward_log(
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
         | RDKafkaLogLevel::Critical
-        | RDKafkaLogLevel::Error => {
-            tracing::error!(target: "librdkafka", client, facility = fac, "{message}")
-        }
-        RDKafkaLogLevel::Warning => {
-            tracing::warn!(target: "librdkafka", client, facility = fac, "{message}")
-        }
+        | RDKafkaLogLevel::Error => error_limited(client, &format!("{fac}: {message}")),
+        RDKafkaLogLevel::Warning => warn_limited(client, &format!("{fac}: {message}")),
         RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
             tracing::info!(target: "librdkafka", client, facility = fac, "{message}")
         }
@@ -176,7 +292,7 @@ pub fn forward_log(
 pub fn forward_error(client: &str, redactor: &Redactor, error: &KafkaError, reason: &str) {
     let error = redactor.error(error);
     let reason = redactor.redact(reason);
-    tracing::warn!(target: "librdkafka", client, %error, "{reason}");
+    warn_limited(client, &format!("{reason}: {error}"));
 }
 
 /// What a consumed message carries that rdkafka's safe accessors would

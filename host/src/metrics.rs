@@ -70,6 +70,7 @@ pub struct Metrics {
     pub(crate) in_flight_records: Family<Labels, Gauge>,
     pub(crate) in_flight_bytes: Family<Labels, Gauge>,
     pub(crate) held_records: Family<Labels, Gauge>,
+    pub(crate) source_unreachable: Family<Labels, Gauge>,
     pub(crate) guest_memory: Family<Labels, Gauge>,
     pub(crate) state: Family<Labels, Gauge>,
     pub(crate) module_info: Family<Labels, Gauge>,
@@ -174,6 +175,11 @@ impl Metrics {
             "Records sinks have taken but hold (a file not yet closed): not yet durable, not committed",
             None,
         );
+        let source_unreachable = gauge(
+            "source_unreachable",
+            "1 while the pipeline's source cannot reach its servers (Kafka brokers), else 0",
+            None,
+        );
         let guest_memory = gauge(
             "guest_memory",
             "Linear memory of a transform's instances",
@@ -246,6 +252,7 @@ impl Metrics {
             in_flight_records,
             in_flight_bytes,
             held_records,
+            source_unreachable,
             guest_memory,
             state,
             module_info,

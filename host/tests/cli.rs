@@ -193,7 +193,14 @@ fn a_changed_expectation_fails_with_a_diff_and_bless_rewrites_it() {
     assert_ne!(changed, original);
     let fixture = dir.path().join("paid-only.yaml");
     let module = root().join("transforms/filter");
-    std::fs::write(&fixture, format!("module: {}\n{changed}", module.display())).expect("write");
+    std::fs::write(
+        &fixture,
+        format!(
+            "# the author's note, kept by --bless\nmodule: {}\n{changed}",
+            module.display()
+        ),
+    )
+    .expect("write");
     let f = fixture.to_str().expect("utf8 path");
 
     let out = sluice(&["test", f], None);
@@ -222,6 +229,22 @@ fn a_changed_expectation_fails_with_a_diff_and_bless_rewrites_it() {
     assert!(
         blessed.contains("amount: 3.5") && !blessed.contains("amount: 4.5"),
         "{blessed}"
+    );
+    // Only the changed expectation was rewritten: the comment and every
+    // other line of the file are as the author wrote them.
+    assert!(
+        blessed.starts_with("# the author's note, kept by --bless\n"),
+        "{blessed}"
+    );
+    let before: Vec<&str> = changed.lines().collect();
+    let kept = before
+        .iter()
+        .filter(|l| blessed.lines().any(|b| b == **l))
+        .count();
+    assert!(
+        kept + 3 >= before.len(),
+        "{kept} of {} lines kept:\n{blessed}",
+        before.len()
     );
 }
 
@@ -694,4 +717,285 @@ fn blessed_trap_messages_do_not_name_the_build_directory() {
         "{blessed}"
     );
     assert!(passes, "{blessed}");
+}
+
+/// enrich sends large amounts to `alerts`; a pipeline without that output:
+/// `sluice check` warns (enrich's fixtures show the output), and the run's
+/// summary names the output and how many records went to the dead-letter
+/// queue for it instead of passing in silence.
+#[test]
+fn an_output_the_pipeline_does_not_declare_is_named_by_check_and_the_summary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p.toml");
+    std::fs::write(dir.path().join("booths.csv"), "booth_id,region\nB1,north\n").expect("csv");
+    std::fs::write(
+        &p,
+        format!(
+            "name = \"undeclared\"\n[source.file]\npath = \"-\"\n[[transforms]]\nname = \"enrich\"\nmodule = {:?}\nconfig = {{ table = \"booths\", key = \"$.booth\", fields = [\"region\"], alert = {{ field = \"$.amount\", above = 20, output = \"alerts\" }} }}\ntables = {{ booths = {{ path = \"booths.csv\", key = \"booth_id\" }} }}\n[outputs.default.stdout]\n[dead_letter.local]\npath = \"dlq\"\n",
+            root().join("transforms/enrich").display().to_string()
+        ),
+    )
+    .expect("write");
+    let out = sluice(&["check", p.to_str().expect("utf8")], None);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARNING: transform `enrich` sends records to output `alerts`")
+            && stderr.contains("booths.yaml")
+            && stderr.contains("(1 warnings)"),
+        "{stderr}"
+    );
+    let input: String = (0..10)
+        .map(|i| format!("{{\"booth\":\"B1\",\"amount\":{}}}\n", i * 5))
+        .collect();
+    let out = sluice(&["run", p.to_str().expect("utf8")], Some(&input));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Amounts 25, 30, 35, 40, 45 are above 20.
+    assert!(
+        stderr.contains("transform `enrich` sent 5 records to output `alerts`, which the pipeline does not declare"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pipeline `undeclared` finished"),
+        "{stderr}"
+    );
+}
+
+/// A run ended by SIGTERM says it stopped, not that it finished: its source
+/// (stdin, still open) was not drained.
+#[test]
+fn a_run_stopped_by_a_signal_says_stopped() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pipe_pipeline(dir.path(), "[batch]\nmax_records = 1000\nmax_wait_ms = 100");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", p.to_str().expect("utf8")])
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    stdin
+        .write_all(b"{\"user\":{\"name\":\"eve\"}}\n")
+        .expect("write");
+    stdin.flush().expect("flush");
+    // Once its first record is out, the pipeline runs: stop it.
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "{\"who\":\"eve\"}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().expect("wait");
+    drop(stdin);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("pipeline `pipe` stopped after") && !stderr.contains("finished"),
+        "{stderr}"
+    );
+}
+
+/// `sluice completions bash|zsh|fish` prints a script that knows the
+/// commands; `deploy --help` says any language's project.
+#[test]
+fn completions_and_help_know_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = sluice(&["completions", shell], None);
+        let script = text(&out.stdout);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        for command in ["deploy", "rollback", "versions", "pause", "completions"] {
+            assert!(script.contains(command), "{shell}: no `{command}`");
+        }
+    }
+    let out = sluice(&["deploy", "--help"], None);
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("Rust, Python or") && help.contains("JavaScript"),
+        "{help}"
+    );
+}
+
+/// Reads a child's stderr on a thread; the lines so far, shared.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr");
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    lines
+}
+
+fn wait_for_line(
+    lines: &std::sync::Mutex<Vec<String>>,
+    what: &str,
+    timeout: std::time::Duration,
+) -> Option<usize> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        {
+            let l = lines.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = l.iter().position(|x| x.contains(what)) {
+                return Some(i);
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A Kafka source whose broker is not there (nothing listens on the port):
+/// `sluice check --connect` says so naming the address; `sluice run` says it
+/// once as an error naming the address, then keeps librdkafka's repeated
+/// warnings to a few lines, and a SIGTERM ends it with "stopped"; a host
+/// shows the pipeline's source as unreachable on its API and in its metrics.
+#[test]
+fn an_unreachable_broker_is_named_once_and_shown_as_unreachable() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let bootstrap = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("pipelines")).expect("dir");
+    let p = dir.path().join("pipelines/down.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "name = \"down\"\n[source.kafka]\nbootstrap = \"{bootstrap}\"\ntopics = [\"t\"]\ngroup = \"g\"\n[[transforms]]\nname = \"identity\"\nmodule = {:?}\n[outputs.default.stdout]\n[dead_letter.stdout]\n",
+            root().join("transforms/identity").display().to_string()
+        ),
+    )
+    .expect("write");
+    let path = p.to_str().expect("utf8");
+
+    let out = sluice(&["check", "--connect", path], None);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("error: source:") && stderr.contains(&bootstrap),
+        "{stderr}"
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", path])
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let lines = stderr_lines(&mut child);
+    let first = wait_for_line(
+        &lines,
+        "cannot reach the Kafka brokers",
+        std::time::Duration::from_secs(60),
+    );
+    // What it logs over the next 5 s (it retried several times a second).
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    // The reader thread sees the end of stderr once the process is gone.
+    let _ = wait_for_line(
+        &lines,
+        "pipeline `down`",
+        std::time::Duration::from_secs(10),
+    );
+    let all = lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let text = all.join("\n");
+    let first = first.unwrap_or_else(|| panic!("no error naming the broker:\n{text}"));
+    assert!(
+        all[first].contains("ERROR") && all[first].contains(&bootstrap),
+        "{}",
+        all[first]
+    );
+    let after: Vec<&String> = all[first..]
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(
+        after.len() <= 12,
+        "{} warnings and errors in 5 s after the first:\n{text}",
+        after.len()
+    );
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains("pipeline `down` stopped after"),
+        "a signal stops it:\n{text}"
+    );
+
+    // A host shows the source as unreachable.
+    let host = dir.path().join("host.toml");
+    std::fs::write(&host, "listen = \"127.0.0.1:0\"\n").expect("host file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", host.to_str().expect("utf8")])
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let lines = stderr_lines(&mut child);
+    let at = wait_for_line(
+        &lines,
+        "listening on http://",
+        std::time::Duration::from_secs(60),
+    )
+    .expect("listening");
+    let addr = lines.lock().unwrap_or_else(|e| e.into_inner())[at]
+        .split("listening on http://")
+        .nth(1)
+        .map(|a| a.trim_end_matches('/').trim().to_string())
+        .expect("address");
+    let get = |path: &str| -> String {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let page = get("/api/pipelines/down");
+        if page.contains("source unreachable since") && page.contains(&bootstrap) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{page}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let metrics = get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sluice_source_unreachable{")
+                && l.contains("pipeline=\"down\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }

@@ -6,6 +6,10 @@
   lake.py duckdb ENDPOINT SQL              run SQL in DuckDB with httpfs loaded
                                            offline and an S3 secret for ENDPOINT;
                                            prints the rows as JSON
+  lake.py pyarrow DIR                      read DIR as a pyarrow dataset (Hive
+                                           partitions, hidden names skipped as
+                                           every lake reader does); prints
+                                           {"rows", "files", "columns"} as JSON
 """
 import json
 import os
@@ -53,6 +57,21 @@ def duckdb_query(endpoint, sql):
     print(json.dumps(rows, default=str))
 
 
+def pyarrow_read(path):
+    import pyarrow.dataset as ds
+
+    fmt = "parquet" if any(
+        f.endswith(".parquet") for _, _, fs in os.walk(path) for f in fs
+    ) else "json"
+    data = ds.dataset(path, format=fmt, partitioning="hive")
+    table = data.to_table()
+    print(json.dumps({
+        "rows": table.num_rows,
+        "files": sorted(os.path.relpath(f, path) for f in data.files),
+        "columns": {f.name: str(f.type) for f in table.schema},
+    }))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "s3-bucket":
@@ -61,6 +80,8 @@ def main():
         az_container(*args)
     elif cmd == "duckdb":
         duckdb_query(*args)
+    elif cmd == "pyarrow":
+        pyarrow_read(*args)
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -29,6 +29,7 @@ sentinels) never shows: records are plain objects and outputs are calls.
 built it.
 """
 
+import io as _io
 import json as _json
 
 try:  # inside the component; absent when the SDK is imported for its tests
@@ -255,6 +256,63 @@ class _Log:
 
 
 log = _Log()
+
+
+class _Lines(_io.TextIOBase):
+    """``sys.stdout`` and ``sys.stderr`` inside the component: each line
+    written (``print()``, a traceback) becomes a line of this transform's
+    log at the host, at ``info`` (stdout) or ``warn`` (stderr) -- the same
+    bounded, rate-limited path as ``sluice.log``. The component has no
+    console of its own: without this, ``print()`` trapped in the WASI stub
+    and failed its record."""
+
+    LIMIT = 4096  # characters held before a line without an end is sent
+
+    def __init__(self, level, sink=None):
+        super().__init__()
+        self._level = level
+        self._sink = sink
+        self._held = []
+        self._size = 0
+
+    def writable(self):
+        return True
+
+    def isatty(self):
+        return False
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    def _send(self, line):
+        if self._sink is not None:
+            self._sink(self._level, line)
+        elif _host is not None:
+            log(self._level, line)
+
+    def write(self, text):
+        text = str(text)
+        parts = text.split("\n")
+        for part in parts[:-1]:
+            self._held.append(part)
+            self._send("".join(self._held))
+            self._held = []
+            self._size = 0
+        last = parts[-1]
+        if last:
+            self._held.append(last)
+            self._size += len(last)
+            if self._size >= self.LIMIT:
+                self.flush()
+        return len(text)
+
+    def flush(self):
+        if self._held:
+            line = "".join(self._held)
+            self._held = []
+            self._size = 0
+            self._send(line)
 
 
 def lookup_text(table, key):

@@ -2,6 +2,7 @@
 author's ``transform`` module. Not part of the API."""
 
 import json
+import sys
 import traceback
 
 import wit_world
@@ -10,6 +11,12 @@ from wit_world.imports import types
 
 import sluice
 from sluice import ABSENT, NO_TIMESTAMP, BatchOut, Fail, Out, Record
+
+# print() and anything written to stderr go to the transform's log at the
+# host (set before the author's module is imported, so its import-time
+# prints are logged too, when the component is built).
+sys.stdout = sluice._Lines("info")
+sys.stderr = sluice._Lines("warn")
 
 # Imported when the component is built (componentize-py snapshots the
 # interpreter after this module's import), never at run time: the
@@ -163,6 +170,14 @@ class WitWorld(wit_world.WitWorld):
             raise Err(_describe(e))
 
     def process(self, batch: types.Batch) -> types.Outcomes:
+        try:
+            return self._process(batch)
+        finally:
+            # A line without its end is sent at the end of the batch.
+            sys.stdout.flush()
+            sys.stderr.flush()
+
+    def _process(self, batch: types.Batch) -> types.Outcomes:
         user = _user
         records = _decode(batch)
         whole = getattr(user, "process_batch", None)

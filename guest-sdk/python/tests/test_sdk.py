@@ -75,3 +75,20 @@ class OutTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PrintTest(unittest.TestCase):
+    def test_print_sends_whole_lines_and_holds_a_bounded_rest(self):
+        got = []
+        out = sluice._Lines("info", lambda level, line: got.append((level, line)))
+        print("hello", 42, file=out)
+        print("a\nb", end="", file=out)
+        self.assertEqual(got, [("info", "hello 42"), ("info", "a")])
+        out.flush()
+        self.assertEqual(got[-1], ("info", "b"))
+        out.write("x" * (sluice._Lines.LIMIT + 10))
+        self.assertEqual(len(got), 4, "a line over the limit is sent, not held")
+        self.assertEqual(len(got[-1][1]), sluice._Lines.LIMIT + 10)
+        out.flush()
+        self.assertEqual(len(got), 4, "nothing held after")
+        self.assertFalse(out.isatty())

@@ -121,39 +121,72 @@ async fn upload(
     let who = match writer(&host, &headers) {
         Ok(w) => w,
         Err(r) => {
-            let _ = read_limited(body, 0).await;
+            let _ = read_limited(body, 0, None).await;
             return r;
         }
     };
     let limit = (crate::engine::MAX_MODULE_MB as usize) << 20;
-    let body = match read_limited(body, limit).await {
+    let activate = q.activate.unwrap_or(true);
+    let too_large = || {
+        format!(
+            "module refused, the running version keeps serving: larger than the {} MiB limit for a module",
+            crate::engine::MAX_MODULE_MB
+        )
+    };
+    // A declared length over the limit is refused before one byte of the
+    // body is read (a client that sent `Expect: 100-continue` sends none).
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        host.audit_refused_upload(&who, &name, &transform, activate, &too_large());
+        drop(body);
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, &too_large());
+    }
+    // At most UPLOAD_SLOTS modules are buffered at once: a few concurrent
+    // uploads cost at most UPLOAD_SLOTS x the module limit.
+    let Ok(_slot) = UPLOADS.acquire().await else {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down");
+    };
+    let body = match read_limited(body, limit, declared).await {
         Ok(b) => b,
         Err(status) => {
-            return error_response(
-                status,
-                &format!(
-                    "module refused, the running version keeps serving: larger than the {} MiB limit for a module",
-                    crate::engine::MAX_MODULE_MB
-                ),
-            );
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                host.audit_refused_upload(&who, &name, &transform, activate, &too_large());
+                return error_response(status, &too_large());
+            }
+            return error_response(status, "the module upload was cut short");
         }
     };
-    let activate = q.activate.unwrap_or(true);
     report(
-        host.deploy(&who, &name, &transform, body.to_vec(), activate)
-            .await,
+        host.deploy(&who, &name, &transform, body, activate).await,
         true,
     )
 }
 
-/// Reads a body of at most `limit` bytes. A longer one is read on (and
-/// dropped) for up to 16 MiB more, so that the client sees the answer
-/// rather than a reset connection; then it is 413.
-async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, StatusCode> {
+/// Modules buffered at once (see `upload`).
+const UPLOAD_SLOTS: usize = 2;
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(UPLOAD_SLOTS);
+
+/// Reads a body of at most `limit` bytes into a buffer sized once: by the
+/// declared length when there is one (no doubling while it grows, no copy),
+/// else by the frames gathered and copied once at the end. A longer body is read on
+/// (and dropped, nothing kept) for up to 16 MiB more, so that the client
+/// sees the answer rather than a reset connection; then it is 413.
+async fn read_limited(
+    body: axum::body::Body,
+    limit: usize,
+    declared: Option<u64>,
+) -> Result<Vec<u8>, StatusCode> {
     use http_body_util::BodyExt;
     const DRAIN: usize = 16 << 20;
     let mut body = body;
-    let mut out = Vec::new();
+    // With a declared length (at most `limit`: checked by the caller) the
+    // bytes go straight into their final buffer.
+    let direct = declared.filter(|&n| n <= limit as u64);
+    let mut out: Vec<u8> = Vec::with_capacity(direct.unwrap_or(0) as usize);
+    let mut frames: Vec<bytes::Bytes> = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
@@ -164,9 +197,14 @@ async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, S
         };
         seen = seen.saturating_add(data.len());
         if seen <= limit {
-            out.extend_from_slice(&data);
+            if direct.is_some() {
+                out.extend_from_slice(&data);
+            } else {
+                frames.push(data);
+            }
         } else {
             out = Vec::new();
+            frames = Vec::new();
             if seen > limit.saturating_add(DRAIN) {
                 break;
             }
@@ -174,6 +212,15 @@ async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, S
     }
     if seen > limit {
         return Err(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    if declared.is_some_and(|n| n != seen as u64) {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    if direct.is_none() {
+        out = Vec::with_capacity(seen);
+        for f in frames {
+            out.extend_from_slice(&f);
+        }
     }
     Ok(out)
 }

@@ -28,7 +28,7 @@ pub use abi::{
 pub use bisect::Bisection;
 pub use error::{LoadError, TransformError};
 pub use grants::{Grants, Ungranted};
-pub use host_api::{LogLine, RefTables, TableError, Usage};
+pub use host_api::{LogLine, RefTables, TableError, Usage, escape_controls};
 pub use lift::{GuestText, MAX_TEXT_BYTES};
 pub use limits::{
     DEFAULT_INSTANCE_SLOTS, Limits, MAX_INSTANCES, MAX_MEMORY_MB, MAX_MODULE_MB, MAX_TABLE_ELEMENTS,

@@ -42,6 +42,8 @@ pub struct Runner {
     instance: Option<Instance>,
     instantiations: u64,
     capture_logs: bool,
+    /// The captured lines of a call that failed (its instance is gone).
+    failed_logs: Vec<LogLine>,
     /// Failed calls (`process` or a re-instantiation) by error kind.
     errors: std::collections::BTreeMap<&'static str, u64>,
     /// Instantiations and failed calls not yet handed to
@@ -86,6 +88,7 @@ impl Runner {
             instance: None,
             instantiations: 0,
             capture_logs: false,
+            failed_logs: Vec::new(),
             errors: Default::default(),
             unreported: Default::default(),
             recycled: 0,
@@ -172,10 +175,11 @@ impl Runner {
     /// Log lines the guest wrote during the last batch, when captured
     /// ([`Runner::capture_logs`]).
     pub fn take_logs(&mut self) -> Vec<LogLine> {
-        self.instance
-            .as_mut()
-            .map(|i| std::mem::take(&mut i.store.data_mut().logs))
-            .unwrap_or_default()
+        let mut lines = std::mem::take(&mut self.failed_logs);
+        if let Some(i) = self.instance.as_mut() {
+            lines.append(&mut i.store.data_mut().logs);
+        }
+        lines
     }
 
     fn ensure_instance(&mut self) -> Result<&mut Instance, TransformError> {
@@ -284,11 +288,16 @@ impl Runner {
         &mut self,
         records: &[(&Record, &Position)],
     ) -> Result<Processed, TransformError> {
+        self.failed_logs.clear();
         let result = self.process_inner(records);
         if let Err(e) = &result {
             *self.errors.entry(e.kind()).or_default() += 1;
             *self.unreported.1.entry(e.kind()).or_default() += 1;
-            self.instance = None;
+            if let Some(mut i) = self.instance.take()
+                && self.capture_logs
+            {
+                self.failed_logs = std::mem::take(&mut i.store.data_mut().logs);
+            }
         } else {
             self.recycle_if_growing();
         }

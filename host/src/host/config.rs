@@ -139,6 +139,14 @@ impl HostConfig {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        // Absolute, so that paths kept in the desired state (a stored
+        // module's file under `data_dir`) mean the same file to every
+        // reader: a pipeline file resolves a relative `module` against its
+        // own folder, not against the working directory.
+        let base = std::path::absolute(&base).map_err(|source| HostConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path, &base)
     }
 
@@ -276,6 +284,21 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/srv/data"));
         assert_eq!(c.restart.max_restarts, 3);
         assert!(c.token.is_none());
+    }
+
+    #[test]
+    fn a_host_file_given_by_a_relative_path_keeps_absolute_paths() {
+        // The bundled example: `data_dir = "../../.sluice/host"`, read as
+        // the README runs it (from this crate's folder here).
+        let c = HostConfig::load(Path::new("../examples/host/host.toml")).expect("valid");
+        for p in [&c.data_dir, &c.registry, &c.pipelines] {
+            assert!(p.is_absolute(), "{}", p.display());
+        }
+        assert!(
+            c.data_dir.ends_with(".sluice/host"),
+            "{}",
+            c.data_dir.display()
+        );
     }
 
     #[test]

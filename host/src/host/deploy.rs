@@ -14,7 +14,7 @@ use super::audit::AuditEntry;
 use super::auth::Principal;
 use super::registry::{RegistryError, digest_of};
 use crate::engine::{InstanceSpec, Module};
-use crate::pipeline::{PipelineHandle, SwapError, Swapped};
+use crate::pipeline::{PipelineHandle, ProbationEnd, SwapError, Swapped};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -170,6 +170,27 @@ impl Host {
             digest: digest.map(str::to_string),
             outcome: outcome.to_string(),
             detail,
+        });
+    }
+
+    /// Records an upload refused before its module was read (too large).
+    pub fn audit_refused_upload(
+        &self,
+        who: &Principal,
+        pipeline: &str,
+        transform: &str,
+        activate: bool,
+        detail: &str,
+    ) {
+        self.audit.record(AuditEntry {
+            at: String::new(),
+            who: who.name.clone(),
+            action: if activate { "deploy" } else { "upload" }.to_string(),
+            pipeline: pipeline.to_string(),
+            transform: Some(transform.to_string()),
+            digest: None,
+            outcome: "refused".to_string(),
+            detail: Some(detail.to_string()),
         });
     }
 
@@ -342,14 +363,44 @@ impl Host {
                 digest.to_string(),
             );
             tokio::spawn(async move {
-                let Ok(reason) = rolled_rx.await else {
+                // Closed without an answer: the pipeline stopped during the
+                // probation, which the desired state keeps.
+                let Ok(end) = rolled_rx.await else {
                     return;
                 };
                 let _one = changes.lock().await;
+                let reason = match end {
+                    ProbationEnd::Passed => {
+                        let result = state.load(&pipeline).and_then(|mut st| {
+                            if st.probation.get(&transform) == Some(&digest) {
+                                st.probation.remove(&transform);
+                                state.save(&st)?;
+                            }
+                            Ok(st)
+                        });
+                        match result {
+                            Ok(st) => {
+                                if let Some(shared) = &shared
+                                    && let Err(e) = shared.publish(&st).await
+                                {
+                                    tracing::warn!(pipeline = %pipeline, error = %e, "the other hosts will not see that the version passed its probation");
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(pipeline = %pipeline, error = %e, "cannot keep in the desired state that the version passed its probation")
+                            }
+                        }
+                        return;
+                    }
+                    ProbationEnd::RolledBack(reason) => reason,
+                };
                 let result = state.load(&pipeline).and_then(|mut st| {
                     let versions = st.transforms.entry(transform.clone()).or_default();
                     if versions.last() == Some(&digest) {
                         versions.pop();
+                    }
+                    if st.probation.get(&transform) == Some(&digest) {
+                        st.probation.remove(&transform);
                     }
                     state.save(&st).map(|_| st)
                 });
@@ -382,9 +433,14 @@ impl Host {
                     versions.push(swapped.previous.clone());
                 }
                 versions.push(digest.to_string());
+                // On probation until it passes (cleared above when it does).
+                state
+                    .probation
+                    .insert(transform.to_string(), digest.to_string());
             }
             Push::Rollback => {
                 versions.pop();
+                state.probation.remove(transform);
             }
         }
         self.state.save(&state).map_err(DeployError::State)?;

@@ -203,7 +203,7 @@ impl Host {
     pub async fn start_file(self: &Arc<Self>, file: &Path) -> Result<(), RefusedPipeline> {
         let (mut config, base) = PipelineConfig::load(file)?;
         self.check_unique(file, &config)?;
-        let desired = self.apply_desired_state(&mut config).await?;
+        let (desired, notes) = self.apply_desired_state(&mut config).await?;
         let name = config.name.clone();
         let tenant = config.tenant.clone();
         let transactional_id = (config.delivery.guarantee == Guarantee::ExactlyOnce)
@@ -214,13 +214,21 @@ impl Host {
             .clone()
             .unwrap_or_else(|| self.config.restart.clone());
         let span = tracing::info_span!("pipeline", pipeline = %name, tenant = %tenant);
-        let pipeline = tracing::Instrument::instrument(
+        let mut pipeline = tracing::Instrument::instrument(
             Pipeline::prepare(config, base, &self.engines, &Default::default()),
             span,
         )
         .await?;
+        // File sources resume where the last run stopped.
+        pipeline.keep_positions(crate::source::file::positions::file_for(
+            &self.config.data_dir.join("positions"),
+            &name,
+        ));
         self.record_file_versions(&pipeline, desired).await;
         let live = pipeline.live(self.metrics.clone());
+        for note in notes {
+            live.note_error(note);
+        }
         // Checked again: another file may have taken the name meanwhile.
         let mut pipelines = self.pipelines.write().unwrap_or_else(|e| e.into_inner());
         if let Some(other) = pipelines.get(&name) {
@@ -248,11 +256,29 @@ impl Host {
     async fn apply_desired_state(
         &self,
         config: &mut PipelineConfig,
-    ) -> Result<state::PipelineState, RefusedPipeline> {
-        let desired = self
+    ) -> Result<(state::PipelineState, Vec<String>), RefusedPipeline> {
+        let mut desired = self
             .state
             .load(&config.name)
             .map_err(|e| RefusedPipeline::Setup(PipelineError::Internal(e)))?;
+        // A version that was still on probation when the host stopped has
+        // not shown it works: start on the one before it.
+        let unproven = desired.drop_unproven();
+        for (transform, dropped, active) in &unproven {
+            tracing::warn!(pipeline = %config.name, transform = %transform, dropped = %dropped, active = %active,
+                "a version was still on probation when the host stopped: starting on the last version that passed it (deploy it again to retry)");
+        }
+        let notes = unproven
+            .iter()
+            .map(|(transform, dropped, active)| {
+                format!("transform `{transform}`: version {dropped} was still on probation when the host stopped; started on {active}, the last version that passed it (deploy it again to retry)")
+            })
+            .collect();
+        if !unproven.is_empty()
+            && let Err(e) = self.state.save(&desired)
+        {
+            tracing::error!(pipeline = %config.name, error = %e, "cannot keep the desired state");
+        }
         for t in &mut config.transforms {
             if let Some(digest) = desired.active(&t.name) {
                 let path = self.registry.local_file(digest).await.map_err(|e| {
@@ -265,7 +291,7 @@ impl Host {
                 t.module = path;
             }
         }
-        Ok(desired)
+        Ok((desired, notes))
     }
 
     /// Stores the modules a pipeline started with in the registry, and

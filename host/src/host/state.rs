@@ -17,9 +17,32 @@ pub struct PipelineState {
     /// Per transform: the module digests activated, oldest first; the last
     /// is active.
     pub transforms: BTreeMap<String, Vec<String>>,
+    /// Per transform: the active version while it is still on probation
+    /// (cleared when it passes). A host that stops during a probation
+    /// starts again on the version before it, the last one that passed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probation: BTreeMap<String, String>,
 }
 
 impl PipelineState {
+    /// Takes back the versions still on probation (their host stopped
+    /// before they passed): each transform's active version becomes the one
+    /// before it. Returns `(transform, version dropped, version active)`.
+    pub fn drop_unproven(&mut self) -> Vec<(String, String, String)> {
+        let mut dropped = Vec::new();
+        for (transform, digest) in std::mem::take(&mut self.probation) {
+            let Some(versions) = self.transforms.get_mut(&transform) else {
+                continue;
+            };
+            if versions.len() >= 2 && versions.last() == Some(&digest) {
+                versions.pop();
+                let now = versions.last().cloned().unwrap_or_default();
+                dropped.push((transform, digest, now));
+            }
+        }
+        dropped
+    }
+
     /// The active digest of `transform`, if one was ever activated.
     pub fn active(&self, transform: &str) -> Option<&str> {
         self.transforms.get(transform)?.last().map(String::as_str)
@@ -101,5 +124,29 @@ mod tests {
             .expect("dir")
             .collect();
         assert_eq!(files.len(), 1);
+    }
+
+    #[test]
+    fn a_version_still_on_probation_is_taken_back() {
+        let mut st = PipelineState {
+            pipeline: "p".into(),
+            ..Default::default()
+        };
+        st.transforms
+            .insert("t".into(), vec!["sha256:a".into(), "sha256:b".into()]);
+        st.probation.insert("t".into(), "sha256:b".into());
+        let text = serde_json::to_string(&st).expect("json");
+        let mut back: PipelineState = serde_json::from_str(&text).expect("back");
+        assert_eq!(
+            back.drop_unproven(),
+            vec![("t".into(), "sha256:b".into(), "sha256:a".into())]
+        );
+        assert_eq!(back.active("t"), Some("sha256:a"));
+        assert!(back.probation.is_empty());
+        // An older state file, without `probation`, reads as none.
+        let old: PipelineState =
+            serde_json::from_str(r#"{"pipeline":"p","transforms":{"t":["sha256:a"]}}"#)
+                .expect("old");
+        assert!(old.probation.is_empty());
     }
 }

@@ -29,6 +29,20 @@ pub struct CircuitOpen {
     pub limit: f64,
 }
 
+impl CircuitOpen {
+    /// What was measured, without what happens next: `failed 1000 of its
+    /// 1000 records (100 % > 50 % allowed)`.
+    pub fn measured(&self) -> String {
+        format!(
+            "failed {} of its {} records ({:.0} % > {:.0} % allowed)",
+            self.failed,
+            self.records,
+            100.0 * self.failed as f64 / self.records.max(1) as f64,
+            100.0 * self.limit
+        )
+    }
+}
+
 /// Failure shares per transform over a sliding window of recent batches.
 #[derive(Debug)]
 pub(crate) struct Breaker {

@@ -176,6 +176,7 @@ pub(crate) fn run_chain(
                         if outputs.contains(&output) {
                             routed.entry(output).or_default().push(record);
                         } else {
+                            *stats.unrouted.entry(output.clone()).or_default() += 1;
                             let (original, position) = source_of(items, r.origin);
                             dead.push(
                                 DlqEntry::new(

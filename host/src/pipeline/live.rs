@@ -123,6 +123,11 @@ pub struct Snapshot {
     pub outputs: BTreeMap<String, u64>,
     /// Dead-letter entries.
     pub dead_letter: u64,
+    /// Records transforms sent to outputs the pipeline does not declare
+    /// (they are in the dead-letter queue, stage `route`).
+    pub undeclared_outputs: Vec<UndeclaredOutput>,
+    /// A new version on probation, if one is.
+    pub probation: Option<ProbationView>,
     /// Records dropped by transforms.
     pub dropped: u64,
     /// Records per second in, over the last few seconds.
@@ -131,6 +136,9 @@ pub struct Snapshot {
     pub rate_out: f64,
     /// Consumer lag in records, where the source knows it.
     pub lag: Option<i64>,
+    /// What keeps the source from reading, while it lasts (`source
+    /// unreachable since …`).
+    pub source_health: Option<String>,
     /// The same per source partition (Kafka: from the consumer's statistics,
     /// every few seconds).
     pub partition_lags: Vec<PartitionLag>,
@@ -152,6 +160,30 @@ pub struct Snapshot {
     pub batch_latency_p99_ms: Option<f64>,
     /// Seconds since it started.
     pub uptime_seconds: f64,
+}
+
+/// A new version on probation: batches go one at a time, measured by a
+/// breaker of its own; it is rolled back automatically if that opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbationView {
+    /// The transform.
+    pub transform: String,
+    /// The new version.
+    pub digest: String,
+    /// Records it still has to process.
+    pub remaining: u64,
+}
+
+/// An output a transform sends records to that the pipeline does not
+/// declare.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UndeclaredOutput {
+    /// The transform.
+    pub transform: String,
+    /// The output's name.
+    pub output: String,
+    /// Records sent there (all in the dead-letter queue).
+    pub records: u64,
 }
 
 /// One source partition's lag.
@@ -194,6 +226,8 @@ struct Inner {
     latencies: VecDeque<u32>,
     /// The partitions whose lag gauge is set (removed when they go away).
     lag_series: Vec<(String, String)>,
+    /// A new version on probation.
+    probation: Option<ProbationView>,
 }
 
 /// The live state of one pipeline, shared by its tasks and its handle.
@@ -239,6 +273,7 @@ impl Live {
                 held_records: 0,
                 latencies: VecDeque::with_capacity(LATENCIES),
                 lag_series: Vec::new(),
+                probation: None,
                 rates: Rates {
                     at: Instant::now(),
                     records_in: 0,
@@ -359,6 +394,11 @@ impl Live {
 
     /// Worker `worker`'s guest memory per transform.
     /// Records sinks hold, not yet durable.
+    /// The new version on probation, or none.
+    pub(crate) fn set_probation(&self, probation: Option<ProbationView>) {
+        self.inner().probation = probation;
+    }
+
     pub(crate) fn set_held(&self, records: usize) {
         self.inner().held_records = records;
         self.metrics.set(
@@ -484,10 +524,24 @@ impl Live {
                     records_out,
                     outputs: i.summary.outputs.clone(),
                     dead_letter: i.summary.dead_letter_total(),
+                    undeclared_outputs: i
+                        .summary
+                        .steps
+                        .iter()
+                        .flat_map(|s| {
+                            s.unrouted.iter().map(|(output, n)| UndeclaredOutput {
+                                transform: s.name.clone(),
+                                output: output.clone(),
+                                records: *n,
+                            })
+                        })
+                        .collect(),
                     dropped: i.summary.dropped_total(),
+                    probation: i.probation.clone(),
                     rate_in: i.rates.rate_in,
                     rate_out: i.rates.rate_out,
                     lag: None,
+                    source_health: None,
                     partition_lags: Vec::new(),
                     in_flight_records,
                     in_flight_bytes,
@@ -503,6 +557,7 @@ impl Live {
         };
         let mut snapshot = snapshot;
         snapshot.lag = lag_source.as_ref().and_then(|c| c.lag());
+        snapshot.source_health = lag_source.as_ref().and_then(|c| c.health());
         snapshot.partition_lags = lag_source
             .map(|c| c.partition_lags())
             .unwrap_or_default()
@@ -528,6 +583,11 @@ impl Live {
         if let Some(lag) = snapshot.lag {
             self.metrics.set(|m| &m.consumer_lag, &[], lag);
         }
+        self.metrics.set(
+            |m| &m.source_unreachable,
+            &[],
+            i64::from(snapshot.source_health.is_some()),
+        );
         snapshot
     }
 
@@ -706,7 +766,7 @@ impl PipelineHandle {
         &self,
         transform: &str,
         module: Arc<crate::engine::Module>,
-        rolled_back: Option<tokio::sync::oneshot::Sender<String>>,
+        rolled_back: Option<tokio::sync::oneshot::Sender<super::swap::ProbationEnd>>,
     ) -> Result<super::Swapped, super::SwapError> {
         let asked = std::time::Instant::now();
         let Some(index) = self.specs.iter().position(|s| &*s.name == transform) else {

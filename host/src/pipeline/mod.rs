@@ -23,9 +23,12 @@ mod session;
 mod summary;
 pub mod swap;
 
-pub use live::{Live, PartitionLag, PipelineHandle, RestartPolicy, Snapshot, State};
+pub use live::{
+    Live, PartitionLag, PipelineHandle, ProbationView, RestartPolicy, Snapshot, State,
+    UndeclaredOutput,
+};
 pub use summary::{StepStats, Summary};
-pub use swap::{SwapError, Swapped};
+pub use swap::{ProbationEnd, SwapError, Swapped};
 
 use crate::config::{ConfigError, Guarantee, PipelineConfig};
 use crate::dlq::{DeadLetter, DlqError};
@@ -230,6 +233,8 @@ pub struct Pipeline {
     workers: Vec<WorkerRunners>,
     /// Items to run instead of the configured source (`sluice dlq replay`).
     replay: Option<(String, Vec<crate::source::SourceItem>)>,
+    /// Where a source with no upstream state keeps what it delivered.
+    positions: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -294,7 +299,15 @@ impl Pipeline {
             specs,
             workers,
             replay: None,
+            positions: None,
         })
+    }
+
+    /// Keeps what a source with no upstream state (files) delivered in
+    /// `file`, and resumes from it: a host's pipelines do, `sluice run`
+    /// reads its files from the start.
+    pub fn keep_positions(&mut self, file: PathBuf) {
+        self.positions = Some(file);
     }
 
     /// The transforms and the digests of their modules.
@@ -467,6 +480,7 @@ impl Pipeline {
             pipeline: config.name.clone(),
             budget: budget.clone(),
             drain_timeout: Duration::from_millis(d.drain_timeout_ms),
+            positions: self.positions.clone(),
         };
         let source = match &self.replay {
             Some((describe, items)) => {
@@ -549,5 +563,15 @@ pub async fn run_file(path: &Path, opts: &RunOptions) -> Result<Summary, Pipelin
         span,
     )
     .await?;
-    pipeline.run(shutdown_signal()).await
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signal = {
+        let stopped = stopped.clone();
+        async move {
+            shutdown_signal().await;
+            stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let mut summary = pipeline.run(signal).await?;
+    summary.stopped = stopped.load(std::sync::atomic::Ordering::SeqCst);
+    Ok(summary)
 }

@@ -788,7 +788,20 @@ impl Coordinator<'_> {
                 self.live.set_digest(index, &digest);
                 let transform = self.transform_name(index);
                 tracing::info!(pipeline = %self.pipeline, transform = %transform, previous = %previous, digest = %digest, deferred_batches = self.deferred.len(), probation_records = probation, "module swapped at a batch boundary");
-                if probation > 0 {
+                // The main breaker measures the new version's records from
+                // now on: a window still holding the old version's would
+                // blame it for what the new one fails, or the reverse.
+                self.breaker.reset(&transform);
+                if probation == 0 {
+                    if let Some(tx) = rolled_back {
+                        let _ = tx.send(super::swap::ProbationEnd::Passed);
+                    }
+                } else {
+                    self.live.set_probation(Some(super::live::ProbationView {
+                        transform: transform.clone(),
+                        digest: digest.clone(),
+                        remaining: probation,
+                    }));
                     let window = probation.min(breaker.window_records.max(1));
                     *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some((
                         index,
@@ -838,8 +851,12 @@ impl Coordinator<'_> {
     /// The version on probation passed (or is replaced): the old instances
     /// go.
     fn end_probation(&mut self) {
-        if self.probation.take().is_some() {
+        if let Some(p) = self.probation.take() {
             *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.live.set_probation(None);
+            if let Some(tx) = p.rolled_back {
+                let _ = tx.send(super::swap::ProbationEnd::Passed);
+            }
         }
     }
 
@@ -852,6 +869,7 @@ impl Coordinator<'_> {
             return Err(PipelineError::Internal("no probation to roll back".into()));
         };
         *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.live.set_probation(None);
         let transform = self.transform_name(p.index);
         let (_, _new) = super::swap::apply(&self.runners, p.index, p.old)
             .map_err(|e| PipelineError::Internal(e.to_string()))?;
@@ -868,13 +886,13 @@ impl Coordinator<'_> {
         self.live.set_digest(p.index, &restored);
         self.breaker.reset(&transform);
         let message = format!(
-            "transform `{transform}`: version {} rolled back to {restored} automatically: {reason}",
+            "transform `{transform}`: version {} rolled back automatically: on probation it {reason}; the pipeline goes on with {restored}, the version before it",
             p.digest
         );
         tracing::error!(pipeline = %self.pipeline, transform = %transform, digest = %p.digest, restored = %restored, reason = %reason, "automatic rollback");
         self.live.note_error(message.clone());
         if let Some(tx) = p.rolled_back {
-            let _ = tx.send(message);
+            let _ = tx.send(super::swap::ProbationEnd::RolledBack(message));
         }
         if job.epoch == self.epoch(&job.partition) {
             self.deferred.push_front((job.partition, job.items));
@@ -904,12 +922,24 @@ impl Coordinator<'_> {
         let Done { job, outcome, held } = done;
         let outcome = match outcome {
             Err(PipelineError::CircuitOpen(open)) if self.probation.is_some() => {
-                return self.roll_back(job, open.to_string());
+                return self.roll_back(job, open.measured());
             }
             other => other,
         };
         if let (Ok(_), Some(p)) = (&outcome, self.probation.as_mut()) {
             p.remaining = p.remaining.saturating_sub(job.items.len() as u64);
+            let view = super::live::ProbationView {
+                transform: self
+                    .live
+                    .transforms()
+                    .get(p.index)
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default(),
+                digest: p.digest.clone(),
+                remaining: p.remaining,
+            };
+            self.live
+                .set_probation((view.remaining > 0).then_some(view));
             if p.remaining == 0 {
                 tracing::info!(pipeline = %self.pipeline, digest = %p.digest, "the new version passed its probation");
                 self.end_probation();

@@ -26,6 +26,9 @@ pub struct StepStats {
     pub not_isolated: u64,
     /// Time spent in the transform's calls (bisection included).
     pub elapsed: std::time::Duration,
+    /// Records it sent to outputs the pipeline does not declare (to the
+    /// dead-letter queue, stage `route`), per output name.
+    pub unrouted: BTreeMap<String, u64>,
 }
 
 impl StepStats {
@@ -39,6 +42,9 @@ impl StepStats {
         self.isolated += other.isolated;
         self.not_isolated += other.not_isolated;
         self.elapsed += other.elapsed;
+        for (output, n) in &other.unrouted {
+            *self.unrouted.entry(output.clone()).or_default() += n;
+        }
     }
 }
 
@@ -66,6 +72,9 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Offsets committed at the end, per partition.
     pub committed: Vec<(String, i64)>,
+    /// Whether the run was stopped (a signal, a stop request) before its
+    /// source was drained.
+    pub stopped: bool,
 }
 
 impl Summary {
@@ -83,7 +92,15 @@ impl Summary {
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secs = self.elapsed.as_secs_f64();
-        writeln!(f, "pipeline `{}` finished in {:.2}s", self.pipeline, secs)?;
+        if self.stopped {
+            writeln!(
+                f,
+                "pipeline `{}` stopped after {:.2}s (what was read is delivered and committed)",
+                self.pipeline, secs
+            )?;
+        } else {
+            writeln!(f, "pipeline `{}` finished in {:.2}s", self.pipeline, secs)?;
+        }
         writeln!(
             f,
             "  in:       {} records ({} bytes) in {} batches, {:.0} records/s",
@@ -132,6 +149,15 @@ impl std::fmt::Display for Summary {
                 format!(" ({})", stages.join(", "))
             }
         )?;
+        for s in &self.steps {
+            for (output, n) in &s.unrouted {
+                writeln!(
+                    f,
+                    "  WARNING: transform `{}` sent {n} records to output `{output}`, which the pipeline does not declare: they are in the dead-letter queue (add `[outputs.{output}]`)",
+                    s.name
+                )?;
+            }
+        }
         if self.restarts > 0 {
             writeln!(f, "  restarts: {}", self.restarts)?;
         }

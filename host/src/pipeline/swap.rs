@@ -34,7 +34,9 @@ pub enum SwapError {
     #[error("the new version was refused and the running one keeps serving: {0}")]
     Refused(#[from] TransformError),
     /// The pipeline is not running (finished, failed or stopped).
-    #[error("pipeline `{0}` is not running: nothing to swap")]
+    #[error(
+        "pipeline `{0}` is not running (finished, failed or stopped): nothing to swap; the module is stored — start the pipeline again (`sluice apply` its file, or restart the host) and deploy it, or `activate` the stored version"
+    )]
     NotRunning(String),
     /// A bug in the host.
     #[error("internal error during the swap: {0}")]
@@ -71,8 +73,8 @@ pub(crate) struct SwapRequest {
     pub probation: u64,
     /// The pipeline's breaker settings (probation measures with them).
     pub breaker: crate::config::CircuitBreakerConfig,
-    /// Told why, if the new version is rolled back automatically.
-    pub rolled_back: Option<oneshot::Sender<String>>,
+    /// Told how the new version's probation ended.
+    pub rolled_back: Option<oneshot::Sender<ProbationEnd>>,
 }
 
 /// A new version on probation: the old instances are kept until it has
@@ -86,8 +88,19 @@ pub(crate) struct Probation {
     pub remaining: u64,
     /// The new version's digest.
     pub digest: String,
-    /// Told why, on an automatic rollback.
-    pub rolled_back: Option<oneshot::Sender<String>>,
+    /// Told how it ended.
+    pub rolled_back: Option<oneshot::Sender<ProbationEnd>>,
+}
+
+/// How a new version's probation ended (a pipeline that stops during a
+/// probation says neither: the channel closes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbationEnd {
+    /// It processed its probation's records without tripping its breaker
+    /// (or had no probation, or a newer version replaced it first).
+    Passed,
+    /// It was rolled back automatically, for this reason.
+    RolledBack(String),
 }
 
 /// What workers check during a probation: the transform, and a breaker of

@@ -35,6 +35,11 @@ pub enum BuildError {
         "module `{0}` is neither a .wasm file nor a transform project (a directory with a Cargo.toml, pyproject.toml, package.json, transform.py or transform.js)"
     )]
     NotAModule(PathBuf),
+    /// Nothing is at the path.
+    #[error(
+        "module `{0}`: no such file or directory (a module is a .wasm file or a transform project's directory)"
+    )]
+    Missing(PathBuf),
     /// cargo could not be run.
     #[error("cannot run cargo to build `{path}`: {message}")]
     Cargo {
@@ -198,6 +203,9 @@ impl Project {
 pub fn resolve_module(module: &Path, quiet: bool) -> Result<PathBuf, BuildError> {
     if module.is_file() {
         return Ok(module.to_path_buf());
+    }
+    if !module.exists() {
+        return Err(BuildError::Missing(module.to_path_buf()));
     }
     match Project::detect(module)? {
         Some(project) => project.build(quiet),

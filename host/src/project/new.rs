@@ -201,6 +201,8 @@ mod tests {
             assert_eq!(project.fixtures, dir.join("fixtures"));
             let readme = std::fs::read_to_string(dir.join("README.md")).expect("readme");
             assert!(!readme.contains("{{"), "unfilled template in {readme}");
+            // No placeholder links: the project has no web page to point at.
+            assert!(!readme.contains("](http"), "a link in {readme}");
             let err = scaffold(&dir, lang).expect_err("exists");
             assert!(err.to_string().contains("not empty"), "{err}");
         }

@@ -107,3 +107,18 @@ fn a_missing_project_entry_file_is_named() {
     let err = resolve_module(&d.join("js"), true).expect_err("no transform.js");
     assert!(err.to_string().contains("transform.js"), "{err}");
 }
+
+#[test]
+fn a_module_path_with_nothing_there_says_so() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("transfroms/json-map");
+    let err = resolve_module(&missing, true).expect_err("nothing there");
+    let text = err.to_string();
+    assert!(
+        text.contains("no such file or directory") && text.contains("transfroms/json-map"),
+        "{text}"
+    );
+    // A folder that is no project still says what a module is.
+    let err = resolve_module(tmp.path(), true).expect_err("no project");
+    assert!(err.to_string().contains("neither a .wasm file"), "{err}");
+}

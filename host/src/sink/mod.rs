@@ -386,6 +386,14 @@ pub trait SinkPlugin: std::fmt::Debug + Send + Sync {
         Ok(())
     }
 
+    /// Connects to where the sink writes without writing a record (`sluice
+    /// check --connect`): the servers answer, the bucket or folder can be
+    /// listed or written. Says what it found. Blocks; never call it on an
+    /// async runtime's thread.
+    fn probe(&self, _base: &Path, _pipeline: &PipelineConfig) -> Result<String, String> {
+        Ok("nothing to connect to".into())
+    }
+
     /// Opens the sink.
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError>;
 

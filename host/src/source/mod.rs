@@ -116,6 +116,9 @@ pub enum SourceError {
         /// I/O error.
         source: std::io::Error,
     },
+    /// What the source delivered before cannot be read or kept.
+    #[error("file source: {0}")]
+    Positions(String),
     /// The Kafka consumer failed.
     #[error("kafka source ({what}): {message}")]
     Kafka {
@@ -192,6 +195,12 @@ pub trait SourceControl: Send + Sync {
     fn partition_lags(&self) -> Vec<(Partition, i64)> {
         Vec::new()
     }
+
+    /// What keeps the source from reading, while it lasts (`source
+    /// unreachable since …`); `None` when it reads normally.
+    fn health(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The control of a source read by one task, with no upstream state (files,
@@ -260,6 +269,9 @@ pub struct StartOptions {
     pub budget: Arc<Budget>,
     /// How long a revoked partition may take to drain.
     pub drain_timeout: std::time::Duration,
+    /// Where a source with no upstream state keeps what it delivered (a
+    /// file source in a host); `None`: it starts from the beginning.
+    pub positions: Option<std::path::PathBuf>,
 }
 
 /// A source of records: one table named after its kind, e.g. `[source.file]`.
@@ -300,6 +312,13 @@ pub trait SourcePlugin: std::fmt::Debug + Send + Sync {
     /// Checks without side effects against the world (`sluice check`):
     /// files exist, client settings are valid.
     fn validate(&self, base: &Path) -> Result<(), SourceError>;
+
+    /// Connects to what the source reads from without reading anything
+    /// (`sluice check --connect`): the servers answer, the topics exist.
+    /// Says what it found; a source with nothing to connect to says so.
+    fn probe(&self, _base: &Path) -> Result<String, SourceError> {
+        Ok("nothing to connect to".into())
+    }
 
     /// Starts reading; relative paths resolve against `base`. Must be
     /// called inside a tokio runtime.

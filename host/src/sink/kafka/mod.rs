@@ -533,6 +533,19 @@ impl super::SinkPlugin for KafkaSinkConfig {
         Ok(())
     }
 
+    fn probe(
+        &self,
+        _base: &std::path::Path,
+        pipeline: &crate::config::PipelineConfig,
+    ) -> Result<String, String> {
+        let bootstrap = pipeline
+            .sink_bootstrap(self)
+            .ok_or_else(|| "no `bootstrap`".to_string())?;
+        let config = crate::kafka::client_config(&bootstrap, &[], &self.properties, "check")?;
+        crate::kafka::probe_brokers(&config, &bootstrap, &[self.topic.as_str()], false)
+            .map_err(|m| crate::kafka::Redactor::new(&self.properties).redact(&m))
+    }
+
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError> {
         let c = self;
         let bootstrap = ctx

@@ -60,7 +60,11 @@ fn arrow_type(t: &TypeSpec, name: &str) -> Result<DataType, String> {
 }
 
 /// Infers a schema from sample values (JSON objects): every column
-/// nullable, a column seen only as null becomes a string.
+/// nullable, a column seen only as null becomes a string, and every JSON
+/// number a `double`, at any depth: an amount that happens to be whole in
+/// the first records (`12`) is followed by `12.5` later, and a column
+/// inferred as `int64` would send every such record to the dead-letter
+/// queue. A configured `schema` is the way to `int64` columns.
 pub fn infer(values: &[serde_json::Value]) -> Result<Schema, String> {
     let schema = arrow_json::reader::infer_json_schema_from_iterator(
         values.iter().filter(|v| v.is_object()).map(Ok),
@@ -72,7 +76,7 @@ pub fn infer(values: &[serde_json::Value]) -> Result<Schema, String> {
         .map(|f| {
             let ty = match f.data_type() {
                 DataType::Null => DataType::Utf8,
-                t => t.clone(),
+                t => widened(t),
             };
             Field::new(f.name(), ty, true)
         })
@@ -86,6 +90,29 @@ pub fn infer(values: &[serde_json::Value]) -> Result<Schema, String> {
         supported(f.data_type()).map_err(|t| format!("column `{}`: {t}", f.name()))?;
     }
     Ok(schema)
+}
+
+/// Integers as doubles, inside lists and structs too.
+fn widened(t: &DataType) -> DataType {
+    match t {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => DataType::Float64,
+        DataType::List(f) => DataType::List(Arc::new(
+            f.as_ref().clone().with_data_type(widened(f.data_type())),
+        )),
+        DataType::Struct(fs) => DataType::Struct(Fields::from(
+            fs.iter()
+                .map(|f| f.as_ref().clone().with_data_type(widened(f.data_type())))
+                .collect::<Vec<_>>(),
+        )),
+        t => t.clone(),
+    }
 }
 
 fn supported(t: &DataType) -> Result<(), String> {
@@ -380,6 +407,28 @@ mod tests {
         }
         let e = arrow_schema(&[spec("a", "int128", true)]).expect_err("unknown type");
         assert!(e.contains("column `a`: unknown type `int128`"), "{e}");
+    }
+
+    #[test]
+    fn inferred_numbers_are_doubles_so_a_later_decimal_fits() {
+        let first = [
+            serde_json::json!({"amount": 12, "geo": {"lat": 1}, "sizes": [1, 2], "name": "a"}),
+            serde_json::json!({"amount": 7, "geo": {"lat": 2}, "sizes": [], "name": "b"}),
+        ];
+        let schema = infer(&first).expect("infer");
+        let later =
+            serde_json::json!({"amount": 12.5, "geo": {"lat": 1.25}, "sizes": [0.5], "name": "c"});
+        fits(&later, &schema).expect("a decimal after whole numbers fits");
+        assert_eq!(
+            schema
+                .field_with_name("amount")
+                .expect("amount")
+                .data_type(),
+            &DataType::Float64
+        );
+        // What is not a number still does not fit.
+        let e = fits(&serde_json::json!({"amount": "12"}), &schema).expect_err("string");
+        assert!(e.contains("field `amount` is a string"), "{e}");
     }
 
     #[test]

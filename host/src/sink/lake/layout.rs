@@ -207,9 +207,51 @@ pub fn event_time(
 }
 
 /// The name of a source partition in object keys: `{stream}+{partition}`,
-/// the stream escaped (a file path's `/` becomes `%2F`).
+/// plain and visible to every lake reader. A Kafka topic is its name. A file
+/// is its file name followed, when the path has a folder, by 8 hex digits of
+/// a hash of the whole path, so that two files of one name in different
+/// folders (`2026-12-01/events.jsonl`, `2026-12-02/events.jsonl`) never share
+/// objects: `./data/events.jsonl` → `events.jsonl-1f0c9a3b+0`.
+///
+/// Only `A-Z a-z 0-9 . _ -` are used, never a leading `.` or `_` (pyarrow,
+/// Spark and Hive skip such names as hidden) and never `%`: the object
+/// store escapes a `%` again in remote keys but decodes it on local disk,
+/// so an escaped name would read differently in every lake. A name that
+/// had to change to fit (other characters, a hidden first character) also
+/// gets the hash, so distinct streams keep distinct names.
 pub fn source_name(p: &Partition) -> String {
-    format!("{}+{}", escape(&p.stream), p.partition)
+    format!("{}+{}", stream_name(&p.stream), p.partition)
+}
+
+/// The readable name of a stream (see [`source_name`]).
+pub fn stream_name(stream: &str) -> String {
+    let parts: Vec<&str> = stream
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let file = parts.last().copied().unwrap_or_default();
+    let mut name: String = file
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let visible = name.trim_start_matches(['.', '_']).len();
+    name.replace_range(..name.len() - visible, "");
+    let whole = parts.join("/");
+    if parts.len() > 1 || name != whole || name.is_empty() {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(if whole.is_empty() { stream } else { &whole });
+        if !name.is_empty() {
+            name.push('-');
+        }
+        name.push_str(&hex::encode(digest)[..8]);
+    }
+    name
 }
 
 /// An object's key under `prefix/path`: `{stream}+{partition}+{first:020}`
@@ -279,18 +321,64 @@ mod tests {
         }
     }
 
+    fn name(stream: &str) -> String {
+        source_name(&Partition {
+            stream: Arc::from(stream),
+            partition: 0,
+        })
+    }
+
+    #[test]
+    fn source_names_are_plain_visible_and_distinct() {
+        assert_eq!(name("orders"), "orders+0");
+        assert_eq!(name("events.jsonl"), "events.jsonl+0");
+        assert_eq!(name("./events.jsonl"), "events.jsonl+0");
+        // A file in a folder: its file name first, then a hash.
+        let a = name("./data/events.jsonl");
+        assert!(a.starts_with("events.jsonl-") && a.ends_with("+0"), "{a}");
+        assert_eq!(a.len(), "events.jsonl-12345678+0".len(), "{a}");
+        assert_eq!(a, name("data/events.jsonl"), "`./` changes nothing");
+        let all = [
+            a,
+            name("data/2026-12-01/events.jsonl"),
+            name("/srv/data/events.jsonl"),
+            name("_schemas"),
+            name("schemas"),
+            name(".secret.jsonl"),
+            name("a b/c%d.jsonl"),
+            name("a b/c d.jsonl"),
+            name("/"),
+            name(""),
+            name("-"),
+        ];
+        for (i, n) in all.iter().enumerate() {
+            let stream = &n[..n.len() - 2];
+            assert!(
+                !stream.is_empty()
+                    && !stream.starts_with(['.', '_'])
+                    && stream
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+                "{n}"
+            );
+            assert!(!all[..i].contains(n), "{n} twice");
+            // The object store keeps it as it is: no escaping anywhere.
+            let key = object_key("", "p", n, 0, "parquet");
+            assert_eq!(object_store::path::Path::from(key.as_str()).as_ref(), key);
+        }
+        assert!(name("_schemas").starts_with("schemas-"));
+    }
+
     #[test]
     fn escaping_never_leaves_one_segment() {
         assert_eq!(escape("a/b"), "a%2Fb");
         assert_eq!(escape(".."), "%2E%2E");
         assert_eq!(escape("é"), "%C3%A9");
-        assert_eq!(
-            source_name(&Partition {
-                stream: Arc::from("/data/in.jsonl"),
-                partition: 0
-            }),
-            "%2Fdata%2Fin.jsonl+0"
-        );
+        let n = source_name(&Partition {
+            stream: Arc::from("/data/in.jsonl"),
+            partition: 0,
+        });
+        assert!(n.starts_with("in.jsonl-") && !n.contains('%'), "{n}");
         assert_eq!(
             object_key("raw", "dt=x", "orders+3", 42, "parquet"),
             "raw/dt=x/orders+3+00000000000000000042.parquet"

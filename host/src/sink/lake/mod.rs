@@ -744,6 +744,43 @@ impl super::SinkPlugin for LakeSinkConfig {
         Ok(Arc::new(LakeSink::open(self, ctx.base, ctx.output, None)?))
     }
 
+    fn probe(
+        &self,
+        base: &Path,
+        _pipeline: &crate::config::PipelineConfig,
+    ) -> Result<String, String> {
+        let parsed = store::parse(&self.url, &self.options.0, base)?;
+        let store = store::open(&parsed, &self.options.0)?;
+        // On a thread of its own: the store's client needs a runtime, and
+        // the caller may be on one.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async {
+                        let listed = tokio::time::timeout(
+                            std::time::Duration::from_secs(15),
+                            store.list_with_delimiter(Some(&parsed.prefix)),
+                        )
+                        .await
+                        .map_err(|_| format!("{}: no answer within 15 s", parsed.describe))?
+                        .map_err(|e| format!("cannot list {}: {e}", parsed.describe))?;
+                        Ok(format!(
+                            "listed {} ({} objects, {} folders at its top)",
+                            parsed.describe,
+                            listed.objects.len(),
+                            listed.common_prefixes.len()
+                        ))
+                    })
+                })
+                .join()
+                .unwrap_or_else(|_| Err("the probe failed".into()))
+        })
+    }
+
     fn read_dead_letters(
         &self,
         _pipeline: &crate::config::PipelineConfig,

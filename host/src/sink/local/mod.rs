@@ -186,6 +186,21 @@ impl super::SinkPlugin for LocalSinkConfig {
         }
     }
 
+    fn probe(
+        &self,
+        base: &Path,
+        _pipeline: &crate::config::PipelineConfig,
+    ) -> Result<String, String> {
+        let dir = base.join(&self.path);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        let probe = dir.join(".sluice-probe");
+        std::fs::write(&probe, b"")
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|e| format!("cannot write in `{}`: {e}", dir.display()))?;
+        Ok(format!("`{}` is writable", dir.display()))
+    }
+
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError> {
         let sink = LocalSink::new(
             &ctx.base.join(&self.path),

@@ -3,8 +3,10 @@
 //! file path (stream) and the 0-based line number (offset).
 
 mod config;
+pub mod positions;
 
 pub use config::{FileSourceConfig, LineFormat};
+pub use positions::Positions;
 
 use super::{RunningSource, SourceError, SourceEvent, SourceItem, StartOptions, TaskControl};
 use crate::batch::ByteSize;
@@ -72,6 +74,10 @@ pub struct FileSource {
     current: Option<(Partition, Lines, i64)>,
     format: LineFormat,
     pattern: String,
+    /// What was delivered before (a host keeps it).
+    positions: Option<Arc<Positions>>,
+    /// Lines of the current file below this were delivered before.
+    skip_below: i64,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -141,18 +147,31 @@ impl FileSource {
             current: None,
             format,
             pattern: path.to_string(),
+            positions: None,
+            skip_below: 0,
         })
+    }
+
+    /// Resumes each file from `positions` and keeps them there.
+    pub fn with_positions(mut self, positions: Arc<Positions>) -> Self {
+        self.positions = Some(positions);
+        self
     }
 
     async fn open_next(&mut self) -> Result<bool, SourceError> {
         let (name, reader): (String, Box<dyn AsyncRead + Send + Unpin>) = if self.stdin {
             self.stdin = false;
+            self.skip_below = 0;
             ("-".to_string(), Box::new(tokio::io::stdin()))
         } else {
             let Some(path) = self.pending.next() else {
                 return Ok(false);
             };
             let name = path.display().to_string();
+            self.skip_below = match &self.positions {
+                Some(p) => p.resume(&name, &path),
+                None => 0,
+            };
             let file = tokio::fs::File::open(&path)
                 .await
                 .map_err(|source| SourceError::Io {
@@ -200,6 +219,7 @@ fn read_once(files: Vec<PathBuf>) -> Vec<PathBuf> {
 pub(super) fn start(mut source: FileSource, opts: StartOptions) -> RunningSource {
     let (tx, events) = mpsc::unbounded_channel();
     let describe = source.describe();
+    let positions = source.positions.clone();
     let task = tokio::spawn(async move {
         // Lines already in memory go to the coordinator together, up to
         // `CHUNK` at a time, while the budget allows: one message per chunk,
@@ -242,9 +262,53 @@ pub(super) fn start(mut source: FileSource, opts: StartOptions) -> RunningSource
             let _ = tx.send(Ok(SourceEvent::Items(chunk)));
         }
     });
+    let task = TaskControl::new(describe, task);
     RunningSource {
         events,
-        control: Arc::new(TaskControl::new(describe, task)),
+        control: match positions {
+            Some(positions) => Arc::new(FileControl { task, positions }),
+            None => Arc::new(task),
+        },
+    }
+}
+
+/// The control of a file source that keeps its positions: a commit writes
+/// them (everything below is in a sink or the dead-letter queue).
+struct FileControl {
+    task: TaskControl,
+    positions: Arc<Positions>,
+}
+
+impl FileControl {
+    fn keep(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
+        let handled: Vec<(&str, i64)> = offsets
+            .iter()
+            .map(|(p, next)| (&*p.stream, *next))
+            .collect();
+        self.positions
+            .commit(&handled)
+            .map_err(SourceError::Positions)
+    }
+}
+
+#[async_trait::async_trait]
+impl super::SourceControl for FileControl {
+    async fn commit(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
+        self.keep(offsets)
+    }
+
+    async fn close(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
+        let kept = self.keep(offsets);
+        self.task.close(offsets).await?;
+        kept
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn describe(&self) -> String {
+        self.task.describe()
     }
 }
 
@@ -268,6 +332,9 @@ impl FileSource {
             };
             let offset = *line_no;
             *line_no += 1;
+            if offset < self.skip_below {
+                continue;
+            }
             if line.last() == Some(&b'\r') {
                 line.truncate(line.len() - 1);
             }
@@ -326,10 +393,12 @@ impl super::SourcePlugin for FileSourceConfig {
     }
 
     fn start(&self, base: &Path, opts: StartOptions) -> Result<RunningSource, SourceError> {
-        Ok(start(
-            FileSource::open(&self.path, base, self.format)?,
-            opts,
-        ))
+        let mut source = FileSource::open(&self.path, base, self.format)?;
+        if let Some(file) = &opts.positions {
+            let positions = Positions::open(file.clone()).map_err(SourceError::Positions)?;
+            source = source.with_positions(Arc::new(positions));
+        }
+        Ok(start(source, opts))
     }
 
     fn json_values(&self) -> bool {

@@ -127,6 +127,7 @@ pub(super) fn start(
     }
     let lag = Arc::new(std::sync::atomic::AtomicI64::new(-1));
     let partition_lags = Arc::new(Mutex::new(Vec::new()));
+    let reach = Arc::new(Reachability::new(&c.bootstrap, &opts.pipeline));
     let redactor = crate::kafka::Redactor::new(&c.properties);
     let (events_tx, events) = mpsc::unbounded_channel();
     opts.budget.track_partitions();
@@ -143,6 +144,7 @@ pub(super) fn start(
         redactor: redactor.clone(),
         lag: lag.clone(),
         partition_lags: partition_lags.clone(),
+        reach: reach.clone(),
     };
     let consumer: BaseConsumer<SourceContext> = config
         .create_with_context(context)
@@ -175,8 +177,57 @@ pub(super) fn start(
             describe,
             lag,
             partition_lags,
+            reach,
         }),
     })
+}
+
+/// Whether the brokers answer: librdkafka retries an unreachable broker for
+/// ever and reports each failure, so the first failure is said once, as an
+/// error naming the bootstrap address; the pipeline's status shows it
+/// (`health`) until a broker answers again.
+struct Reachability {
+    bootstrap: String,
+    pipeline: String,
+    since: Mutex<Option<(chrono::DateTime<chrono::Utc>, String)>>,
+}
+
+impl Reachability {
+    fn new(bootstrap: &str, pipeline: &str) -> Self {
+        Reachability {
+            bootstrap: bootstrap.to_string(),
+            pipeline: pipeline.to_string(),
+            since: Mutex::new(None),
+        }
+    }
+
+    fn lost(&self, why: &str) {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        if since.is_none() {
+            tracing::error!(pipeline = %self.pipeline, bootstrap = %self.bootstrap, reason = %why,
+                "cannot reach the Kafka brokers at `{}`; librdkafka keeps trying (repeats of its warnings are rate-limited)", self.bootstrap);
+            *since = Some((chrono::Utc::now(), why.to_string()));
+        }
+    }
+
+    fn answered(&self) {
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, _)) = since.take() {
+            tracing::info!(pipeline = %self.pipeline, bootstrap = %self.bootstrap, unreachable_since = %at.to_rfc3339(),
+                "the Kafka brokers answer again");
+        }
+    }
+
+    fn health(&self) -> Option<String> {
+        let since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        since.as_ref().map(|(at, why)| {
+            format!(
+                "source unreachable since {}: cannot reach the Kafka brokers at `{}` ({why}); retrying",
+                at.format("%Y-%m-%d %H:%M:%S UTC"),
+                self.bootstrap
+            )
+        })
+    }
 }
 
 enum Command {
@@ -210,6 +261,8 @@ struct SourceContext {
     lag: Arc<std::sync::atomic::AtomicI64>,
     /// The same per partition (those whose lag is known).
     partition_lags: Arc<Mutex<Vec<(Partition, i64)>>>,
+    /// Whether the brokers answer.
+    reach: Arc<Reachability>,
 }
 
 /// Every how many ms librdkafka reports statistics (the lag), unless the
@@ -424,6 +477,9 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if crate::kafka::is_unreachable(&error) {
+            self.reach.lost(&self.redactor.redact(reason));
+        }
         crate::kafka::forward_error("source", &self.redactor, &error, reason);
     }
 
@@ -458,6 +514,11 @@ impl ClientContext for SourceContext {
                     .unwrap_or_else(|e| e.into_inner()) = lags;
             }
             Err(e) => tracing::debug!(error = %e, "cannot read librdkafka's statistics"),
+        }
+        // Statistics come from a client that talks to its brokers: count a
+        // broker in state UP as an answer.
+        if std::str::from_utf8(statistics).is_ok_and(|t| t.contains("\"state\":\"UP\"")) {
+            self.reach.answered();
         }
     }
 }
@@ -799,6 +860,7 @@ fn poll_loop(
         match consumer.poll(Duration::from_millis(wait)) {
             None => {}
             Some(Ok(msg)) => {
+                ctx.reach.answered();
                 let item = ctx.convert(&msg);
                 let partition = item.position().partition.clone();
                 ctx.offer(item);
@@ -814,7 +876,16 @@ fn poll_loop(
                     let _ = ctx.events.send(Err(error));
                     failed = true;
                 } else {
-                    tracing::warn!(%e, "kafka consumer error (retried by librdkafka)");
+                    if crate::kafka::is_unreachable(&e) {
+                        ctx.reach.lost(&ctx.redactor.error(&e));
+                    }
+                    crate::kafka::warn_limited(
+                        "source poll",
+                        &format!(
+                            "kafka consumer error (retried by librdkafka): {}",
+                            ctx.redactor.error(&e)
+                        ),
+                    );
                 }
             }
         }
@@ -856,6 +927,7 @@ pub(crate) struct KafkaControl {
     describe: String,
     lag: Arc<std::sync::atomic::AtomicI64>,
     partition_lags: Arc<Mutex<Vec<(Partition, i64)>>>,
+    reach: Arc<Reachability>,
 }
 
 impl KafkaControl {
@@ -914,6 +986,10 @@ impl SourceControl for KafkaControl {
         (lag >= 0).then_some(lag)
     }
 
+    fn health(&self) -> Option<String> {
+        self.reach.health()
+    }
+
     fn partition_lags(&self) -> Vec<(Partition, i64)> {
         self.partition_lags
             .lock()
@@ -948,6 +1024,18 @@ impl super::SourcePlugin for KafkaSourceConfig {
 
     fn validate(&self, _base: &std::path::Path) -> Result<(), SourceError> {
         client_config(self, "check").map(|_| ())
+    }
+
+    fn probe(&self, _base: &std::path::Path) -> Result<String, SourceError> {
+        let config = client_config(self, "check")?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        crate::kafka::probe_brokers(&config, &self.bootstrap, &topics, true).map_err(|message| {
+            SourceError::Kafka {
+                what: "connect",
+                message: crate::kafka::Redactor::new(&self.properties).redact(&message),
+                fatal: true,
+            }
+        })
     }
 
     fn start(
