@@ -651,6 +651,20 @@ fn a_new_version_that_trips_its_breaker_on_probation_is_rolled_back_automaticall
         entries.iter().all(|e| e["module"] == bad_digest.as_str()),
         "{body}"
     );
+    // The newest few, read from the end of the topic: the last of the whole.
+    let (code, body) = http_get(
+        &addr,
+        "/api/pipelines/stream/dead-letters?limit=3",
+        Some(TENANT_A),
+    )
+    .expect("dlq");
+    assert_eq!(code, 200, "{body}");
+    let newest = json(&body)["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(newest.len(), 3.min(entries.len()), "{body}");
+    assert_eq!(&newest[..], &entries[entries.len() - newest.len()..]);
     let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).expect("audit");
     assert!(
         audit.lines().map(json).any(|e| e["who"] == "sluice"

@@ -208,8 +208,10 @@ pub fn error_limited(what: &str, message: &str) {
 fn limited(error: bool, what: &str, message: &str) {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    static SEEN: OnceLock<Mutex<HashMap<(String, String), (std::time::Instant, u64)>>> =
-        OnceLock::new();
+    /// Per (client, line shape): when it was last logged, and how many
+    /// like it were left out since.
+    type Seen = HashMap<(String, String), (std::time::Instant, u64)>;
+    static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
     // Lines that differ only in numbers (`after 0ms`, `after 1ms`) are one.
     let mut shape = String::with_capacity(message.len());
     for c in message.chars() {

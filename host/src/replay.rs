@@ -135,8 +135,22 @@ pub fn read(
     let all = config
         .dead_letter
         .plugin()
-        .read_dead_letters(config, base)?;
+        .read_dead_letters(config, base, None)?;
     Ok(all.into_iter().filter(|r| filter.matches(r)).collect())
+}
+
+/// About the newest `n` entries of a pipeline's dead-letter queue: a Kafka
+/// queue is read from `n` before the end of each partition (never the
+/// whole topic); the caller keeps the last `n`.
+pub fn read_newest(
+    config: &PipelineConfig,
+    base: &Path,
+    n: usize,
+) -> Result<Vec<DeadLetterRecord>, ReplayError> {
+    config
+        .dead_letter
+        .plugin()
+        .read_dead_letters(config, base, Some(n))
 }
 
 /// Every entry of a local dead-letter prefix.
@@ -280,6 +294,7 @@ pub fn read_kafka(
     bootstrap: &str,
     topic: &str,
     properties: &crate::config::Properties,
+    newest: Option<usize>,
 ) -> Result<Vec<DeadLetterRecord>, ReplayError> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -320,10 +335,18 @@ pub fn read_kafka(
         let (low, high) = consumer
             .fetch_watermarks(topic, p, timeout)
             .map_err(|e| err(format!("watermarks of partition {p}: {e}")))?;
-        if high > low {
+        // Only the newest `n` of each partition, when asked (offsets of a
+        // compacted or transactional topic have gaps: at most `n` then).
+        let from = match newest {
+            Some(n) => high
+                .saturating_sub(i64::try_from(n).unwrap_or(i64::MAX))
+                .max(low),
+            None => low,
+        };
+        if high > from {
             ends.insert(p, high);
             assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
+                .add_partition_offset(topic, p, Offset::Offset(from))
                 .map_err(|e| err(e.to_string()))?;
         }
     }

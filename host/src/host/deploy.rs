@@ -18,6 +18,10 @@ use crate::pipeline::{PipelineHandle, ProbationEnd, SwapError, Swapped};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Versions kept per transform in the desired state (the oldest go; their
+/// modules stay in the registry).
+const MAX_VERSIONS: usize = 50;
+
 /// Why a change was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -432,7 +436,12 @@ impl Host {
                 if versions.is_empty() {
                     versions.push(swapped.previous.clone());
                 }
+                // Distinct versions, in the order they were last activated,
+                // at most MAX_VERSIONS: activating one again moves it last.
+                versions.retain(|v| v != digest);
                 versions.push(digest.to_string());
+                let excess = versions.len().saturating_sub(MAX_VERSIONS);
+                versions.drain(..excess);
                 // On probation until it passes (cleared above when it does).
                 state
                     .probation

@@ -400,7 +400,7 @@ impl Host {
         tokio::task::spawn_blocking(move || {
             let (config, base) =
                 PipelineConfig::load(&file).map_err(|e| DeployError::State(e.to_string()))?;
-            let entries = crate::replay::read(&config, &base, &crate::replay::Filter::default())
+            let entries = crate::replay::read_newest(&config, &base, limit)
                 .map_err(|e| DeployError::State(e.to_string()))?;
             let skip = entries.len().saturating_sub(limit);
             Ok(entries.iter().skip(skip).map(|e| e.to_json()).collect())

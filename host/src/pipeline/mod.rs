@@ -571,7 +571,49 @@ pub async fn run_file(path: &Path, opts: &RunOptions) -> Result<Summary, Pipelin
             stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     };
-    let mut summary = pipeline.run(signal).await?;
+    let live = pipeline.live(Arc::new(crate::metrics::Metrics::new()));
+    let progress = progress(&live);
+    let span = tracing::info_span!("pipeline", pipeline = %pipeline.config.name, tenant = %pipeline.config.tenant);
+    let result = tracing::Instrument::instrument(pipeline.run_live(&live, signal), span).await;
+    if let Some((task, bar)) = progress {
+        task.abort();
+        bar.finish_and_clear();
+    }
+    let mut summary = result?;
     summary.stopped = stopped.load(std::sync::atomic::Ordering::SeqCst);
     Ok(summary)
+}
+
+/// On a terminal, a line that follows a run: records in, out, to the
+/// dead-letter queue, bytes read, records per second.
+fn progress(live: &Arc<Live>) -> Option<(tokio::task::JoinHandle<()>, indicatif::ProgressBar)> {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    let (live, shown) = (live.clone(), bar.clone());
+    let task = tokio::spawn(async move {
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let s = live.summary();
+            let now = Instant::now();
+            let secs = now.duration_since(last.0).as_secs_f64().max(1e-3);
+            let rate = s.records_in.saturating_sub(last.1) as f64 / secs;
+            last = (now, s.records_in);
+            shown.set_message(format!(
+                "{} records in ({:.1} MiB read), {} out, {} dead-lettered · {rate:.0} records/s",
+                s.records_in,
+                s.bytes_in as f64 / (1024.0 * 1024.0),
+                s.outputs.values().sum::<u64>(),
+                s.dead_letter_total(),
+            ));
+            shown.tick();
+        }
+    });
+    Some((task, bar))
 }

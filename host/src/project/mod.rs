@@ -362,9 +362,27 @@ pub(crate) fn run_tool(
     what: &str,
     quiet: bool,
 ) -> Result<(), BuildError> {
+    use std::io::IsTerminal as _;
     use std::process::Stdio;
     cmd.stdin(Stdio::null());
-    let out = if quiet {
+    // On a terminal: a spinner with the time spent, and the tool's output
+    // only if it fails. Elsewhere: a line before and after, and the tool's
+    // output as it comes.
+    let terminal = !quiet && std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let spinner = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            bar.set_style(style);
+        }
+        bar.set_message(format!("sluice: {what}"));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    });
+    if !quiet && !terminal {
+        eprintln!("sluice: {what}…");
+    }
+    let out = if quiet || terminal {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output()
     } else {
         cmd.stdout(Stdio::inherit())
@@ -375,6 +393,20 @@ pub(crate) fn run_tool(
         path: dir.to_path_buf(),
         message: format!("cannot run {what}: {e}"),
     })?;
+    if let Some(bar) = spinner {
+        bar.finish_and_clear();
+    }
+    if !quiet {
+        eprintln!(
+            "sluice: {what} {} in {:.1} s",
+            if out.status.success() {
+                "done"
+            } else {
+                "failed"
+            },
+            started.elapsed().as_secs_f64()
+        );
+    }
     if out.status.success() {
         return Ok(());
     }
@@ -382,7 +414,7 @@ pub(crate) fn run_tool(
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = text.lines().collect();
     let mut tail = lines[lines.len().saturating_sub(40)..].join("\n");
-    if !quiet {
+    if !quiet && !terminal {
         tail.push_str(&format!("({what}'s output is above)"));
     }
     Err(BuildError::Failed {

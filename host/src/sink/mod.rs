@@ -402,6 +402,7 @@ pub trait SinkPlugin: std::fmt::Debug + Send + Sync {
         &self,
         _pipeline: &PipelineConfig,
         _base: &Path,
+        _newest: Option<usize>,
     ) -> Result<Vec<DeadLetterRecord>, ReplayError> {
         Err(ReplayError::Read {
             dlq: self.kind().into(),

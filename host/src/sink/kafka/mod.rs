@@ -541,8 +541,8 @@ impl super::SinkPlugin for KafkaSinkConfig {
         let bootstrap = pipeline
             .sink_bootstrap(self)
             .ok_or_else(|| "no `bootstrap`".to_string())?;
-        let config = crate::kafka::client_config(&bootstrap, &[], &self.properties, "check")?;
-        crate::kafka::probe_brokers(&config, &bootstrap, &[self.topic.as_str()], false)
+        let config = crate::kafka::client_config(bootstrap, &[], &self.properties, "check")?;
+        crate::kafka::probe_brokers(&config, bootstrap, &[self.topic.as_str()], false)
             .map_err(|m| crate::kafka::Redactor::new(&self.properties).redact(&m))
     }
 
@@ -590,6 +590,7 @@ impl super::SinkPlugin for KafkaSinkConfig {
         &self,
         pipeline: &crate::config::PipelineConfig,
         _base: &std::path::Path,
+        newest: Option<usize>,
     ) -> Result<Vec<crate::replay::DeadLetterRecord>, crate::replay::ReplayError> {
         let bootstrap =
             pipeline
@@ -598,7 +599,7 @@ impl super::SinkPlugin for KafkaSinkConfig {
                     dlq: format!("kafka topic `{}`", self.topic),
                     message: "no bootstrap servers".into(),
                 })?;
-        crate::replay::read_kafka(bootstrap, &self.topic, &self.properties)
+        crate::replay::read_kafka(bootstrap, &self.topic, &self.properties, newest)
     }
 
     fn kafka(&self) -> Option<&KafkaSinkConfig> {

@@ -785,6 +785,7 @@ impl super::SinkPlugin for LakeSinkConfig {
         &self,
         _pipeline: &crate::config::PipelineConfig,
         base: &Path,
+        _newest: Option<usize>,
     ) -> Result<Vec<crate::replay::DeadLetterRecord>, crate::replay::ReplayError> {
         let parsed = store::parse(&self.url, &self.options.0, base).map_err(|message| {
             crate::replay::ReplayError::Read {

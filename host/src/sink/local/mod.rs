@@ -218,6 +218,7 @@ impl super::SinkPlugin for LocalSinkConfig {
         &self,
         _pipeline: &crate::config::PipelineConfig,
         base: &Path,
+        _newest: Option<usize>,
     ) -> Result<Vec<crate::replay::DeadLetterRecord>, crate::replay::ReplayError> {
         crate::replay::read_local(&base.join(&self.path))
     }

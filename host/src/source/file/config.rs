@@ -12,6 +12,11 @@ pub struct FileSourceConfig {
     /// How lines become records (default `jsonl`).
     #[serde(default)]
     pub format: LineFormat,
+    /// Keep reading the last file as it grows (like `tail -f`): the
+    /// pipeline runs until stopped instead of finishing at the end of its
+    /// files. Lines appended to the last file are read within 200 ms.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 /// How a line of a file becomes a record.

@@ -17,6 +17,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
+/// How often a followed file is read again at its end.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How much the source reads at a time.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -26,6 +29,9 @@ struct Lines {
     reader: Box<dyn AsyncRead + Send + Unpin>,
     buf: BytesMut,
     eof: bool,
+    /// A followed file: a last line without its end is still being written,
+    /// so it waits for its `\n`.
+    hold_partial: bool,
 }
 
 impl Lines {
@@ -34,6 +40,7 @@ impl Lines {
             reader,
             buf: BytesMut::new(),
             eof: false,
+            hold_partial: false,
         }
     }
 
@@ -50,6 +57,9 @@ impl Lines {
             }
             searched = self.buf.len();
             if self.eof {
+                if self.hold_partial {
+                    return Ok(None);
+                }
                 return Ok((!self.buf.is_empty()).then(|| self.buf.split().freeze()));
             }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
@@ -63,7 +73,8 @@ impl Lines {
 
     /// Whether the next line is already in memory.
     fn ready(&self) -> bool {
-        (self.eof && !self.buf.is_empty()) || memchr::memchr(b'\n', &self.buf).is_some()
+        (self.eof && !self.hold_partial && !self.buf.is_empty())
+            || memchr::memchr(b'\n', &self.buf).is_some()
     }
 }
 
@@ -76,6 +87,8 @@ pub struct FileSource {
     pattern: String,
     /// What was delivered before (a host keeps it).
     positions: Option<Arc<Positions>>,
+    /// Keep reading the last file as it grows.
+    follow: bool,
     /// Lines of the current file below this were delivered before.
     skip_below: i64,
 }
@@ -149,7 +162,14 @@ impl FileSource {
             pattern: path.to_string(),
             positions: None,
             skip_below: 0,
+            follow: false,
         })
+    }
+
+    /// Keeps reading the last file as it grows, instead of ending.
+    pub fn following(mut self, follow: bool) -> Self {
+        self.follow = follow;
+        self
     }
 
     /// Resumes each file from `positions` and keeps them there.
@@ -184,7 +204,9 @@ impl FileSource {
             stream: Arc::from(name.as_str()),
             partition: 0,
         };
-        self.current = Some((partition, Lines::new(reader), 0));
+        let mut lines = Lines::new(reader);
+        lines.hold_partial = self.follow && self.pending.len() == 0 && name != "-";
+        self.current = Some((partition, lines, 0));
         Ok(true)
     }
 }
@@ -327,6 +349,13 @@ impl FileSource {
                 source,
             })?;
             let Some(mut line) = line else {
+                if lines.hold_partial {
+                    // The last file: wait for it to grow (a partial last
+                    // line stays in the buffer until its end comes).
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                    lines.eof = false;
+                    continue;
+                }
                 self.current = None;
                 continue;
             };
@@ -393,7 +422,7 @@ impl super::SourcePlugin for FileSourceConfig {
     }
 
     fn start(&self, base: &Path, opts: StartOptions) -> Result<RunningSource, SourceError> {
-        let mut source = FileSource::open(&self.path, base, self.format)?;
+        let mut source = FileSource::open(&self.path, base, self.format)?.following(self.follow);
         if let Some(file) = &opts.positions {
             let positions = Positions::open(file.clone()).map_err(SourceError::Positions)?;
             source = source.with_positions(Arc::new(positions));
@@ -409,6 +438,40 @@ impl super::SourcePlugin for FileSourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_followed_file_is_read_as_it_grows_whole_lines_only() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.jsonl");
+        std::fs::write(&path, "{\"n\":1}\n").expect("write");
+        let mut src = FileSource::open("log.jsonl", dir.path(), LineFormat::Jsonl)
+            .expect("open")
+            .following(true);
+        let value = |item: SourceItem| match item {
+            SourceItem::Record(r) => r.record.value.map(|v| v.to_vec()).unwrap_or_default(),
+            other => panic!("{other:?}"),
+        };
+        let first = src.next().await.expect("read").expect("a line");
+        assert_eq!(value(first), b"{\"n\":1}");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("append");
+        f.write_all(b"{\"n\":").expect("half a line");
+        f.flush().expect("flush");
+        // Half a line is not a record: nothing comes (the source waits).
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(800), src.next()).await;
+        assert!(waited.is_err(), "a partial line was read: {waited:?}");
+        f.write_all(b"2}\n").expect("the rest");
+        f.flush().expect("flush");
+        let second = tokio::time::timeout(std::time::Duration::from_secs(10), src.next())
+            .await
+            .expect("read within 10 s")
+            .expect("read")
+            .expect("a line");
+        assert_eq!(value(second), b"{\"n\":2}");
+    }
 
     #[tokio::test]
     async fn reads_glob_in_order_and_flags_bad_json() {
