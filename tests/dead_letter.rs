@@ -219,6 +219,42 @@ fn poison_records_go_to_the_dlq_and_replay_through_a_fix_with_the_file_source() 
         7,
         "nothing failed again"
     );
+    // Replayed entries are remembered: a second replay adds nothing, the
+    // list says when each was replayed; `--again` replays them once more.
+    let (ok, _, err) = sluice(&["dlq", "replay", path_arg(&fixed)]);
+    assert!(
+        ok && err.contains("7 entries skipped: replayed before"),
+        "{err}"
+    );
+    assert_eq!(
+        read_lake(&dir.path().join("replayed")).len(),
+        7,
+        "no duplicates"
+    );
+    let (ok, listed, err) = sluice(&["dlq", "list", path_arg(&fixed)]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("(replayed ")).count(),
+        7,
+        "{listed}"
+    );
+    let (ok, _, err) = sluice(&["dlq", "replay", "--again", path_arg(&fixed)]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        read_lake(&dir.path().join("replayed")).len(),
+        14,
+        "asked again"
+    );
+    // Purged entries (same filters) are no longer listed or replayed.
+    let (ok, _, err) = sluice(&["dlq", "purge", path_arg(&fixed), "--kind", "trap"]);
+    assert!(
+        ok && err.contains("2 entries of pipeline `poison-fixed` purged"),
+        "{err}"
+    );
+    let (ok, listed, err) = sluice(&["dlq", "list", path_arg(&fixed)]);
+    assert!(ok, "{err}");
+    assert_eq!(listed.lines().count(), 5, "{listed}");
+    assert!(!listed.contains("\ttrap\t"), "{listed}");
 }
 
 #[test]

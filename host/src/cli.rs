@@ -337,6 +337,21 @@ enum DlqAction {
         /// Only say what would be replayed.
         #[arg(long)]
         dry_run: bool,
+        /// Replay entries that were replayed before too (by default they
+        /// are skipped: `.sluice/dlq/` beside the pipeline file remembers).
+        #[arg(long)]
+        again: bool,
+    },
+    /// Marks the entries (same filters) as purged: no longer listed or
+    /// replayed. The queue itself is left as it is (a Kafka topic cannot
+    /// drop one record; its retention does); the marks are kept beside the
+    /// pipeline file, in `.sluice/dlq/`.
+    Purge {
+        #[command(flatten)]
+        args: DlqArgs,
+        /// Only say what would be purged.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -379,16 +394,41 @@ impl DlqArgs {
         let entries = crate::replay::read(&config, &base, &filter)?;
         Ok((config, entries))
     }
+
+    /// The entries not purged, and the pipeline's ledger.
+    fn read_live(
+        &self,
+    ) -> anyhow::Result<(
+        crate::config::PipelineConfig,
+        Vec<crate::replay::DeadLetterRecord>,
+        crate::replay::Ledger,
+    )> {
+        let (config, entries) = self.read()?;
+        let base = self
+            .pipeline
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let ledger = crate::replay::Ledger::open_for(&base, &config.name)?;
+        let entries = entries
+            .into_iter()
+            .filter(|e| ledger.get(&e.id).is_none_or(|l| l.action != "purged"))
+            .collect();
+        Ok((config, entries, ledger))
+    }
 }
 
 fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
     match action {
         DlqAction::List(args) => {
-            let (_, entries) = args.read()?;
+            let (_, entries, ledger) = args.read_live()?;
             for e in &entries {
                 let mut message = e.message.replace('\n', " ");
                 if message.chars().count() > 100 {
                     message = message.chars().take(99).collect::<String>() + "…";
+                }
+                if let Some(done) = ledger.get(&e.id) {
+                    message.push_str(&format!(" (replayed {})", done.at));
                 }
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}",
@@ -403,14 +443,42 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
             eprintln!("{} entries", entries.len());
         }
         DlqAction::Show(args) => {
-            let (_, entries) = args.read()?;
+            let (_, entries, _) = args.read_live()?;
             for e in &entries {
                 println!("{}", e.to_json());
             }
             eprintln!("{} entries", entries.len());
         }
-        DlqAction::Replay { args, dry_run } => {
-            let (config, entries) = args.read()?;
+        DlqAction::Purge { args, dry_run } => {
+            let (config, entries, mut ledger) = args.read_live()?;
+            if !dry_run {
+                ledger.record(entries.iter().map(|e| e.id.as_str()), "purged", &[])?;
+            }
+            eprintln!(
+                "{} entries of pipeline `{}` {} (kept in `{}`)",
+                entries.len(),
+                config.name,
+                if dry_run { "would be purged" } else { "purged" },
+                ledger.path().display()
+            );
+        }
+        DlqAction::Replay {
+            args,
+            dry_run,
+            again,
+        } => {
+            let (config, entries, mut ledger) = args.read_live()?;
+            let before = entries.len();
+            let entries: Vec<_> = entries
+                .into_iter()
+                .filter(|e| again || ledger.get(&e.id).is_none())
+                .collect();
+            if entries.len() < before {
+                eprintln!(
+                    "{} entries skipped: replayed before (`--again` replays them too)",
+                    before - entries.len()
+                );
+            }
             if dry_run || entries.is_empty() {
                 eprintln!(
                     "{} entries would be replayed through pipeline `{}`",
@@ -422,13 +490,23 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
             let stream = format!("replay of {}", args.pipeline.display());
             let items = crate::replay::items(&config, &stream, &entries);
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let summary = rt.block_on(async {
+            let (summary, modules) = rt.block_on(async {
                 let p = pipeline::Pipeline::load(&args.pipeline, &RunOptions::default()).await?;
-                p.with_items(stream, items)
-                    .run(pipeline::shutdown_signal())
-                    .await
+                let modules: Vec<String> = p.transforms().into_iter().map(|t| t.digest).collect();
+                let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let mut summary = p
+                    .with_items(stream, items)
+                    .run(pipeline::noting_shutdown(stopped.clone()))
+                    .await?;
+                summary.stopped = stopped.load(std::sync::atomic::Ordering::SeqCst);
+                anyhow::Ok((summary, modules))
             })?;
             eprintln!("{summary}");
+            if summary.stopped {
+                eprintln!("the replay was stopped: nothing is marked as replayed");
+            } else {
+                ledger.record(entries.iter().map(|e| e.id.as_str()), "replayed", &modules)?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

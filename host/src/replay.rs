@@ -598,3 +598,138 @@ mod tests {
         }));
     }
 }
+
+/// What was done with dead-letter entries (`sluice dlq replay`, `purge`),
+/// kept beside the pipeline file (`.sluice/dlq/<pipeline>.jsonl`, one JSON
+/// object a line, appended): a replayed entry is not replayed again unless
+/// asked (`--again`), a purged one is no longer listed or replayed. The
+/// queue itself is left as it is (a Kafka topic cannot drop one record; its
+/// retention does).
+#[derive(Debug)]
+pub struct Ledger {
+    file: PathBuf,
+    done: std::collections::BTreeMap<String, LedgerEntry>,
+}
+
+/// One entry of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LedgerEntry {
+    /// The dead-letter entry's id.
+    pub id: String,
+    /// `replayed` or `purged`.
+    pub action: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The module digests of the pipeline that replayed it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<String>,
+}
+
+impl Ledger {
+    /// The ledger of the pipeline `name` whose file is in `base`.
+    pub fn open_for(base: &Path, name: &str) -> Result<Ledger, ReplayError> {
+        use sha2::Digest as _;
+        let h = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+        Ledger::open(base.join(".sluice/dlq").join(format!("{}.jsonl", &h[..32])))
+    }
+
+    /// Reads the ledger at `file` (empty when it does not exist); a line
+    /// that is not an entry is an error naming the file and line.
+    pub fn open(file: PathBuf) -> Result<Ledger, ReplayError> {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(ReplayError::Read {
+                    dlq: format!("ledger `{}`", file.display()),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let mut done = std::collections::BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let entry: LedgerEntry = serde_json::from_str(line).map_err(|e| ReplayError::Read {
+                dlq: format!("ledger `{}`", file.display()),
+                message: format!("line {}: {e}", i + 1),
+            })?;
+            done.insert(entry.id.clone(), entry);
+        }
+        Ok(Ledger { file, done })
+    }
+
+    /// Where it is kept.
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    /// What was last done with entry `id`, if anything.
+    pub fn get(&self, id: &str) -> Option<&LedgerEntry> {
+        self.done.get(id)
+    }
+
+    /// Records `action` for each of `ids` now.
+    pub fn record<'a>(
+        &mut self,
+        ids: impl IntoIterator<Item = &'a str>,
+        action: &str,
+        modules: &[String],
+    ) -> Result<(), ReplayError> {
+        use std::io::Write as _;
+        let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut text = Vec::new();
+        for id in ids {
+            let entry = LedgerEntry {
+                id: id.to_string(),
+                action: action.to_string(),
+                at: at.clone(),
+                modules: modules.to_vec(),
+            };
+            if let Ok(line) = serde_json::to_vec(&entry) {
+                text.extend_from_slice(&line);
+                text.push(b'\n');
+            }
+            self.done.insert(entry.id.clone(), entry);
+        }
+        let err = |e: std::io::Error| ReplayError::Read {
+            dlq: format!("ledger `{}`", self.file.display()),
+            message: e.to_string(),
+        };
+        if let Some(dir) = self.file.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.file)
+            .map_err(err)?;
+        f.write_all(&text).and_then(|_| f.sync_data()).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod ledger_tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_remembers_across_opens_and_names_a_bad_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = Ledger::open_for(dir.path(), "p").expect("open");
+        assert!(l.get("a:1").is_none());
+        l.record(["a:1", "a:2"], "replayed", &["sha256:x".into()])
+            .expect("record");
+        l.record(["a:2"], "purged", &[]).expect("record");
+        let l = Ledger::open_for(dir.path(), "p").expect("again");
+        assert_eq!(l.get("a:1").map(|e| e.action.as_str()), Some("replayed"));
+        assert_eq!(
+            l.get("a:1").map(|e| e.modules.clone()),
+            Some(vec!["sha256:x".into()])
+        );
+        assert_eq!(l.get("a:2").map(|e| e.action.as_str()), Some("purged"));
+        std::fs::write(l.path(), "{\"id\":\"a:1\"\n").expect("garbage");
+        let e = Ledger::open_for(dir.path(), "p").expect_err("bad line");
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+}

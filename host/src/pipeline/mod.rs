@@ -553,6 +553,12 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// [`shutdown_signal`], setting `stopped` when it comes.
+pub async fn noting_shutdown(stopped: Arc<std::sync::atomic::AtomicBool>) {
+    shutdown_signal().await;
+    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Loads and runs a pipeline file until its source is drained (or Ctrl-C /
 /// SIGTERM).
 pub async fn run_file(path: &Path, opts: &RunOptions) -> Result<Summary, PipelineError> {
@@ -564,13 +570,7 @@ pub async fn run_file(path: &Path, opts: &RunOptions) -> Result<Summary, Pipelin
     )
     .await?;
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let signal = {
-        let stopped = stopped.clone();
-        async move {
-            shutdown_signal().await;
-            stopped.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    };
+    let signal = noting_shutdown(stopped.clone());
     let live = pipeline.live(Arc::new(crate::metrics::Metrics::new()));
     let progress = progress(&live);
     let span = tracing::info_span!("pipeline", pipeline = %pipeline.config.name, tenant = %pipeline.config.tenant);
