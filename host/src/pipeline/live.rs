@@ -139,6 +139,8 @@ pub struct Snapshot {
     /// What keeps the source from reading, while it lasts (`source
     /// unreachable since …`).
     pub source_health: Option<String>,
+    /// A bounded source's progress: `[bytes read, bytes in all]`.
+    pub source_progress: Option<(u64, u64)>,
     /// The same per source partition (Kafka: from the consumer's statistics,
     /// every few seconds).
     pub partition_lags: Vec<PartitionLag>,
@@ -542,6 +544,7 @@ impl Live {
                     rate_out: i.rates.rate_out,
                     lag: None,
                     source_health: None,
+                    source_progress: None,
                     partition_lags: Vec::new(),
                     in_flight_records,
                     in_flight_bytes,
@@ -558,6 +561,7 @@ impl Live {
         let mut snapshot = snapshot;
         snapshot.lag = lag_source.as_ref().and_then(|c| c.lag());
         snapshot.source_health = lag_source.as_ref().and_then(|c| c.health());
+        snapshot.source_progress = lag_source.as_ref().and_then(|c| c.progress());
         snapshot.partition_lags = lag_source
             .map(|c| c.partition_lags())
             .unwrap_or_default()

@@ -326,7 +326,7 @@ impl Pipeline {
         Live::new(
             &self.config.name,
             &self.config.tenant,
-            crate::source::describe(&self.config.source),
+            self.config.source.plugin().describe_at(&self.base),
             self.transforms(),
             crate::metrics::PipelineMetrics::new(metrics, &self.config.name, &self.config.tenant),
         )

@@ -201,6 +201,11 @@ pub trait SourceControl: Send + Sync {
     fn health(&self) -> Option<String> {
         None
     }
+
+    /// A bounded source's progress: bytes read of the bytes it has (files).
+    fn progress(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// The control of a source read by one task, with no upstream state (files,
@@ -302,6 +307,13 @@ pub trait SourcePlugin: std::fmt::Debug + Send + Sync {
     /// A short description for the status page and logs (never a
     /// credential).
     fn describe(&self) -> String;
+
+    /// [`describe`](Self::describe) with the paths it names resolved
+    /// against the pipeline file's folder (the status page shows which
+    /// file a relative path meant).
+    fn describe_at(&self, _base: &Path) -> String {
+        self.describe()
+    }
 
     /// Checks of the configuration alone (no I/O), run when the pipeline
     /// file is parsed; the message names the field.

@@ -91,6 +91,10 @@ pub struct FileSource {
     follow: bool,
     /// Lines of the current file below this were delivered before.
     skip_below: i64,
+    /// Bytes read so far (lines and their ends), shared with the control.
+    read: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes of the files listed at the start (`None` for standard input).
+    total: Option<u64>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -109,6 +113,7 @@ impl FileSource {
     /// Resolves `path` (file, directory, glob or `-`) against `base`.
     pub fn open(path: &str, base: &Path, format: LineFormat) -> Result<Self, SourceError> {
         let mut files = Vec::new();
+        let mut total = 0u64;
         let stdin = path == "-";
         if !stdin {
             let full = base.join(path);
@@ -150,6 +155,10 @@ impl FileSource {
             }
             files.sort();
             files = read_once(files);
+            total = files
+                .iter()
+                .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+                .sum::<u64>();
             if files.is_empty() {
                 return Err(SourceError::NoFiles(full_str));
             }
@@ -163,6 +172,8 @@ impl FileSource {
             positions: None,
             skip_below: 0,
             follow: false,
+            read: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            total: (!stdin).then_some(total),
         })
     }
 
@@ -242,6 +253,7 @@ pub(super) fn start(mut source: FileSource, opts: StartOptions) -> RunningSource
     let (tx, events) = mpsc::unbounded_channel();
     let describe = source.describe();
     let positions = source.positions.clone();
+    let (read, total) = (source.read.clone(), source.total);
     let task = tokio::spawn(async move {
         // Lines already in memory go to the coordinator together, up to
         // `CHUNK` at a time, while the budget allows: one message per chunk,
@@ -287,29 +299,35 @@ pub(super) fn start(mut source: FileSource, opts: StartOptions) -> RunningSource
     let task = TaskControl::new(describe, task);
     RunningSource {
         events,
-        control: match positions {
-            Some(positions) => Arc::new(FileControl { task, positions }),
-            None => Arc::new(task),
-        },
+        control: Arc::new(FileControl {
+            task,
+            positions,
+            read,
+            total,
+        }),
     }
 }
 
-/// The control of a file source that keeps its positions: a commit writes
-/// them (everything below is in a sink or the dead-letter queue).
+/// The control of a file source: a commit writes its positions when it
+/// keeps them (everything below is in a sink or the dead-letter queue); it
+/// knows how much of its files it has read.
 struct FileControl {
     task: TaskControl,
-    positions: Arc<Positions>,
+    positions: Option<Arc<Positions>>,
+    read: Arc<std::sync::atomic::AtomicU64>,
+    total: Option<u64>,
 }
 
 impl FileControl {
     fn keep(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
+        let Some(positions) = &self.positions else {
+            return Ok(());
+        };
         let handled: Vec<(&str, i64)> = offsets
             .iter()
             .map(|(p, next)| (&*p.stream, *next))
             .collect();
-        self.positions
-            .commit(&handled)
-            .map_err(SourceError::Positions)
+        positions.commit(&handled).map_err(SourceError::Positions)
     }
 }
 
@@ -331,6 +349,13 @@ impl super::SourceControl for FileControl {
 
     fn describe(&self) -> String {
         self.task.describe()
+    }
+
+    fn progress(&self) -> Option<(u64, u64)> {
+        let total = self.total?;
+        let read = self.read.load(std::sync::atomic::Ordering::Relaxed);
+        // A file that grew while read counts as read so far.
+        Some((read, total.max(read)))
     }
 }
 
@@ -361,6 +386,8 @@ impl FileSource {
             };
             let offset = *line_no;
             *line_no += 1;
+            self.read
+                .fetch_add(line.len() as u64 + 1, std::sync::atomic::Ordering::Relaxed);
             if offset < self.skip_below {
                 continue;
             }
@@ -415,6 +442,28 @@ impl super::SourcePlugin for FileSourceConfig {
 
     fn describe(&self) -> String {
         format!("file {}", self.path)
+    }
+
+    fn describe_at(&self, base: &Path) -> String {
+        if self.path == "-" {
+            return "file - (standard input)".into();
+        }
+        // `a/b/../c` read as `a/c`: the path as a person would write it.
+        let mut resolved = PathBuf::new();
+        for part in base.join(&self.path).components() {
+            match part {
+                std::path::Component::ParentDir if resolved.file_name().is_some() => {
+                    resolved.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => resolved.push(other),
+            }
+        }
+        format!(
+            "file {}{}",
+            resolved.display(),
+            if self.follow { " (following)" } else { "" }
+        )
     }
 
     fn validate(&self, base: &Path) -> Result<(), SourceError> {
