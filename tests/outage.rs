@@ -1,7 +1,7 @@
 //! Riding out a broker outage with the default retry policy: records stream
 //! into `sluice run` (stdin → Kafka sink, Kafka dead-letter queue) while the
 //! broker is unreachable for 30 s; the pipeline stays up, then finishes with
-//! every record exactly once. librdkafka's own per-record timeout is set to
+//! every record exactly once, in input order. librdkafka's own per-record timeout is set to
 //! 10 s, shorter than the outage, so that it is Sluice's retry policy that
 //! rides the outage out (with librdkafka's default of 5 minutes, librdkafka
 //! alone would). `OUTAGE_RETRY='retry = { attempts = 6, max_elapsed_ms = 10000 }'`
@@ -271,6 +271,18 @@ properties = {{ "message.timeout.ms" = "10000" }}
         .filter_map(|g| serde_json::from_str::<serde_json::Value>(&g.text()).ok())
         .filter_map(|v| v["id"].as_u64())
         .collect();
+    // One input, one output partition: records first appear in input order,
+    // even though the outage failed several batches' writes, each retried
+    // (a later batch's retry must not overtake an earlier one's).
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<u64> = ids.iter().copied().filter(|i| seen.insert(*i)).collect();
+    let out_of_order = firsts.windows(2).filter(|w| w[1] < w[0]).count();
+    assert_eq!(
+        out_of_order,
+        0,
+        "records first written out of input order {out_of_order} times, e.g. {:?}",
+        firsts.windows(2).find(|w| w[1] < w[0])
+    );
     let read = ids.len();
     ids.sort_unstable();
     ids.dedup();

@@ -220,6 +220,8 @@ struct Write {
 
 /// A batch whose writes are enqueued.
 pub(crate) struct Submitted {
+    /// Its place in the order batches were submitted (see [`Turns`]).
+    turn: u64,
     job: Job,
     digests: Vec<Arc<str>>,
     steps: Vec<StepStats>,
@@ -246,6 +248,74 @@ pub(crate) struct Delivery {
     /// Whether the source checks that every record's value is one JSON
     /// document (see [`Lineage::json_checked`]).
     pub source_json: bool,
+    /// Retries go in the order batches were submitted.
+    pub turns: Turns,
+}
+
+/// The order in which batches' writes may be tried again. Batches are
+/// submitted in order but awaited together; when an outage fails several of
+/// them, each would retry on its own backoff, and a later batch's records
+/// could reach a sink (a Kafka partition) before an earlier one's — a later
+/// record of a key before an earlier one. So a batch tries again only once
+/// every batch submitted before it is finished (written, or failed for
+/// good): retries go out in batch order.
+#[derive(Debug, Default)]
+pub(crate) struct Turns {
+    inner: std::sync::Mutex<TurnsInner>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct TurnsInner {
+    /// The next turn to hand out.
+    next: u64,
+    /// Every turn below this is finished.
+    low: u64,
+    /// Finished turns at or above `low`.
+    finished: std::collections::BTreeSet<u64>,
+}
+
+impl Turns {
+    fn inner(&self) -> std::sync::MutexGuard<'_, TurnsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next turn, in submission order.
+    fn take(&self) -> u64 {
+        let mut i = self.inner();
+        let t = i.next;
+        i.next += 1;
+        t
+    }
+
+    /// Turn `t` is finished.
+    fn finish(&self, t: u64) {
+        {
+            let mut i = self.inner();
+            i.finished.insert(t);
+            loop {
+                let low = i.low;
+                if !i.finished.remove(&low) {
+                    break;
+                }
+                i.low += 1;
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until every turn before `t` is finished.
+    async fn wait_for(&self, t: u64) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inner().low >= t {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// The output header naming the module that emitted a record.
@@ -258,6 +328,39 @@ impl Delivery {
         processed: Processed,
     ) -> Result<Submitted, (Job, PipelineError)> {
         let Processed { job, chain } = processed;
+        let turn = self.turns.take();
+        let result = self.submit_writes(job, chain).await;
+        match result {
+            Ok((job, digests, steps, dead, writes)) => Ok(Submitted {
+                turn,
+                job,
+                digests,
+                steps,
+                dead,
+                writes,
+            }),
+            Err(e) => {
+                self.turns.finish(turn);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn submit_writes(
+        &self,
+        job: Job,
+        chain: super::chain::ChainResult,
+    ) -> Result<
+        (
+            Job,
+            Vec<Arc<str>>,
+            Vec<StepStats>,
+            Vec<DlqEntry>,
+            Vec<Write>,
+        ),
+        (Job, PipelineError),
+    > {
         let mut writes = Vec::new();
         let digests = chain.digests;
         for (output, routed) in chain.outputs {
@@ -326,19 +429,18 @@ impl Delivery {
                 submitted,
             });
         }
-        Ok(Submitted {
-            job,
-            digests,
-            steps: chain.steps,
-            dead: chain.dead,
-            writes,
-        })
+        Ok((job, digests, chain.steps, chain.dead, writes))
     }
 
     /// Awaits one write, trying it again on transient errors when `retry`.
     /// A retry writes again only the records not yet written (when the
     /// sink says which), so that riding out an outage adds no duplicates.
-    async fn await_write(&self, write: &mut Write, retry: bool) -> Result<Accepted, SinkError> {
+    async fn await_write(
+        &self,
+        write: &mut Write,
+        retry: bool,
+        turn: u64,
+    ) -> Result<Accepted, SinkError> {
         let policy = self.retries.get(&write.output).cloned().unwrap_or_default();
         let mut attempt = 1;
         let mut first_failure: Option<std::time::Instant> = None;
@@ -393,6 +495,8 @@ impl Delivery {
                 write.sink.recover();
             }
             tokio::time::sleep(wait).await;
+            // After every earlier batch: records of one key stay in order.
+            self.turns.wait_for(turn).await;
             current = next;
             let records: Vec<Record> = current
                 .iter()
@@ -420,7 +524,15 @@ impl Delivery {
     /// transform's failures and the sinks' rejects). Returns, with the
     /// report, the durability of what sinks hold (empty: all durable).
     pub(crate) async fn finish(&self, submitted: Submitted, retry: bool) -> (Done, Vec<Durable>) {
+        let turn = submitted.turn;
+        let finished = self.finish_turn(submitted, retry).await;
+        self.turns.finish(turn);
+        finished
+    }
+
+    async fn finish_turn(&self, submitted: Submitted, retry: bool) -> (Done, Vec<Durable>) {
         let Submitted {
+            turn,
             job,
             digests,
             steps,
@@ -433,7 +545,7 @@ impl Delivery {
         };
         let mut held = Vec::new();
         for mut write in writes {
-            let rejects = match self.await_write(&mut write, retry).await {
+            let rejects = match self.await_write(&mut write, retry, turn).await {
                 Ok(Accepted { rejects, held: h }) => {
                     held.extend(h);
                     rejects
@@ -675,6 +787,7 @@ mod tests {
             transforms: Arc::new(Vec::new()),
             retries: BTreeMap::new(),
             dlq_retry: Retry::default(),
+            turns: Turns::default(),
             metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
             module_header: false,
             source_json: false,
@@ -776,6 +889,7 @@ mod tests {
             transforms: Arc::new(Vec::new()),
             retries: BTreeMap::new(),
             dlq_retry: Retry::default(),
+            turns: Turns::default(),
             metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
             module_header: false,
             source_json: false,
@@ -816,7 +930,7 @@ mod tests {
             submitted: std::time::Instant::now(),
         };
         let rejects = delivery
-            .await_write(&mut write, true)
+            .await_write(&mut write, true, 0)
             .await
             .expect("written");
         let calls = sink.calls.lock().unwrap_or_else(|e| e.into_inner());
@@ -903,6 +1017,7 @@ mod tests {
             ]),
             retries: BTreeMap::new(),
             dlq_retry: Retry::default(),
+            turns: Turns::default(),
             metrics: crate::metrics::PipelineMetrics::detached("p", "t"),
             module_header: false,
             source_json: false,
@@ -919,6 +1034,30 @@ mod tests {
         let modules: Vec<Option<&str>> = l.modules.iter().map(|m| m.as_deref()).collect();
         assert_eq!(modules, vec![Some("sha256:bbb"), Some("sha256:aaa"), None]);
         assert_eq!(l.spans(), BTreeMap::from([(part, (40, 42))]));
+    }
+
+    #[tokio::test]
+    async fn a_retry_waits_until_every_earlier_batch_is_finished() {
+        let turns = Arc::new(Turns::default());
+        let (a, b, c) = (turns.take(), turns.take(), turns.take());
+        assert_eq!((a, b, c), (0, 1, 2));
+        let waiting = {
+            let turns = turns.clone();
+            tokio::spawn(async move { turns.wait_for(c).await })
+        };
+        // The batch before it finishes first, the first one still retries.
+        turns.finish(b);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "batch 0 is not finished yet");
+        turns.finish(a);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("its turn came")
+            .expect("task");
+        // The first batch never waits.
+        tokio::time::timeout(std::time::Duration::from_secs(10), turns.wait_for(0))
+            .await
+            .expect("no wait");
     }
 
     #[test]

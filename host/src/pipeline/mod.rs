@@ -503,6 +503,7 @@ impl Pipeline {
                 .map(|(name, sink)| (name.clone(), Retry::from(sink.retry())))
                 .collect(),
             dlq_retry: Retry::from(config.dead_letter.retry()),
+            turns: Default::default(),
             metrics: live.metrics().clone(),
             module_header: d.module_header,
             source_json: config.source.plugin().json_values(),

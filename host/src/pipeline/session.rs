@@ -121,6 +121,11 @@ struct Coordinator<'a> {
     /// they were cut.
     deferred: std::collections::VecDeque<(Partition, Vec<SourceItem>)>,
     committed: HashMap<Partition, i64>,
+    /// The highest offset committed per partition in this session, kept
+    /// across a revocation and a new assignment: nothing lower is ever
+    /// committed (a partition read again from an older position after a
+    /// rebalance must not move the group's offset back).
+    committed_high: HashMap<Partition, i64>,
     commit_interval: Duration,
     /// When handled offsets not yet committed must be (at-least-once).
     commit_due: Option<Instant>,
@@ -247,6 +252,7 @@ pub(crate) async fn run(
         breaker,
         deferred: Default::default(),
         committed: HashMap::new(),
+        committed_high: HashMap::new(),
         commit_interval,
         commit_due: None,
         revokes: Vec::new(),
@@ -284,6 +290,7 @@ pub(crate) async fn run(
         Vec::new()
     };
     for (p, o) in &final_offsets {
+        c.note_committed(p, *o);
         c.committed.insert(p.clone(), *o);
     }
     let closed = control.close(&final_offsets).await;
@@ -1150,21 +1157,42 @@ impl Coordinator<'_> {
             }
             committed?;
             for (p, o) in changes {
+                self.note_committed(&p, o);
                 self.committed.insert(p, o);
             }
         }
         Ok(())
     }
 
-    /// Committable offsets that moved since the last commit.
+    /// Committable offsets that moved since the last commit, never below
+    /// one committed before for the partition.
     fn committable_changes(&self) -> Vec<(Partition, i64)> {
         self.ledger
             .partitions()
             .filter_map(|p| {
                 let o = self.ledger.committable(p)?;
-                (self.committed.get(p) != Some(&o)).then(|| (p.clone(), o))
+                (self.committed.get(p) != Some(&o) && self.not_backwards(p, o))
+                    .then(|| (p.clone(), o))
             })
             .collect()
+    }
+
+    /// Whether committing `o` for `p` keeps the committed offset from going
+    /// back.
+    fn not_backwards(&self, p: &Partition, o: i64) -> bool {
+        match self.committed_high.get(p) {
+            Some(&high) if o < high => {
+                tracing::debug!(pipeline = %self.pipeline, partition = %p, offset = o, committed = high,
+                    "not committing an offset below one committed before (the partition is read again from an older position)");
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn note_committed(&mut self, p: &Partition, o: i64) {
+        let high = self.committed_high.entry(p.clone()).or_insert(o);
+        *high = (*high).max(o);
     }
 
     fn on_revoke(&mut self, r: Revocation) {
@@ -1233,14 +1261,18 @@ impl Coordinator<'_> {
                 continue;
             }
             let r = self.revokes.swap_remove(i);
-            let offsets = if idle && self.commits {
+            let offsets: Vec<(Partition, i64)> = if idle && self.commits {
                 r.partitions
                     .iter()
                     .filter_map(|p| Some((p.clone(), self.ledger.committable(p)?)))
+                    .filter(|(p, o)| self.not_backwards(p, *o))
                     .collect()
             } else {
                 Vec::new()
             };
+            for (p, o) in &offsets {
+                self.note_committed(p, *o);
+            }
             if !idle {
                 tracing::warn!(pipeline = %self.pipeline, partitions = r.partitions.len(), "revoked partitions did not drain in time: their uncommitted work is dropped");
             }
@@ -1461,6 +1493,7 @@ mod tests {
             transforms: Arc::new(Vec::new()),
             retries: Default::default(),
             dlq_retry: deliver::Retry::default(),
+            turns: Default::default(),
             metrics,
             module_header: false,
             source_json: false,
