@@ -273,6 +273,8 @@ struct TurnsInner {
     low: u64,
     /// Finished turns at or above `low`.
     finished: std::collections::BTreeSet<u64>,
+    /// Turns whose writes are being tried again.
+    retrying: std::collections::BTreeSet<u64>,
 }
 
 impl Turns {
@@ -288,10 +290,21 @@ impl Turns {
         t
     }
 
+    /// Whether some batch's writes are being tried again: no new batch is
+    /// submitted then, so that none overtakes it (the committer waits).
+    pub(crate) fn troubled(&self) -> bool {
+        !self.inner().retrying.is_empty()
+    }
+
+    fn retrying(&self, t: u64) {
+        self.inner().retrying.insert(t);
+    }
+
     /// Turn `t` is finished.
     fn finish(&self, t: u64) {
         {
             let mut i = self.inner();
+            i.retrying.remove(&t);
             i.finished.insert(t);
             loop {
                 let low = i.low;
@@ -474,6 +487,7 @@ impl Delivery {
                 return Err(error);
             }
             attempt += 1;
+            self.turns.retrying(turn);
             let error_text = error.to_string();
             let next: Vec<usize> = match error {
                 SinkError::Partial {

@@ -51,7 +51,9 @@ async fn run_plain(
     let mut open = true;
     loop {
         tokio::select! {
-            next = batches.recv(), if open && in_flight.len() < MAX_PENDING_BATCHES => match next {
+            // While a batch's writes are tried again, none is submitted
+            // after it (it would overtake the retry); the ones in flight go on.
+            next = batches.recv(), if open && in_flight.len() < MAX_PENDING_BATCHES && !delivery.turns.troubled() => match next {
                 Some(p) => match delivery.submit(p).await {
                     Ok(s) => {
                         let d = delivery.clone();

@@ -17,7 +17,7 @@ use crate::kafka::Logs;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use std::sync::Arc;
 use std::time::Duration;
@@ -353,6 +353,14 @@ fn record_at_fault(e: &KafkaError) -> bool {
 }
 
 /// Whether a produce error may go away if the write is tried again.
+/// Whether the error is librdkafka taking a record back (a purge).
+fn purged(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+    )
+}
+
 fn transient(e: &KafkaError) -> bool {
     !matches!(
         e.rdkafka_error_code(),
@@ -451,6 +459,8 @@ impl Sink for KafkaSink {
         }
         let sink = self.describe();
         let topic = self.topic.clone();
+        // Not in a transaction, whose own abort takes its records back.
+        let purge = self.producer.transactional_id.is_none();
         Ok(Box::pin(async move {
             // The first failure's message and whether all were transient.
             let mut failure: Option<(String, bool)> = None;
@@ -467,6 +477,14 @@ impl Sink for KafkaSink {
                         // written decides what a retry writes again.
                         failed.push(index);
                         let t = transient(&e);
+                        if purge && failure.is_none() && t && !purged(&e) {
+                            // The records queued behind this one (later
+                            // batches) must not reach the topic before it
+                            // is written again: take them back, so that they
+                            // fail too and are retried in batch order.
+                            producer
+                                .purge(PurgeConfig::default().queue().inflight().non_blocking());
+                        }
                         match &mut failure {
                             Some((_, all_transient)) => *all_transient &= t,
                             None => failure = Some((format!("delivery failed: {e}"), t)),
