@@ -442,10 +442,44 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
         out.status.success()
             && listed
                 .lines()
-                .any(|l| l.starts_with(v1.as_str()) && l.ends_with("active"))
-            && listed.contains(v2.as_str()),
+                .any(|l| l.starts_with(v1.as_str()) && l.ends_with("active")),
         "{listed}"
     );
+    // A version uploaded without being activated is listed as stored.
+    let v9_bytes = with_custom_section(&v1_bytes, "version", b"9");
+    let v9 = sluice::host::registry::digest_of(&v9_bytes);
+    let v9_file = dir.path().join("v9.wasm");
+    std::fs::write(&v9_file, &v9_bytes).expect("v9 file");
+    let out = std::process::Command::new(bin())
+        .args([
+            "deploy",
+            "--host",
+            &url,
+            "--no-activate",
+            "stream",
+            "identity",
+            &v9_file.to_string_lossy(),
+        ])
+        .env("SLUICE_TOKEN", TENANT_A)
+        .output()
+        .expect("sluice");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(
+        TENANT_A,
+        &["versions", "--host", &url, "stream", "identity"],
+    );
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(v9.as_str()) && l.ends_with("stored (never activated)")),
+        "{listed}"
+    );
+    assert_eq!(active_digest(&addr), v1, "stored, not activated");
     // Pause and resume through the CLI.
     for (verb, state) in [("pause", "paused"), ("resume", "running")] {
         let out = cli(TENANT_A, &[verb, "--host", &url, "stream"]);
@@ -706,18 +740,22 @@ fn pipelines_are_created_replaced_and_deleted_through_the_api_by_admins_only() {
         "listen = \"127.0.0.1:0\"\ntokens_file = \"tokens.toml\"\ninstance_slots = 20\n",
     )
     .expect("host file");
-    let data = dir.path().join("events.jsonl");
-    std::fs::write(
-        &data,
-        (0..100)
-            .map(|i| format!("{{\"n\":{i}}}\n"))
-            .collect::<String>(),
-    )
-    .expect("data");
+    // lake1's pipeline reads events1, its replacement (lake2) events2: a
+    // replaced pipeline resumes its files where the first one stopped, so
+    // reading the same file again would add nothing.
+    for data in ["events1.jsonl", "events2.jsonl"] {
+        std::fs::write(
+            dir.path().join(data),
+            (0..100)
+                .map(|i| format!("{{\"n\":{i}}}\n"))
+                .collect::<String>(),
+        )
+        .expect("data");
+    }
     let file = |lake: &str| {
         format!(
             "name = \"made\"\ntenant = \"team-a\"\n[source.file]\npath = {}\n[[transforms]]\nname = \"identity\"\nmodule = {}\n[outputs.default.local]\npath = {}\n[dead_letter.local]\npath = {}\n",
-            toml_path(&data),
+            toml_path(&dir.path().join(lake.replace("lake", "events") + ".jsonl")),
             toml_path(&module("transforms/identity")),
             toml_path(&dir.path().join(lake)),
             toml_path(&dir.path().join("dlq")),
@@ -1158,12 +1196,13 @@ fn cli_deploy(url: &str, module: &Path, extra: &[&str]) -> std::process::Output 
 
 /// Probation across a restart, and `sluice deploy` waiting for it: a
 /// version deployed with `--no-wait` is on probation when the host gets
-/// SIGTERM; the restarted host starts on the version before it (the last
-/// that passed) and says so, instead of making the unproven version
-/// permanent. Deployed again, `sluice deploy` waits while records flow and
-/// exits 0 once it passed; after another restart it is still active. A
-/// version that fails its records makes `sluice deploy` exit non-zero with
-/// the host's reason.
+/// SIGTERM; the restarted host puts it on probation again (instead of
+/// making it permanent) and says so. Deployed again, `sluice deploy` waits
+/// while records flow and exits 0 once it passed; after another restart it
+/// is still active. A version that fails its records, on probation when the
+/// host stops, is rolled back automatically once the restarted host sees it
+/// fail (before, it stayed active and the pipeline failed); deployed with
+/// `sluice deploy` waiting, it makes it exit non-zero with the host's reason.
 #[test]
 fn probation_survives_a_restart_and_deploy_waits_for_its_verdict() {
     let b = broker::bootstrap();
@@ -1204,6 +1243,10 @@ fn probation_survives_a_restart_and_deploy_waits_for_its_verdict() {
             })
             .collect::<Vec<_>>()
     };
+    let snapshot = |addr: &str| {
+        let (_, snap) = http_get(addr, "/api/pipelines/stream", Some(ADMIN)).expect("snapshot");
+        json(&snap)
+    };
 
     // v2 with --no-wait, no records: still on probation at the SIGTERM.
     let out = cli_deploy(&url, &v2_file, &["--no-wait"]);
@@ -1212,39 +1255,51 @@ fn probation_survives_a_restart_and_deploy_waits_for_its_verdict() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (_, snap) = http_get(&addr, "/api/pipelines/stream", Some(ADMIN)).expect("snapshot");
-    let snap = json(&snap);
+    let snap = snapshot(&addr);
     assert_eq!(snap["probation"]["digest"], v2.as_str(), "{snap}");
     assert_eq!(snap["probation"]["remaining"], 200, "{snap}");
     let status = s.terminate(Duration::from_secs(60));
     assert!(status.is_some_and(|st| st.success()), "{}", s.log_tail(20));
 
+    // Restarted: v2 is on probation again.
     let (mut s, addr) = start(&host, &log);
     let url = format!("http://{addr}");
-    assert_eq!(
-        active_digest(&addr),
-        v1,
-        "the restarted host starts on the last version that passed its probation"
-    );
-    assert_eq!(versions(&addr, ADMIN), vec![v1.clone()]);
-    let (_, snap) = http_get(&addr, "/api/pipelines/stream", Some(ADMIN)).expect("snapshot");
+    let snap = snapshot(&addr);
+    assert_eq!(active_digest(&addr), v2, "{snap}");
+    assert_eq!(snap["probation"]["digest"], v2.as_str(), "{snap}");
     assert!(
-        snap.contains("was still on probation when the host stopped"),
+        snap["last_errors"]
+            .to_string()
+            .contains("it is on probation again"),
         "{snap}"
     );
+    assert_eq!(versions(&addr, ADMIN), vec![v1.clone(), v2.clone()]);
 
-    // Deployed again, waiting: it passes once 200 records went through it.
-    let waiting = {
-        let url = url.clone();
-        let v2_file = v2_file.clone();
-        std::thread::spawn(move || cli_deploy(&url, &v2_file, &[]))
-    };
+    // Records flow: the resumed probation passes.
+    broker::produce(&b, &input, records(0, 300, "ok"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while active_digest(&addr) != v2 {
-        assert!(Instant::now() < deadline, "v2 never became active");
+    while !snapshot(&addr)["probation"].is_null() {
+        assert!(Instant::now() < deadline, "{}", snapshot(&addr));
         std::thread::sleep(Duration::from_millis(50));
     }
-    broker::produce(&b, &input, records(0, 400, "ok"));
+    assert_eq!(active_digest(&addr), v2);
+
+    // `deploy` (waiting) of v3: it passes once 200 records went through it.
+    let v3_bytes = with_custom_section(&v1_bytes, "version", b"3");
+    let v3 = sluice::host::registry::digest_of(&v3_bytes);
+    let v3_file = dir.path().join("v3.wasm");
+    std::fs::write(&v3_file, &v3_bytes).expect("v3 file");
+    let waiting = {
+        let url = url.clone();
+        let v3_file = v3_file.clone();
+        std::thread::spawn(move || cli_deploy(&url, &v3_file, &[]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while active_digest(&addr) != v3 {
+        assert!(Instant::now() < deadline, "v3 never became active");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker::produce(&b, &input, records(300, 600, "ok"));
     let out = waiting.join().expect("deploy thread");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -1255,11 +1310,42 @@ fn probation_survives_a_restart_and_deploy_waits_for_its_verdict() {
     assert!(status.is_some_and(|st| st.success()), "{}", s.log_tail(20));
     let (mut s, addr) = start(&host, &log);
     let url = format!("http://{addr}");
-    assert_eq!(active_digest(&addr), v2, "a version that passed stays");
+    assert_eq!(active_digest(&addr), v3, "a version that passed stays");
+    assert!(snapshot(&addr)["probation"].is_null());
 
-    // A version failing every record: `deploy` exits non-zero, naming it.
+    // A version failing every record, deployed with --no-wait and on
+    // probation when the host stops: the restarted host puts it on
+    // probation again and rolls it back when it fails.
     let bad = module("tests/guests/poison");
     let bad_digest = sluice::host::registry::digest_of(&std::fs::read(&bad).expect("poison"));
+    let out = cli_deploy(&url, &bad, &["--no-wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(status.is_some_and(|st| st.success()), "{}", s.log_tail(20));
+    let (mut s, addr) = start(&host, &log);
+    let url = format!("http://{addr}");
+    assert_eq!(snapshot(&addr)["probation"]["digest"], bad_digest.as_str());
+    broker::produce(&b, &input, records(600, 800, "fail"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while active_digest(&addr) != v3 {
+        assert!(
+            Instant::now() < deadline,
+            "the bad version was not rolled back after the restart: {}",
+            snapshot(&addr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(snapshot(&addr)["state"], "running");
+    assert_eq!(
+        versions(&addr, ADMIN),
+        vec![v1.clone(), v2.clone(), v3.clone()]
+    );
+
+    // Deployed again with `deploy` waiting: it exits non-zero, naming it.
     let waiting = {
         let url = url.clone();
         std::thread::spawn(move || cli_deploy(&url, &bad, &[]))
@@ -1272,7 +1358,7 @@ fn probation_survives_a_restart_and_deploy_waits_for_its_verdict() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    broker::produce(&b, &input, records(400, 800, "fail"));
+    broker::produce(&b, &input, records(800, 1000, "fail"));
     let out = waiting.join().expect("deploy thread");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -1297,7 +1383,7 @@ fn probation_survives_a_restart_and_deploy_waits_for_its_verdict() {
         counts.len() == 2 && counts[0] == counts[1] && counts[0] > 0,
         "failed N of its N records: {err}"
     );
-    assert_eq!(active_digest(&addr), v2);
+    assert_eq!(active_digest(&addr), v3);
     let status = s.terminate(Duration::from_secs(60));
     assert!(status.is_some_and(|st| st.success()), "{}", s.log_tail(20));
 }

@@ -926,18 +926,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let active = json["active"].as_str().unwrap_or_default();
-            let rows: Vec<Vec<String>> = json["versions"]
-                .as_array()
+            let list = |key: &str| -> Vec<String> {
+                json[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            };
+            let mut rows: Vec<Vec<String>> = list("versions")
                 .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str())
                 .map(|v| {
-                    vec![
-                        v.to_string(),
-                        if v == active { "active" } else { "" }.to_string(),
-                    ]
+                    let mark = if v == active { "active" } else { "" };
+                    vec![v, mark.to_string()]
                 })
                 .collect();
+            rows.extend(
+                list("stored")
+                    .into_iter()
+                    .map(|v| vec![v, "stored (never activated)".to_string()]),
+            );
             print_table(&["DIGEST", ""], &rows);
             Ok(ExitCode::SUCCESS)
         }

@@ -276,7 +276,12 @@ async fn versions(
         Err(r) => return r,
     };
     match host.versions(&who, &name, &transform) {
-        Ok(v) => Json(serde_json::json!({ "versions": v, "active": v.last() })).into_response(),
+        Ok(v) => Json(serde_json::json!({
+            "versions": v,
+            "active": v.last(),
+            "stored": host.stored_versions(&name, &transform),
+        }))
+        .into_response(),
         Err(e) => deploy_error(&e),
     }
 }

@@ -243,6 +243,16 @@ impl Host {
                     .await?,
             )
         } else {
+            // Stored, not active: listed among the transform's versions.
+            let _one = self.changes.lock().await;
+            let mut state = self.state.load(pipeline).map_err(DeployError::State)?;
+            let stored = state.stored.entry(transform.to_string()).or_default();
+            stored.retain(|d| d != &digest);
+            stored.push(digest.clone());
+            let excess = stored.len().saturating_sub(MAX_VERSIONS);
+            stored.drain(..excess);
+            self.state.save(&state).map_err(DeployError::State)?;
+            self.publish_state(&state).await;
             None
         };
         Ok(DeployReport {
@@ -311,6 +321,38 @@ impl Host {
             target.as_deref(),
             result.as_ref().map(|_| ()),
         );
+        result
+    }
+
+    /// Puts a version that was on probation when the host stopped on
+    /// probation again, on a pipeline that just started on the version
+    /// before it (see `Host::start_file`).
+    pub(super) async fn resume_probation(
+        &self,
+        handle: &Arc<PipelineHandle>,
+        transform: &str,
+        digest: &str,
+    ) -> Result<DeployReport, DeployError> {
+        let spec = handle
+            .spec(transform)
+            .cloned()
+            .ok_or_else(|| DeployError::NoTransform {
+                pipeline: handle.name().to_string(),
+                transform: transform.to_string(),
+            })?;
+        let result = self
+            .activate_stored(handle, &spec, transform, digest, Push::Activate)
+            .await;
+        self.audit.record(AuditEntry {
+            at: String::new(),
+            who: "sluice".into(),
+            action: "resume-probation".into(),
+            pipeline: handle.name().to_string(),
+            transform: Some(transform.to_string()),
+            digest: Some(digest.to_string()),
+            outcome: if result.is_ok() { "done" } else { "refused" }.into(),
+            detail: result.as_ref().err().map(ToString::to_string),
+        });
         result
     }
 
@@ -491,6 +533,20 @@ impl Host {
             result.as_ref().copied(),
         );
         result
+    }
+
+    /// Versions of a transform uploaded without being activated (and not
+    /// activated since), oldest first.
+    pub fn stored_versions(&self, pipeline: &str, transform: &str) -> Vec<String> {
+        let Ok(state) = self.state.load(pipeline) else {
+            return Vec::new();
+        };
+        let active = state.transforms.get(transform).cloned().unwrap_or_default();
+        state
+            .stored
+            .get(transform)
+            .map(|s| s.iter().filter(|d| !active.contains(d)).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The versions of a transform, oldest first (the last is active).

@@ -203,7 +203,7 @@ impl Host {
     pub async fn start_file(self: &Arc<Self>, file: &Path) -> Result<(), RefusedPipeline> {
         let (mut config, base) = PipelineConfig::load(file)?;
         self.check_unique(file, &config)?;
-        let (desired, notes) = self.apply_desired_state(&mut config).await?;
+        let (desired, unproven) = self.apply_desired_state(&mut config).await?;
         let name = config.name.clone();
         let tenant = config.tenant.clone();
         let transactional_id = (config.delivery.guarantee == Guarantee::ExactlyOnce)
@@ -226,28 +226,51 @@ impl Host {
         ));
         self.record_file_versions(&pipeline, desired).await;
         let live = pipeline.live(self.metrics.clone());
-        for note in notes {
-            live.note_error(note);
-        }
-        // Checked again: another file may have taken the name meanwhile.
-        let mut pipelines = self.pipelines.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(other) = pipelines.get(&name) {
-            return Err(RefusedPipeline::DuplicateName {
-                file: file.to_path_buf(),
+        let handle = {
+            // Checked again: another file may have taken the name meanwhile.
+            let mut pipelines = self.pipelines.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(other) = pipelines.get(&name) {
+                return Err(RefusedPipeline::DuplicateName {
+                    file: file.to_path_buf(),
+                    name,
+                    other: other.file.clone(),
+                });
+            }
+            let handle = Arc::new(PipelineHandle::spawn(pipeline, live, restart));
+            tracing::info!(pipeline = %name, tenant = %tenant, file = %file.display(), "pipeline started");
+            pipelines.insert(
                 name,
-                other: other.file.clone(),
-            });
+                Entry {
+                    file: file.to_path_buf(),
+                    transactional_id,
+                    handle: handle.clone(),
+                },
+            );
+            handle
+        };
+        // A version that was on probation when the host stopped goes on
+        // probation again (the pipeline started on the version before it):
+        // it is judged on its own records, and rolled back if it fails them.
+        for (transform, digest, previous) in unproven {
+            let resumed = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                self.resume_probation(&handle, &transform, &digest),
+            )
+            .await;
+            let note = match resumed {
+                Ok(Ok(_)) => format!(
+                    "transform `{transform}`: version {digest} was on probation when the host stopped; it is on probation again"
+                ),
+                Ok(Err(e)) => format!(
+                    "transform `{transform}`: version {digest} was on probation when the host stopped and cannot be put on probation again ({e}); the pipeline runs {previous}, the last version that passed it"
+                ),
+                Err(_) => format!(
+                    "transform `{transform}`: version {digest} was on probation when the host stopped and could not be swapped in again within 60 s; the pipeline runs {previous}, the last version that passed it"
+                ),
+            };
+            tracing::warn!(pipeline = %handle.name(), "{note}");
+            handle.live().note_error(note);
         }
-        let handle = Arc::new(PipelineHandle::spawn(pipeline, live, restart));
-        tracing::info!(pipeline = %name, tenant = %tenant, file = %file.display(), "pipeline started");
-        pipelines.insert(
-            name,
-            Entry {
-                file: file.to_path_buf(),
-                transactional_id,
-                handle,
-            },
-        );
         Ok(())
     }
 
@@ -256,7 +279,7 @@ impl Host {
     async fn apply_desired_state(
         &self,
         config: &mut PipelineConfig,
-    ) -> Result<(state::PipelineState, Vec<String>), RefusedPipeline> {
+    ) -> Result<(state::PipelineState, Vec<(String, String, String)>), RefusedPipeline> {
         let mut desired = self
             .state
             .load(&config.name)
@@ -265,15 +288,9 @@ impl Host {
         // not shown it works: start on the one before it.
         let unproven = desired.drop_unproven();
         for (transform, dropped, active) in &unproven {
-            tracing::warn!(pipeline = %config.name, transform = %transform, dropped = %dropped, active = %active,
-                "a version was still on probation when the host stopped: starting on the last version that passed it (deploy it again to retry)");
+            tracing::info!(pipeline = %config.name, transform = %transform, dropped = %dropped, active = %active,
+                "a version was on probation when the host stopped: starting on the last version that passed it, then putting it on probation again");
         }
-        let notes = unproven
-            .iter()
-            .map(|(transform, dropped, active)| {
-                format!("transform `{transform}`: version {dropped} was still on probation when the host stopped; started on {active}, the last version that passed it (deploy it again to retry)")
-            })
-            .collect();
         if !unproven.is_empty()
             && let Err(e) = self.state.save(&desired)
         {
@@ -291,7 +308,7 @@ impl Host {
                 t.module = path;
             }
         }
-        Ok((desired, notes))
+        Ok((desired, unproven))
     }
 
     /// Stores the modules a pipeline started with in the registry, and

@@ -22,6 +22,10 @@ pub struct PipelineState {
     /// starts again on the version before it, the last one that passed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub probation: BTreeMap<String, String>,
+    /// Per transform: versions uploaded without being activated
+    /// (`activate=false`), oldest first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stored: BTreeMap<String, Vec<String>>,
 }
 
 impl PipelineState {
