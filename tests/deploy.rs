@@ -547,23 +547,35 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     );
 }
 
-/// A new version that fails most records trips its breaker on probation:
-/// the host swaps the previous version back by itself, before the batch
-/// that tripped it is delivered, and that batch is processed by the old
-/// version. Records the new version failed before (within the breaker's
-/// window) are in the dead-letter queue, attributed to it; every record is
-/// in the output or the dead-letter queue, once. The desired state and the
-/// audit log say so.
-#[test]
-fn a_new_version_that_trips_its_breaker_on_probation_is_rolled_back_automatically() {
+/// Keyed records `{"n":i,"note":note}` for `from..to` (the poison guest
+/// fails those whose note says `fail`).
+fn noted(from: usize, to: usize, note: &str) -> Vec<(Option<String>, Vec<u8>)> {
+    (from..to)
+        .map(|i| {
+            (
+                Some(format!("k{}", i % 20)),
+                format!("{{\"n\":{i},\"note\":\"{note}\"}}").into_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// A host with the `stream` pipeline on fresh topics of `partitions`
+/// partitions, its breaker over 100 records at 50 %, new versions on
+/// probation for `probation_records`: the broker, the input and output
+/// topics, the folder and the host file.
+fn probation_lab(
+    partitions: i32,
+    probation_records: u64,
+) -> (String, String, String, String, tempfile::TempDir, PathBuf) {
     let b = broker::bootstrap();
     broker::require(&b);
     let input = broker::unique("probation-in");
     let output = broker::unique("probation-out");
     let dlq = broker::unique("probation-dlq");
     let group = broker::unique("probation-group");
-    broker::create_topic(&b, &input, 2);
-    broker::create_topic(&b, &output, 2);
+    broker::create_topic(&b, &input, partitions);
+    broker::create_topic(&b, &output, partitions);
     broker::create_topic(&b, &dlq, 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let host = lab_with(
@@ -573,8 +585,23 @@ fn a_new_version_that_trips_its_breaker_on_probation_is_rolled_back_automaticall
         &output,
         &dlq,
         &group,
-        "[circuit_breaker]\nwindow_records = 100\nfailure_ratio = 0.5\n[deploy]\nprobation_records = 500",
+        &format!(
+            "[circuit_breaker]\nwindow_records = 100\nfailure_ratio = 0.5\n[deploy]\nprobation_records = {probation_records}"
+        ),
     );
+    (b, input, output, dlq, dir, host)
+}
+
+/// A new version that fails most records trips its breaker on probation:
+/// the host swaps the previous version back by itself, before the batch
+/// that tripped it is delivered, and that batch is processed by the old
+/// version. Records the new version failed before (within the breaker's
+/// window) are in the dead-letter queue, attributed to it; every record is
+/// in the output or the dead-letter queue, once. The desired state and the
+/// audit log say so.
+#[test]
+fn a_new_version_that_trips_its_breaker_on_probation_is_rolled_back_automatically() {
+    let (b, input, output, dlq, dir, host) = probation_lab(2, 500);
     let log = dir.path().join("host.log");
     let (mut s, addr) = start(&host, &log);
     let v1 = sluice::host::registry::digest_of(
@@ -583,16 +610,7 @@ fn a_new_version_that_trips_its_breaker_on_probation_is_rolled_back_automaticall
     // The poison guest fails every record whose value says `fail`.
     let bad = std::fs::read(module("tests/guests/poison")).expect("poison");
     let bad_digest = sluice::host::registry::digest_of(&bad);
-    let records = |from: usize, to: usize| {
-        (from..to)
-            .map(|i| {
-                (
-                    Some(format!("k{}", i % 20)),
-                    format!("{{\"n\":{i},\"note\":\"fail\"}}").into_bytes(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    let records = |from: usize, to: usize| noted(from, to, "fail");
     const N: usize = 2_000;
     broker::produce(&b, &input, records(0, N / 2));
     let first = broker::consume(
@@ -1205,25 +1223,7 @@ fn cli_deploy(url: &str, module: &Path, extra: &[&str]) -> std::process::Output 
 /// `sluice deploy` waiting, it makes it exit non-zero with the host's reason.
 #[test]
 fn probation_survives_a_restart_and_deploy_waits_for_its_verdict() {
-    let b = broker::bootstrap();
-    broker::require(&b);
-    let input = broker::unique("probation-in");
-    let output = broker::unique("probation-out");
-    let dlq = broker::unique("probation-dlq");
-    let group = broker::unique("probation-group");
-    broker::create_topic(&b, &input, 1);
-    broker::create_topic(&b, &output, 1);
-    broker::create_topic(&b, &dlq, 1);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let host = lab_with(
-        dir.path(),
-        &b,
-        &input,
-        &output,
-        &dlq,
-        &group,
-        "[circuit_breaker]\nwindow_records = 100\nfailure_ratio = 0.5\n[deploy]\nprobation_records = 200",
-    );
+    let (b, input, _output, _dlq, dir, host) = probation_lab(1, 200);
     let log = dir.path().join("host.log");
     let (mut s, addr) = start(&host, &log);
     let url = format!("http://{addr}");
@@ -1233,16 +1233,7 @@ fn probation_survives_a_restart_and_deploy_waits_for_its_verdict() {
     let v2 = sluice::host::registry::digest_of(&v2_bytes);
     let v2_file = dir.path().join("v2.wasm");
     std::fs::write(&v2_file, &v2_bytes).expect("v2 file");
-    let records = |from: usize, to: usize, note: &str| {
-        (from..to)
-            .map(|i| {
-                (
-                    Some(format!("k{}", i % 20)),
-                    format!("{{\"n\":{i},\"note\":\"{note}\"}}").into_bytes(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    let records = noted;
     let snapshot = |addr: &str| {
         let (_, snap) = http_get(addr, "/api/pipelines/stream", Some(ADMIN)).expect("snapshot");
         json(&snap)
