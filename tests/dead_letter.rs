@@ -171,11 +171,28 @@ fn poison_records_go_to_the_dlq_and_replay_through_a_fix_with_the_file_source() 
     // List, filter, replay.
     let (ok, listed, err) = sluice(&["dlq", "list", path_arg(&pipeline)]);
     assert!(ok, "{err}");
-    assert_eq!(listed.lines().count(), 7, "{listed}");
-    let (ok, traps, err) = sluice(&["dlq", "list", path_arg(&pipeline), "--kind", "trap"]);
+    assert!(
+        listed.starts_with("ENTRY "),
+        "a table with a header: {listed}"
+    );
+    assert_eq!(listed.lines().count(), 1 + 7, "{listed}");
+    let (ok, traps, err) = sluice(&[
+        "dlq",
+        "list",
+        path_arg(&pipeline),
+        "--kind",
+        "trap",
+        "--json",
+    ]);
     assert!(ok, "{err}");
-    assert_eq!(traps.lines().count(), 2, "{traps}");
-    assert!(traps.lines().all(|l| l.contains("\ttrap\t")), "{traps}");
+    let traps: Vec<serde_json::Value> = serde_json::from_str(&traps).expect("a JSON array");
+    assert_eq!(traps.len(), 2, "{traps:?}");
+    assert!(
+        traps
+            .iter()
+            .all(|t| t["error"]["kind"] == "trap" && t["record"].is_null()),
+        "{traps:?}"
+    );
 
     // The fix: a pipeline that reads raw lines, runs a fixed module and
     // writes envelopes, so even the line that is not JSON lands.
@@ -251,10 +268,18 @@ fn poison_records_go_to_the_dlq_and_replay_through_a_fix_with_the_file_source() 
         ok && err.contains("2 entries of pipeline `poison-fixed` purged"),
         "{err}"
     );
-    let (ok, listed, err) = sluice(&["dlq", "list", path_arg(&fixed)]);
+    let (ok, listed, err) = sluice(&["dlq", "list", path_arg(&fixed), "--json"]);
     assert!(ok, "{err}");
-    assert_eq!(listed.lines().count(), 5, "{listed}");
-    assert!(!listed.contains("\ttrap\t"), "{listed}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).expect("a JSON array");
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert!(
+        listed.iter().all(|e| e["error"]["kind"] != "trap"),
+        "{listed:?}"
+    );
+    assert!(
+        listed.iter().all(|e| e["replayed_at"].is_string()),
+        "each was replayed: {listed:?}"
+    );
 }
 
 #[test]
@@ -361,7 +386,7 @@ fn poison_records_go_to_the_dlq_and_replay_through_a_fix_with_the_kafka_source()
     .expect("write");
     let (ok, listed, err) = sluice(&["dlq", "list", path_arg(&fixed), "--stage", "decode"]);
     assert!(ok, "{err}");
-    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert_eq!(listed.lines().count(), 1 + 1, "{listed}");
     let (ok, _, err) = sluice(&["dlq", "replay", path_arg(&fixed)]);
     assert!(ok, "replay runs:\n{err}");
     let replayed = broker::consume_all(

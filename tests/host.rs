@@ -989,3 +989,112 @@ fn the_example_host_starts_again_after_a_restart() {
         }
     }
 }
+
+/// While a host prepares a pipeline (its transforms compile, its tables
+/// load), the pipeline is listed as `preparing` in `GET /api/pipelines`
+/// (which the status page and `sluice pipelines` show) and `serve` says so
+/// in plain lines when its stderr is not a terminal. Its reference table is
+/// a named pipe, so preparing lasts exactly until the test writes it.
+#[test]
+fn a_starting_host_lists_the_pipelines_it_is_still_preparing() {
+    let lab = Lab::new();
+    let fifo = lab.path("data/booths-pipe.csv");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let data = lab.events("slow", 300);
+    lab.write_pipeline(
+        "slow",
+        &format!(
+            "name = \"slow\"\ntenant = \"acme\"\n[source.file]\npath = {}\n[[transforms]]\nname = \"enrich\"\nmodule = {}\nconfig = {{ table = \"booths\", key = \"$.booth\", fields = [\"region\"] }}\ntables = {{ booths = {{ path = {}, key = \"booth_id\" }} }}\n{}",
+            toml_path(&data),
+            toml_path(&module("transforms/enrich")),
+            toml_path(&fifo),
+            sinks(&lab, "slow")
+        ),
+    );
+    let host_file = lab.path("host.toml");
+    std::fs::write(
+        &host_file,
+        "listen = \"127.0.0.1:0\"\ninstance_slots = 20\n",
+    )
+    .expect("host");
+    let log = lab.path("host.log");
+    let mut s = Sluice::serve(&bin(), &host_file, &log, &[]);
+    let pipelines = |s: &Sluice| -> Option<serde_json::Value> {
+        let addr = s.listen_address()?;
+        let (status, body) = http_get(&addr, "/api/pipelines", None).ok()?;
+        (status == 200).then(|| serde_json::from_str(&body).ok())?
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let preparing = loop {
+        assert!(s.running(), "the host exited:\n{}", s.log_tail(30));
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline was never listed as preparing:\n{}",
+            s.log_tail(30)
+        );
+        if let Some(json) = pipelines(&s)
+            && let Some(p) = json["preparing"].as_array().and_then(|a| a.first())
+        {
+            assert_eq!(
+                json["pipelines"].as_array().map(Vec::len),
+                Some(0),
+                "{json}"
+            );
+            break p.clone();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(preparing["name"], "slow", "{preparing}");
+    assert_eq!(preparing["tenant"], "acme", "{preparing}");
+    assert_eq!(
+        preparing["transforms"],
+        serde_json::json!(["enrich"]),
+        "{preparing}"
+    );
+    assert!(
+        preparing["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("slow.toml")),
+        "{preparing}"
+    );
+    assert!(
+        sluice_e2e::scenario::wait_for_log(
+            &s,
+            "preparing pipeline `slow`",
+            Duration::from_secs(10)
+        ),
+        "no plain progress line:\n{}",
+        s.log_tail(30)
+    );
+    // The table arrives: preparing ends, the pipeline runs its file.
+    std::fs::write(&fifo, "booth_id,region\nB0,north\nB1,north\nB2,south\n")
+        .expect("write the pipe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(s.running(), "the host exited:\n{}", s.log_tail(30));
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline did not start after its table came:\n{}",
+            s.log_tail(30)
+        );
+        if let Some(json) = pipelines(&s)
+            && json["preparing"].as_array().is_some_and(Vec::is_empty)
+            && json["pipelines"][0]["state"] == "finished"
+        {
+            assert_eq!(json["pipelines"][0]["records_in"], 300, "{json}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        sluice_e2e::scenario::wait_for_log(&s, "1 pipelines started in", Duration::from_secs(10)),
+        "{}",
+        s.log_tail(30)
+    );
+    let status = s.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|st| st.success()), "{status:?}");
+}

@@ -327,3 +327,265 @@ fn records_in(bootstrap: &str, topic: &str) -> i64 {
         .expect("watermarks");
     high - low
 }
+
+/// The two outage tests each start a broker of their own: one at a time.
+fn one_broker_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Committed offsets of `group` on `topic`'s partitions, read by a client
+/// outside the group (an offset fetch does not join it); `None` while the
+/// broker cannot be reached.
+struct Offsets {
+    consumer: rdkafka::consumer::BaseConsumer,
+    topic: String,
+    partitions: i32,
+}
+
+impl Offsets {
+    fn new(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Offsets {
+        use rdkafka::ClientConfig;
+        let consumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offset reader");
+        Offsets {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+        }
+    }
+
+    fn committed(&self) -> Option<Vec<i64>> {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::{Offset, TopicPartitionList};
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let got = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(2))
+            .ok()?;
+        (0..self.partitions)
+            .map(|p| match got.find_partition(&self.topic, p)?.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => Some(0),
+            })
+            .collect()
+    }
+}
+
+/// Item 15 of the newcomer-traps issue: Kafka → identity → Kafka,
+/// at-least-once, 200,000 keyed records over 4 partitions already in the
+/// input (so the lag is over 100,000 when the broker goes away), the broker
+/// unreachable for 10 s, long enough for the consumer's 6 s session to
+/// lapse (a revocation and a re-assignment follow). An independent reader
+/// checks: nothing lost; per key, first occurrences in input order; no
+/// committed offset ever going back; duplicates within a second of
+/// throughput. `OUTAGE_RUNS=10` repeats it on a fresh broker each time.
+///
+/// The sink keeps librdkafka's default message timeout (5 minutes), as the
+/// issue's runs did: librdkafka rides the outage out and the trouble, if
+/// any, comes with the rebalance. (With a timeout shorter than the outage,
+/// librdkafka bumps its idempotent producer's epoch, and tansu 0.6.0's
+/// storage task panics on the next produce — `more or less than one row` in
+/// `idempotent_message_check` — after which the broker answers nothing; the
+/// 30 s outage test above takes the short-timeout path on one partition.)
+#[test]
+fn a_broker_outage_under_a_large_backlog_keeps_per_key_order_and_offsets() {
+    let _one = one_broker_at_a_time();
+    let runs: usize = std::env::var("OUTAGE_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    for run in 1..=runs {
+        println!("--- backlog outage run {run} of {runs}");
+        backlog_outage_run();
+    }
+}
+
+fn backlog_outage_run() {
+    const TOTAL: usize = 200_000;
+    const KEYS: usize = 1_000;
+    const PARTITIONS: i32 = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let proxy = Proxy::start(format!("127.0.0.1:{port}"));
+    let _kafka = Broker::start(dir.path(), port, proxy.port);
+    let b = format!("127.0.0.1:{}", proxy.port);
+    broker::create_topic(&b, "in", PARTITIONS);
+    broker::create_topic(&b, "out", PARTITIONS);
+    broker::create_topic(&b, "dlq", 1);
+    let started = Instant::now();
+    broker::produce(&b, "in", sluice_e2e::scenario::numbered(TOTAL, KEYS));
+    println!("{TOTAL} records produced in {:?}", started.elapsed());
+
+    let group = "backlog-outage";
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+name = "backlog-outage"
+[source.kafka]
+bootstrap = "{b}"
+topics = ["in"]
+group = "{group}"
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000", "max.poll.interval.ms" = "10000" }}
+[[transforms]]
+name = "identity"
+module = {module}
+[outputs.default.kafka]
+topic = "out"
+[dead_letter.kafka]
+topic = "dlq"
+"#,
+            module = toml_path(&sluice_e2e::module("transforms/identity")),
+        ),
+    )
+    .expect("write pipeline");
+    let log = dir.path().join("sluice.log");
+    let mut sluice = sluice_e2e::process::Sluice::start(
+        Path::new(env!("CARGO_BIN_EXE_sluice-under-test")),
+        &pipeline,
+        &log,
+        &[("SLUICE_LOG", "info")],
+        false,
+    );
+
+    // Committed offsets, watched from outside the whole time.
+    let offsets = Offsets::new(&b, group, "in", PARTITIONS);
+    let mut last = vec![0i64; PARTITIONS as usize];
+    let mut went_back = Vec::new();
+    let mut watch = |last: &mut Vec<i64>| -> Option<i64> {
+        let now = offsets.committed()?;
+        for (p, (&o, l)) in now.iter().zip(last.iter_mut()).enumerate() {
+            if o < *l {
+                went_back.push(format!("partition {p}: {l} -> {o}"));
+            }
+            *l = (*l).max(o);
+        }
+        Some(now.iter().sum())
+    };
+
+    // The outage starts once the pipeline has committed a little.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let committed_at_cut = loop {
+        assert!(
+            Instant::now() < deadline && sluice.running(),
+            "the pipeline committed nothing:\n{}",
+            sluice.log_tail(40)
+        );
+        if let Some(sum) = watch(&mut last).filter(|&s| s >= 2_000) {
+            break sum;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let processing = Instant::now();
+    proxy.cut();
+    let lag = TOTAL as i64 - committed_at_cut;
+    println!("broker cut with {committed_at_cut} committed, lag {lag}");
+    assert!(lag >= 100_000, "the lag at the outage was only {lag}");
+    let outage = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < outage {
+        assert!(
+            sluice.running(),
+            "the pipeline gave up during the outage:\n{}",
+            sluice.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proxy.restore();
+
+    // Then every input record is committed.
+    let deadline = Instant::now() + Duration::from_secs(400);
+    loop {
+        assert!(
+            sluice.running(),
+            "the pipeline stopped:\n{}",
+            sluice.log_tail(40)
+        );
+        if watch(&mut last) == Some(TOTAL as i64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {:?} of {TOTAL} committed after the outage:\n{}",
+            last,
+            sluice.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let elapsed = processing.elapsed().as_secs_f64() - 10.0;
+    let status = sluice.terminate(Duration::from_secs(60));
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        sluice.log_tail(40)
+    );
+    assert!(
+        went_back.is_empty(),
+        "committed offsets went back: {went_back:?}"
+    );
+
+    let got = broker::consume(
+        &b,
+        "out",
+        false,
+        Duration::from_secs(300),
+        sluice_e2e::scenario::until_distinct(TOTAL),
+    );
+    let (missing, duplicates) = sluice_e2e::scenario::tally(&got, TOTAL);
+    assert!(
+        missing.is_empty(),
+        "{} records lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    // Per key, the first occurrence of each record comes in input order
+    // (a key's records share one output partition, read in offset order).
+    let mut firsts: std::collections::HashMap<String, usize> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut inversions = Vec::new();
+    for g in &got {
+        let (Some(k), Some(n)) = (g.key.clone(), sluice_e2e::scenario::number(g)) else {
+            continue;
+        };
+        if !seen.insert(n) {
+            continue;
+        }
+        if let Some(&prev) = firsts.get(&k)
+            && n < prev
+        {
+            inversions.push(format!("{k}: {n} first written after {prev}"));
+        }
+        firsts.insert(k, n);
+    }
+    let revocations = log_text.matches("revoked").count();
+    let rate = TOTAL as f64 / elapsed.max(0.1);
+    println!(
+        "{TOTAL} records in {elapsed:.1} s besides the outage ({rate:.0}/s); {} read back, \
+         {duplicates} duplicates; {revocations} revocation lines in the log",
+        got.len()
+    );
+    assert!(
+        inversions.is_empty(),
+        "{} records first written after a later record of their key, e.g. {:?}",
+        inversions.len(),
+        &inversions[..inversions.len().min(5)]
+    );
+    // At-least-once may repeat what was being written when the broker went
+    // away: about a second of throughput at most, not the records in flight
+    // (before lost partitions were read on after their in-flight records,
+    // runs gave 84,000-95,000 duplicates: the whole in-flight budget).
+    let bound = rate.max(1_000.0) as usize;
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates (more than {bound}, a second of throughput)"
+    );
+}

@@ -323,8 +323,16 @@ const PIPELINE_HEADER: [&str; 8] = [
 
 #[derive(Debug, Subcommand)]
 enum DlqAction {
-    /// One line per entry: id, stage, kind, transform, source position, message.
-    List(DlqArgs),
+    /// A table, one row per entry: id, stage, kind, transform, source
+    /// position, message (and when it was replayed).
+    List {
+        #[command(flatten)]
+        args: DlqArgs,
+        /// A JSON array instead of the table (the record itself apart: see
+        /// `dlq show`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Every entry in full, one JSON object per line.
     Show(DlqArgs),
     /// Runs the entries' original records through the pipeline (its current
@@ -420,26 +428,53 @@ impl DlqArgs {
 
 fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
     match action {
-        DlqAction::List(args) => {
+        DlqAction::List { args, json } => {
             let (_, entries, ledger) = args.read_live()?;
-            for e in &entries {
-                let mut message = e.message.replace('\n', " ");
-                if message.chars().count() > 100 {
-                    message = message.chars().take(99).collect::<String>() + "…";
-                }
-                if let Some(done) = ledger.get(&e.id) {
-                    message.push_str(&format!(" (replayed {})", done.at));
-                }
+            if json {
+                let listed: Vec<serde_json::Value> = entries
+                    .iter()
+                    .map(|e| {
+                        let mut v = e.to_json();
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("record");
+                            o.insert(
+                                "replayed_at".into(),
+                                ledger.get(&e.id).map(|l| l.at.clone()).into(),
+                            );
+                        }
+                        v
+                    })
+                    .collect();
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}",
-                    e.id,
-                    e.stage,
-                    e.kind,
-                    e.transform.as_deref().unwrap_or("-"),
-                    e.source_text().unwrap_or_else(|| "-".into()),
-                    message
+                    "{}",
+                    serde_json::to_string_pretty(&listed).unwrap_or_default()
                 );
+                return Ok(ExitCode::SUCCESS);
             }
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    let mut message = e.message.replace(['\n', '\t'], " ");
+                    if message.chars().count() > 100 {
+                        message = message.chars().take(99).collect::<String>() + "…";
+                    }
+                    if let Some(done) = ledger.get(&e.id) {
+                        message.push_str(&format!(" (replayed {})", done.at));
+                    }
+                    vec![
+                        e.id.clone(),
+                        e.stage.clone(),
+                        e.kind.clone(),
+                        e.transform.clone().unwrap_or_else(|| "-".into()),
+                        e.source_text().unwrap_or_else(|| "-".into()),
+                        message,
+                    ]
+                })
+                .collect();
+            print_table(
+                &["ENTRY", "STAGE", "KIND", "TRANSFORM", "SOURCE", "MESSAGE"],
+                &rows,
+            );
             eprintln!("{} entries", entries.len());
         }
         DlqAction::Show(args) => {
@@ -534,9 +569,12 @@ fn serve(host_file: &std::path::Path, watch: Option<PathBuf>) -> anyhow::Result<
         let api = tokio::spawn(crate::api::serve(host.clone(), listener, async move {
             let _ = api_stopped.await;
         }));
-        let refused = host
-            .start_all()
-            .await
+        let started = std::time::Instant::now();
+        let progress = start_progress(host.clone());
+        let refused = host.start_all().await;
+        progress.abort();
+        let _ = progress.await;
+        let refused = refused
             .with_context(|| format!("cannot read the pipeline directory `{}`", host.config().pipelines.display()))?;
         for e in &refused {
             eprintln!("refused: {e}");
@@ -545,8 +583,9 @@ fn serve(host_file: &std::path::Path, watch: Option<PathBuf>) -> anyhow::Result<
             tokio::spawn(host.clone().watch());
         }
         eprintln!(
-            "{} pipelines started, {} refused",
+            "{} pipelines started in {:.1} s, {} refused",
             host.handles().len(),
+            started.elapsed().as_secs_f64(),
             refused.len()
         );
         pipeline::shutdown_signal().await;
@@ -574,6 +613,81 @@ fn serve(host_file: &std::path::Path, watch: Option<PathBuf>) -> anyhow::Result<
                 left.join(", ")
             );
             Ok(ExitCode::FAILURE)
+        }
+    })
+}
+
+/// While a host prepares its pipelines (compiling their transforms takes
+/// seconds for a Python or JavaScript guest): a spinner on a terminal, plain
+/// lines otherwise — one when a pipeline starts preparing, one every 10 s
+/// while it still does. Aborting the task clears the spinner.
+fn start_progress(host: std::sync::Arc<crate::host::Host>) -> tokio::task::JoinHandle<()> {
+    use std::io::IsTerminal as _;
+    let files = host.pipeline_files().map(|f| f.len()).unwrap_or_default();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            bar.set_style(style);
+        }
+        bar
+    });
+    struct Clear(Option<indicatif::ProgressBar>);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            if let Some(bar) = &self.0 {
+                bar.finish_and_clear();
+            }
+        }
+    }
+    tokio::spawn(async move {
+        let shown = Clear(bar);
+        let mut told: std::collections::HashMap<String, u64> = Default::default();
+        loop {
+            let preparing = host.preparing();
+            let done = host.handles().len() + host.refused().len();
+            match &shown.0 {
+                Some(bar) => {
+                    let now: Vec<String> = preparing
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "`{}` ({} transforms, {:.0} s)",
+                                p.name,
+                                p.transforms.len(),
+                                p.elapsed.as_secs_f64()
+                            )
+                        })
+                        .collect();
+                    bar.set_message(format!(
+                        "preparing pipelines: {done} of {files} files done{}{}",
+                        if now.is_empty() { "" } else { " · compiling " },
+                        now.join(", ")
+                    ));
+                    bar.tick();
+                }
+                None => {
+                    for p in &preparing {
+                        let tens = p.elapsed.as_secs() / 10;
+                        let key = format!("{}\0{}", p.name, p.file.display());
+                        match told.get(&key) {
+                            None => eprintln!(
+                                "preparing pipeline `{}` ({}): compiling {}",
+                                p.name,
+                                p.file.display(),
+                                p.transforms.join(", ")
+                            ),
+                            Some(&t) if t < tens => eprintln!(
+                                "still preparing pipeline `{}` after {} s ({done} of {files} files done)",
+                                p.name,
+                                tens * 10
+                            ),
+                            Some(_) => continue,
+                        }
+                        told.insert(key, tens);
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     })
 }
@@ -655,7 +769,17 @@ fn wait_for_probation(
     }
 }
 
+/// Pipelines the host is still preparing, and files it refused.
 fn print_refused(json: &serde_json::Value) {
+    for p in json["preparing"].as_array().into_iter().flatten() {
+        println!(
+            "preparing: {} (tenant {}, {}): compiling its transforms for {:.1} s",
+            p["name"].as_str().unwrap_or_default(),
+            p["tenant"].as_str().unwrap_or_default(),
+            p["file"].as_str().unwrap_or_default(),
+            p["elapsed_ms"].as_u64().unwrap_or_default() as f64 / 1000.0
+        );
+    }
     for r in json["refused"].as_array().into_iter().flatten() {
         println!(
             "refused: {}: {}",

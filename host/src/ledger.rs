@@ -141,6 +141,12 @@ impl Ledger {
         }
     }
 
+    /// The offset after the highest one read of `partition` (where reading
+    /// it again would go on), or `None` if nothing was read.
+    pub fn next_to_read(&self, partition: &Partition) -> Option<i64> {
+        self.partitions.get(partition)?.highest.map(|h| h + 1)
+    }
+
     /// Forgets a partition (revoked: its in-flight positions will never be
     /// handled here).
     pub fn forget(&mut self, partition: &Partition) {

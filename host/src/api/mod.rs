@@ -149,8 +149,25 @@ async fn pipelines(State(host): State<Arc<Host>>, headers: HeaderMap) -> Respons
         .into_iter()
         .filter(|s| who.may_see(&s.tenant))
         .collect();
+    // Pipelines still compiling their transforms (seconds for a Python or
+    // JavaScript guest): listed so that a starting host is not a blank page.
+    let preparing: Vec<serde_json::Value> = host
+        .preparing()
+        .into_iter()
+        .filter(|p| who.may_see(&p.tenant))
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name,
+                "tenant": p.tenant,
+                "file": p.file.display().to_string(),
+                "transforms": p.transforms,
+                "elapsed_ms": p.elapsed.as_millis() as u64,
+            })
+        })
+        .collect();
     Json(serde_json::json!({
         "pipelines": pipelines,
+        "preparing": preparing,
         "refused": refused,
     }))
     .into_response()

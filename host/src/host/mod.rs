@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod deploy;
 pub mod manage;
+pub mod preparing;
 pub mod registry;
 pub mod shared;
 pub mod state;
@@ -98,6 +99,8 @@ pub struct Host {
     metrics: Arc<Metrics>,
     pipelines: RwLock<BTreeMap<String, Entry>>,
     refused: RwLock<Vec<(PathBuf, String)>>,
+    /// Pipelines being prepared (compiling their transforms).
+    preparing: preparing::PreparingList,
     registry: registry::Registry,
     state: state::StateStore,
     audit: Arc<audit::Audit>,
@@ -138,6 +141,7 @@ impl Host {
             metrics: Arc::new(Metrics::new()),
             pipelines: RwLock::new(BTreeMap::new()),
             refused: RwLock::new(Vec::new()),
+            preparing: preparing::PreparingList::default(),
             registry,
             state,
             audit,
@@ -214,6 +218,17 @@ impl Host {
             .clone()
             .unwrap_or_else(|| self.config.restart.clone());
         let span = tracing::info_span!("pipeline", pipeline = %name, tenant = %tenant);
+        let transforms: Vec<String> = config.transforms.iter().map(|t| t.name.clone()).collect();
+        tracing::info!(pipeline = %name, tenant = %tenant, file = %file.display(), transforms = %transforms.join(" "),
+            "preparing pipeline: compiling its transforms");
+        let prepared_since = std::time::Instant::now();
+        let preparing = self.preparing.begin(preparing::Preparing {
+            name: name.clone(),
+            tenant: tenant.clone(),
+            file: file.to_path_buf(),
+            transforms,
+            elapsed: std::time::Duration::ZERO,
+        });
         let mut pipeline = tracing::Instrument::instrument(
             Pipeline::prepare(config, base, &self.engines, &Default::default()),
             span,
@@ -237,7 +252,9 @@ impl Host {
                 });
             }
             let handle = Arc::new(PipelineHandle::spawn(pipeline, live, restart));
-            tracing::info!(pipeline = %name, tenant = %tenant, file = %file.display(), "pipeline started");
+            let prepared_ms = prepared_since.elapsed().as_millis();
+            drop(preparing);
+            tracing::info!(pipeline = %name, tenant = %tenant, file = %file.display(), prepared_ms, "pipeline started");
             pipelines.insert(
                 name,
                 Entry {
@@ -424,6 +441,12 @@ impl Host {
         })
         .await
         .map_err(|e| DeployError::State(e.to_string()))?
+    }
+
+    /// Pipelines being prepared now (compiling their transforms), oldest
+    /// first.
+    pub fn preparing(&self) -> Vec<preparing::Preparing> {
+        self.preparing.list()
     }
 
     /// Pipeline files refused at start, with why.

@@ -130,6 +130,9 @@ struct Coordinator<'a> {
     /// When handled offsets not yet committed must be (at-least-once).
     commit_due: Option<Instant>,
     revokes: Vec<PendingRevoke>,
+    /// Lost partitions whose in-flight work is kept (at-least-once) until
+    /// the source says whether they are ours again: not committed meanwhile.
+    held_lost: std::collections::HashSet<Partition>,
     /// One queue per worker (partitions pinned), or one all share.
     workers: Vec<std::sync::mpsc::Sender<Job>>,
     /// The number of the next batch cut, per partition.
@@ -256,6 +259,7 @@ pub(crate) async fn run(
         commit_interval,
         commit_due: None,
         revokes: Vec::new(),
+        held_lost: Default::default(),
         workers: worker_txs,
         next_seq: HashMap::new(),
         metrics: live.metrics().clone(),
@@ -596,6 +600,8 @@ impl Coordinator<'_> {
                     }
                     Some(Ok(SourceEvent::Items(items))) => self.on_items(items, Instant::now()),
                     Some(Ok(SourceEvent::Revoke(r))) => self.on_revoke(r),
+                    Some(Ok(SourceEvent::Regained(partitions))) => self.on_regained(&partitions),
+                    Some(Ok(SourceEvent::Released(partitions))) => self.on_released(&partitions),
                     Some(Err(e)) => {
                         tracing::error!(pipeline = %self.pipeline, error = %e, records_in_flight = self.ledger.in_flight(), "the source failed: delivering what it read before stopping");
                         source_open = false;
@@ -1169,6 +1175,7 @@ impl Coordinator<'_> {
     fn committable_changes(&self) -> Vec<(Partition, i64)> {
         self.ledger
             .partitions()
+            .filter(|p| !self.held_lost.contains(*p))
             .filter_map(|p| {
                 let o = self.ledger.committable(p)?;
                 (self.committed.get(p) != Some(&o) && self.not_backwards(p, o))
@@ -1196,6 +1203,10 @@ impl Coordinator<'_> {
     }
 
     fn on_revoke(&mut self, r: Revocation) {
+        if r.lost && self.commits {
+            self.hold_lost(r);
+            return;
+        }
         for p in &r.partitions {
             if let Some(mut b) = self.batchers.remove(p)
                 && let Some(items) = b.take()
@@ -1229,6 +1240,52 @@ impl Coordinator<'_> {
             self.request_flush();
         }
         self.check_revokes();
+    }
+
+    /// Lost partitions (at-least-once): their records in flight are still
+    /// delivered — the sinks write them whoever owns the partition now —
+    /// but not committed until the source says the partitions are ours
+    /// again. Answers at once with where to read each on if they are.
+    fn hold_lost(&mut self, r: Revocation) {
+        let mut resume = Vec::new();
+        for p in &r.partitions {
+            if let Some(mut b) = self.batchers.remove(p)
+                && let Some(items) = b.take()
+            {
+                self.dispatch(p, items);
+            }
+            match self.ledger.next_to_read(p) {
+                Some(next) => {
+                    self.held_lost.insert(p.clone());
+                    resume.push((p.clone(), next));
+                }
+                None => self.forget(p),
+            }
+        }
+        tracing::info!(pipeline = %self.pipeline, partitions = resume.len(),
+            "partitions lost: their records in flight are still delivered, committed only if the partitions come back");
+        let _ = r.done.send(resume);
+    }
+
+    /// Lost partitions assigned to this member again: read on after what is
+    /// in flight, and committed again.
+    fn on_regained(&mut self, partitions: &[Partition]) {
+        for p in partitions {
+            self.held_lost.remove(p);
+        }
+        if self.commits && self.commit_due.is_none() {
+            self.commit_due = Some(Instant::now() + self.commit_interval);
+        }
+    }
+
+    /// Lost partitions that went to another member: what is in flight is
+    /// still written, but no longer this member's to commit.
+    fn on_released(&mut self, partitions: &[Partition]) {
+        for p in partitions {
+            if self.held_lost.remove(p) {
+                self.forget(p);
+            }
+        }
     }
 
     /// Drops everything known of a partition: later results of its
@@ -1557,5 +1614,170 @@ mod tests {
         assert_eq!(commits.last(), Some(&(part.clone(), 200)), "{commits:?}");
         assert_eq!(budget.in_flight(), (0, 0));
         assert_eq!(live.snapshot().held_records, 0);
+    }
+
+    /// A Kafka-like source's control: commits are logged.
+    #[derive(Default)]
+    struct CommitLog {
+        commits: Mutex<Vec<(Partition, i64)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl SourceControl for CommitLog {
+        async fn commit(
+            &self,
+            offsets: &[(Partition, i64)],
+        ) -> Result<(), crate::source::SourceError> {
+            self.commits
+                .lock()
+                .expect("lock")
+                .extend_from_slice(offsets);
+            Ok(())
+        }
+        async fn close(
+            &self,
+            offsets: &[(Partition, i64)],
+        ) -> Result<(), crate::source::SourceError> {
+            self.commit(offsets).await
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn describe(&self) -> String {
+            "commit log".into()
+        }
+    }
+
+    /// A partition lost in a broker outage (the member's session lapsed)
+    /// keeps its records in flight: they are still delivered, nothing is
+    /// committed for the partition while it is lost, the pipeline answers
+    /// with where to read on, and once the partition is ours again the
+    /// records read after that point follow — each record written once
+    /// (before, the in-flight work was dropped and the whole of it read and
+    /// written again from the committed offset).
+    #[tokio::test]
+    async fn a_lost_partition_given_back_reads_on_after_its_records_in_flight() {
+        let sink = Arc::new(HoldingSink::default());
+        let control = Arc::new(CommitLog::default());
+        let budget = Arc::new(Budget::new(1000, 1 << 20));
+        let (tx, events) = mpsc::unbounded_channel();
+        let part = Partition {
+            stream: Arc::from("s"),
+            partition: 0,
+        };
+        let item = |offset: i64| {
+            let record = crate::record::Record::from_value(offset.to_string());
+            budget.try_acquire(record.size());
+            SourceItem::Record(crate::record::SourceRecord {
+                record,
+                position: Position {
+                    partition: part.clone(),
+                    offset,
+                },
+            })
+        };
+        for offset in 0..100 {
+            tx.send(Ok(SourceEvent::Item(item(offset)))).expect("send");
+        }
+        let (done, answer) = tokio::sync::oneshot::channel();
+        tx.send(Ok(SourceEvent::Revoke(Revocation {
+            partitions: vec![part.clone()],
+            lost: true,
+            done,
+        })))
+        .expect("send");
+        let metrics = PipelineMetrics::new(Arc::new(crate::metrics::Metrics::new()), "p", "t");
+        let live = Live::new("p", "t", "log".into(), Vec::new(), metrics.clone());
+        let holding: Arc<dyn crate::sink::Sink> = sink.clone();
+        let delivery = Delivery {
+            sinks: [("default".to_string(), holding)].into_iter().collect(),
+            dlq: Arc::new(crate::dlq::DeadLetter::new(
+                Arc::new(HoldingSink::default()),
+                "p",
+                "t",
+            )),
+            transforms: Arc::new(Vec::new()),
+            retries: Default::default(),
+            dlq_retry: deliver::Retry::default(),
+            turns: Default::default(),
+            metrics,
+            module_header: false,
+            source_json: false,
+        };
+        let parts = SessionParts {
+            source: RunningSource {
+                events,
+                control: control.clone(),
+            },
+            delivery,
+            committer: Arc::new(super::super::commit::watermark::Watermark),
+            workers: vec![Arc::new(Mutex::new(Vec::new()))],
+            pin_partitions: false,
+            outputs: Arc::new(["default".to_string()].into_iter().collect()),
+            budget: budget.clone(),
+            policy: BatchPolicy {
+                max_records: 10,
+                max_bytes: 1 << 20,
+                max_wait_ms: 10,
+            },
+            drain_timeout: Duration::from_secs(30),
+            commit_interval: Duration::ZERO,
+            pipeline: "p".into(),
+            breaker: Arc::new(Breaker::new(Default::default())),
+            live,
+        };
+        let session = tokio::spawn(async move {
+            let mut summary = Summary::default();
+            let never = std::future::pending::<()>();
+            tokio::pin!(never);
+            let mut shutdown: Pin<&mut (dyn Future<Output = ()> + Send)> = never;
+            let end = run(parts, &mut summary, &mut shutdown).await;
+            (end.map_err(|e| e.to_string()), summary)
+        });
+        let resume = tokio::time::timeout(Duration::from_secs(30), answer)
+            .await
+            .expect("the lost revocation is answered at once")
+            .expect("answered");
+        assert_eq!(resume, vec![(part.clone(), 100)], "read on after offset 99");
+        // The held records become durable while the partition is lost:
+        // nothing is committed for it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sink.held.lock().expect("lock").len() < 10 {
+            assert!(
+                Instant::now() < deadline,
+                "the in-flight batches reach the sink"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        crate::sink::Sink::flush(sink.as_ref())
+            .await
+            .expect("flush");
+        assert!(
+            control.commits.lock().expect("lock").is_empty(),
+            "committed while lost: {:?}",
+            control.commits.lock().expect("lock")
+        );
+        // Ours again: records from 100 on follow, and commits resume.
+        tx.send(Ok(SourceEvent::Regained(vec![part.clone()])))
+            .expect("send");
+        for offset in 100..150 {
+            tx.send(Ok(SourceEvent::Item(item(offset)))).expect("send");
+        }
+        drop(tx);
+        let (end, summary) = tokio::time::timeout(Duration::from_secs(60), session)
+            .await
+            .expect("the session ends")
+            .expect("joined");
+        assert_eq!(end, Ok(SessionEnd::Drained));
+        assert_eq!(summary.records_in, 150);
+        assert_eq!(
+            summary.outputs.get("default"),
+            Some(&150),
+            "none sent twice"
+        );
+        let durable = sink.durable.lock().expect("lock").clone();
+        assert_eq!(durable.len(), 150, "each record written, once");
+        let commits = control.commits.lock().expect("lock").clone();
+        assert_eq!(commits.last(), Some(&(part.clone(), 150)), "{commits:?}");
     }
 }

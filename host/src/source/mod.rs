@@ -72,12 +72,20 @@ impl ByteSize for SourceItem {
 pub struct Revocation {
     /// The partitions.
     pub partitions: Vec<Partition>,
-    /// The partitions were lost (another member may own them already):
-    /// their in-flight work is dropped and nothing is committed for them.
+    /// The partitions were lost (the member's session lapsed, e.g. through
+    /// a broker outage: another member may own them already). Nothing is
+    /// committed for them while they are lost. An at-least-once pipeline
+    /// keeps delivering their in-flight records and answers at once with,
+    /// per partition it keeps, the offset after the last record it read:
+    /// given back to this member, a partition is read on from there (not
+    /// from its committed offset, which would deliver everything in flight
+    /// twice) and the pipeline is told with [`SourceEvent::Regained`];
+    /// assigned elsewhere, with [`SourceEvent::Released`].
     pub lost: bool,
     /// Answered once the partitions' in-flight batches are handled (or
     /// dropped), with the offsets the source must commit before it lets the
-    /// partitions go (empty: commit nothing).
+    /// partitions go (empty: commit nothing) — for lost partitions, at once,
+    /// with where to read on (see `lost`).
     pub done: oneshot::Sender<Vec<(Partition, i64)>>,
 }
 
@@ -92,6 +100,12 @@ pub enum SourceEvent {
     Items(Vec<SourceItem>),
     /// Partitions are being taken away.
     Revoke(Revocation),
+    /// Lost partitions the pipeline kept are assigned to this member again:
+    /// they are read on from where the pipeline stopped, and committed again.
+    Regained(Vec<Partition>),
+    /// Lost partitions the pipeline kept went to another member: their
+    /// in-flight work is no longer this member's to commit.
+    Released(Vec<Partition>),
 }
 
 /// Why a source failed.

@@ -135,6 +135,7 @@ pub(super) fn start(
         events: events_tx,
         budget: opts.budget.clone(),
         pending: Mutex::new(VecDeque::new()),
+        lost_resume: Mutex::new(HashMap::new()),
         stopping: AtomicBool::new(false),
         assignment_changed: AtomicBool::new(true),
         drain_timeout: opts.drain_timeout,
@@ -263,6 +264,9 @@ struct SourceContext {
     partition_lags: Arc<Mutex<Vec<(Partition, i64)>>>,
     /// Whether the brokers answer.
     reach: Arc<Reachability>,
+    /// Lost partitions whose in-flight work the pipeline kept: where to
+    /// read on if they are assigned to this member again.
+    lost_resume: Mutex<HashMap<Partition, i64>>,
 }
 
 /// Every how many ms librdkafka reports statistics (the lag), unless the
@@ -415,6 +419,44 @@ impl SourceContext {
         }
     }
 
+    /// The first assignment after partitions were lost: those the pipeline
+    /// kept and that are ours again are read on from after their in-flight
+    /// records (instead of from the committed offset, which would deliver
+    /// them all twice); the others went elsewhere. Tells the pipeline both.
+    fn resume_lost(&self, tpl: &mut TopicPartitionList) {
+        let lost = std::mem::take(&mut *self.lost_resume.lock().unwrap_or_else(|e| e.into_inner()));
+        if lost.is_empty() {
+            return;
+        }
+        let assigned = partitions_of(self, tpl);
+        let mut regained = Vec::new();
+        for p in &assigned {
+            if let Some(&at) = lost.get(p) {
+                match tpl.set_partition_offset(&p.stream, p.partition, Offset::Offset(at)) {
+                    Ok(()) => regained.push(p.clone()),
+                    Err(e) => {
+                        tracing::warn!(%e, partition = %p, "cannot read a regained partition on from where the pipeline stopped")
+                    }
+                }
+            }
+        }
+        let released: Vec<Partition> = lost.into_keys().filter(|p| !regained.contains(p)).collect();
+        if !regained.is_empty() {
+            tracing::info!(
+                partitions = regained.len(),
+                "lost partitions assigned again: read on after their in-flight records"
+            );
+            let _ = self.events.send(Ok(SourceEvent::Regained(regained)));
+        }
+        if !released.is_empty() {
+            tracing::info!(
+                partitions = released.len(),
+                "lost partitions went to another member"
+            );
+            let _ = self.events.send(Ok(SourceEvent::Released(released)));
+        }
+    }
+
     /// Hands revoked partitions to the pipeline and waits until their
     /// in-flight work is handled; returns the offsets to commit.
     fn drain(&self, partitions: Vec<Partition>, lost: bool) -> Vec<(Partition, i64)> {
@@ -539,6 +581,7 @@ impl ConsumerContext for SourceContext {
                 if let StartPosition::Timestamp(at) = self.start {
                     self.seek_to_start_time(consumer, tpl, at);
                 }
+                self.resume_lost(tpl);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -564,7 +607,14 @@ impl ConsumerContext for SourceContext {
                 } else {
                     tracing::info!(partitions = %names.join(" "), lost, "partitions revoked: draining");
                     let offsets = self.drain(partitions, lost);
-                    if !lost && !offsets.is_empty() {
+                    if lost {
+                        // The pipeline keeps these partitions' in-flight
+                        // work: if they come back, read on after it.
+                        self.lost_resume
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(offsets);
+                    } else if !offsets.is_empty() {
                         let list = offsets_list(&offsets);
                         if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
                             tracing::warn!(%e, "cannot commit the offsets of revoked partitions; the next owner repeats their last records");
