@@ -2,7 +2,7 @@
 //! records or `max_bytes` bytes, or its first record has waited
 //! `max_wait_ms` — whichever comes first (like Firehose buffering hints).
 
-use crate::config::BatchPolicy;
+use serde::Deserialize;
 use std::time::{Duration, Instant};
 
 /// Something that can be batched and knows its size in bytes.
@@ -144,5 +144,28 @@ mod tests {
         assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(50)));
         assert_eq!(b.take(), Some(vec![1, 1]));
         assert_eq!(b.deadline(), None);
+    }
+}
+
+/// Micro-batch policy: a batch is cut on whichever limit is reached first.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchPolicy {
+    /// Most records per batch (default 1000).
+    pub max_records: usize,
+    /// Most bytes (keys + values + headers) per batch (default 4 MiB).
+    pub max_bytes: usize,
+    /// Longest time the first record of a batch waits for the batch to fill,
+    /// in ms (default 1000).
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        BatchPolicy {
+            max_records: 1000,
+            max_bytes: 4 << 20,
+            max_wait_ms: 1000,
+        }
     }
 }

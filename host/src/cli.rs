@@ -389,7 +389,7 @@ impl DlqArgs {
         &self,
     ) -> anyhow::Result<(
         crate::config::PipelineConfig,
-        Vec<crate::replay::DeadLetterRecord>,
+        Vec<crate::dlq_entry::DeadLetterRecord>,
     )> {
         let (config, base) = crate::config::PipelineConfig::load(&self.pipeline)?;
         let filter = crate::replay::Filter {
@@ -408,7 +408,7 @@ impl DlqArgs {
         &self,
     ) -> anyhow::Result<(
         crate::config::PipelineConfig,
-        Vec<crate::replay::DeadLetterRecord>,
+        Vec<crate::dlq_entry::DeadLetterRecord>,
         crate::replay::Ledger,
     )> {
         let (config, entries) = self.read()?;
@@ -1181,7 +1181,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         &config.dead_letter,
                     )));
                 for (what, sink) in sinks {
-                    match sink.plugin().probe(&base, &config) {
+                    match sink.plugin().probe(&config.sink_scope(&base)) {
                         Ok(found) => eprintln!("ok: {what}: {found}"),
                         Err(e) => {
                             unreachable += 1;

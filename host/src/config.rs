@@ -150,7 +150,7 @@ pub struct PipelineConfig {
     /// queue or the source down past its retries) is started again. Unset:
     /// never for `sluice run`, the host file's policy for `sluice serve`.
     #[serde(default)]
-    pub restart: Option<crate::pipeline::RestartPolicy>,
+    pub restart: Option<crate::retry::RestartPolicy>,
     /// `[deploy]`: how a hot-deployed version is watched after it takes
     /// over.
     #[serde(default)]
@@ -204,6 +204,10 @@ impl Default for CircuitBreakerConfig {
     }
 }
 
+pub use crate::batch::BatchPolicy;
+pub use crate::kafka::Properties;
+pub use crate::retry::RetryConfig;
+pub use crate::sink::RecordFormat;
 pub use crate::sink::SinkConfig;
 pub use crate::sink::kafka::{Compression, KafkaSinkConfig};
 pub use crate::sink::local::LocalSinkConfig;
@@ -214,20 +218,6 @@ pub use crate::source::kafka::{Isolation, KafkaSourceConfig, StartPosition, Valu
 
 fn default_tenant() -> String {
     "default".into()
-}
-
-/// Extra client settings passed to librdkafka as they are. `Debug` redacts
-/// the values, which may hold credentials.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Properties(pub BTreeMap<String, String>);
-
-impl std::fmt::Debug for Properties {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.0.keys().map(|k| (k, "<redacted>")))
-            .finish()
-    }
 }
 
 /// `[delivery]`: the guarantee a pipeline gives, and how much may be in flight.
@@ -323,29 +313,6 @@ pub enum Guarantee {
     ExactlyOnce,
 }
 
-/// Micro-batch policy: a batch is cut on whichever limit is reached first.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct BatchPolicy {
-    /// Most records per batch (default 1000).
-    pub max_records: usize,
-    /// Most bytes (keys + values + headers) per batch (default 4 MiB).
-    pub max_bytes: usize,
-    /// Longest time the first record of a batch waits for the batch to fill,
-    /// in ms (default 1000).
-    pub max_wait_ms: u64,
-}
-
-impl Default for BatchPolicy {
-    fn default() -> Self {
-        BatchPolicy {
-            max_records: 1000,
-            max_bytes: 4 << 20,
-            max_wait_ms: 1000,
-        }
-    }
-}
-
 /// One transform of the chain.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -388,50 +355,6 @@ pub struct TableConfig {
 
 fn default_key() -> String {
     "key".into()
-}
-
-/// `retry`: how a sink's transient errors (a timeout, a broker or store away)
-/// are retried — exponential backoff with jitter, bounded. While retries
-/// remain, nothing goes to the dead-letter queue and no offset advances;
-/// when they run out the pipeline stops (at-least-once delivery never skips).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    /// Attempts in all, the first included; 0 (the default): as many as
-    /// fit in `max_elapsed_ms`.
-    pub attempts: u32,
-    /// Wait before the second attempt, in ms (default 100).
-    pub initial_backoff_ms: u64,
-    /// Longest wait between attempts, in ms (default 10000).
-    pub max_backoff_ms: u64,
-    /// Longest time a write is retried for, from its first failure, in ms
-    /// (default 300000: five minutes, enough to ride out a broker restart
-    /// or a network blip while the source waits; librdkafka itself retries
-    /// each record for up to its `message.timeout.ms` inside every attempt).
-    pub max_elapsed_ms: u64,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            attempts: 0,
-            initial_backoff_ms: 100,
-            max_backoff_ms: 10_000,
-            max_elapsed_ms: 300_000,
-        }
-    }
-}
-
-/// How an output record is written as one line.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum RecordFormat {
-    /// The record value, which must be JSON (written compactly on one line);
-    /// a value that is not JSON is rejected to the dead-letter queue.
-    #[default]
-    Value,
-    /// A JSON envelope with key, value, headers and timestamp.
-    Envelope,
 }
 
 impl PipelineConfig {
@@ -607,15 +530,25 @@ impl PipelineConfig {
 
     /// The bootstrap servers of a Kafka sink: its own, or the source's.
     pub fn sink_bootstrap<'a>(&'a self, sink: &'a KafkaSinkConfig) -> Option<&'a str> {
-        sink.bootstrap
-            .as_deref()
-            .or(self.source.plugin().kafka().map(|k| k.bootstrap.as_str()))
+        sink.bootstrap_in(&self.sink_scope(Path::new(".")))
+    }
+
+    /// What the pipeline's sinks may know of it; `base`: where relative
+    /// paths resolve (the pipeline file's folder).
+    pub fn sink_scope<'a>(&'a self, base: &'a Path) -> crate::sink::SinkScope<'a> {
+        crate::sink::SinkScope {
+            pipeline: &self.name,
+            base,
+            source_bootstrap: self.source.plugin().kafka().map(|k| k.bootstrap.as_str()),
+        }
     }
 
     fn validate_plugins(&self) -> Result<(), String> {
         self.source.plugin().check()?;
         for (name, sink) in self.sinks() {
-            sink.plugin().check(&sink_path(name), self)?;
+            let base = self.origin.path.parent().unwrap_or(Path::new("."));
+            sink.plugin()
+                .check(&sink_path(name), &self.sink_scope(base))?;
         }
         if self.delivery.guarantee == Guarantee::ExactlyOnce {
             let Some(source) = self.source.plugin().kafka() else {

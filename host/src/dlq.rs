@@ -14,8 +14,9 @@
 //! headers, as Kafka Connect does with
 //! `errors.deadletterqueue.context.headers.enable`.
 
+use crate::record::envelope;
 use crate::record::{Header, Position, Record};
-use crate::sink::{Durable, Sink, SinkError, envelope};
+use crate::sink::{Durable, Sink, SinkError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use std::sync::Arc;

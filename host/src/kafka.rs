@@ -2,7 +2,6 @@
 //! defaults, librdkafka logs forwarded to `tracing`, and the process's
 //! instance id.
 
-use crate::config::Properties;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -409,5 +408,19 @@ mod tests {
             err.contains("source.kafka.properties") && err.contains("enable.auto.commit"),
             "{err}"
         );
+    }
+}
+
+/// Extra client settings passed to librdkafka as they are. `Debug` redacts
+/// the values, which may hold credentials.
+#[derive(Clone, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Properties(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .finish()
     }
 }

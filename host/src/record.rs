@@ -120,6 +120,46 @@ pub fn check_json(bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Bytes as JSON: a string when they are UTF-8, else `{"base64": "..."}`.
+pub fn bytes_json(bytes: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => serde_json::Value::String(s.to_string()),
+        Err(_) => {
+            serde_json::json!({ "base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes) })
+        }
+    }
+}
+
+/// A record as a JSON envelope: key, value, headers, timestamp.
+pub fn envelope(record: &Record) -> serde_json::Value {
+    let headers: Vec<serde_json::Value> = record
+        .headers
+        .iter()
+        .map(|h| serde_json::json!({ "name": h.name_str(), "value": bytes_json(&h.value) }))
+        .collect();
+    serde_json::json!({
+        "key": record.key.as_deref().map(bytes_json),
+        "value": record.value.as_deref().map(bytes_json),
+        "headers": headers,
+        "timestamp": record.timestamp,
+    })
+}
+
+/// The inverse of [`bytes_json`].
+pub fn json_bytes(v: &serde_json::Value) -> Result<Option<Bytes>, String> {
+    match v {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) => Ok(Some(Bytes::copy_from_slice(s.as_bytes()))),
+        serde_json::Value::Object(o) => match o.get("base64").and_then(|b| b.as_str()) {
+            Some(b) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b)
+                .map(|b| Some(Bytes::from(b)))
+                .map_err(|e| format!("bad base64: {e}")),
+            None => Err("expected a string, null or {\"base64\": ...}".into()),
+        },
+        _ => Err("expected a string, null or {\"base64\": ...}".into()),
+    }
+}
+
 #[cfg(test)]
 mod json_tests {
     use super::check_json;

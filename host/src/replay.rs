@@ -9,88 +9,18 @@
 //! (`sluice.replay.source`).
 
 use crate::config::PipelineConfig;
-use crate::record::{Header, Partition, Position, Record, SourceRecord};
+pub use crate::dlq_entry::{DeadLetterRecord, ReplayError};
+use crate::record::{Header, Partition, Position, SourceRecord};
 use crate::source::SourceItem;
-use base64::Engine as _;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Header a replayed record carries: the id of its dead-letter entry.
 pub const REPLAY_OF: &str = "sluice.replay.of";
 /// Header a replayed record carries: where it was first read
 /// (`stream/partition@offset`).
 pub const REPLAY_SOURCE: &str = "sluice.replay.source";
-
-/// Why a dead-letter queue could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    /// The queue could not be read at all.
-    #[error("dead-letter queue {dlq}: {message}")]
-    Read {
-        /// Which queue.
-        dlq: String,
-        /// Why.
-        message: String,
-    },
-    /// One entry is malformed.
-    #[error("dead-letter entry {id}: {message}")]
-    Entry {
-        /// Where the entry is.
-        id: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-/// One dead-letter entry read back.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetterRecord {
-    /// Where the entry is: `file:line` or `topic/partition@offset`.
-    pub id: String,
-    /// Stage (`decode`, `transform`, `route`, `sink`).
-    pub stage: String,
-    /// Error kind.
-    pub kind: String,
-    /// Error message.
-    pub message: String,
-    /// Transform at fault.
-    pub transform: Option<String>,
-    /// Its module digest.
-    pub module: Option<String>,
-    /// Where the record was read: stream, partition, offset.
-    pub source: Option<(String, i32, i64)>,
-    /// Attempts made.
-    pub attempts: Option<u32>,
-    /// Last failure time.
-    pub last_failure_at: Option<DateTime<Utc>>,
-    /// The original record.
-    pub record: Record,
-}
-
-impl DeadLetterRecord {
-    /// `stream/partition@offset`, when known.
-    pub fn source_text(&self) -> Option<String> {
-        self.source.as_ref().map(|(s, p, o)| format!("{s}/{p}@{o}"))
-    }
-
-    /// The entry as JSON (for `sluice dlq show`).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.id,
-            "stage": self.stage,
-            "error": { "kind": self.kind, "message": self.message },
-            "transform": self.transform,
-            "module": self.module,
-            "source": self.source.as_ref().map(|(s, p, o)| serde_json::json!({"stream": s, "partition": p, "offset": o})),
-            "attempts": self.attempts,
-            "last_failure_at": self.last_failure_at.map(|t| t.to_rfc3339()),
-            "record": crate::sink::envelope(&self.record),
-        })
-    }
-}
 
 /// Which entries to take.
 #[derive(Debug, Clone, Default)]
@@ -135,7 +65,7 @@ pub fn read(
     let all = config
         .dead_letter
         .plugin()
-        .read_dead_letters(config, base, None)?;
+        .read_dead_letters(&config.sink_scope(base), None)?;
     Ok(all.into_iter().filter(|r| filter.matches(r)).collect())
 }
 
@@ -150,301 +80,7 @@ pub fn read_newest(
     config
         .dead_letter
         .plugin()
-        .read_dead_letters(config, base, Some(n))
-}
-
-/// Every entry of a local dead-letter prefix.
-pub fn read_local(root: &Path) -> Result<Vec<DeadLetterRecord>, ReplayError> {
-    let dlq = format!("`{}`", root.display());
-    if !root.is_dir() {
-        return Err(ReplayError::Read {
-            dlq,
-            message: "no such directory (nothing was dead-lettered yet?)".into(),
-        });
-    }
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| ReplayError::Read {
-            dlq: dlq.clone(),
-            message: format!("cannot list `{}`: {e}", dir.display()),
-        })?;
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "jsonl") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    let mut out = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|e| ReplayError::Read {
-            dlq: dlq.clone(),
-            message: format!("cannot read `{}`: {e}", file.display()),
-        })?;
-        let name = file
-            .strip_prefix(root)
-            .unwrap_or(&file)
-            .display()
-            .to_string();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let id = format!("{name}:{}", i + 1);
-            let value: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| ReplayError::Entry {
-                    id: id.clone(),
-                    message: format!("not JSON: {e}"),
-                })?;
-            out.push(from_envelope(id, &value)?);
-        }
-    }
-    Ok(out)
-}
-
-fn from_envelope(id: String, v: &serde_json::Value) -> Result<DeadLetterRecord, ReplayError> {
-    let bad = |message: &str| ReplayError::Entry {
-        id: id.clone(),
-        message: message.to_string(),
-    };
-    let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
-    let record = v.get("record").ok_or_else(|| bad("no `record`"))?;
-    let bytes = |field: &str| -> Result<Option<Bytes>, ReplayError> {
-        json_bytes(record.get(field).unwrap_or(&serde_json::Value::Null))
-            .map_err(|m| bad(&format!("record.{field}: {m}")))
-    };
-    let mut headers = Vec::new();
-    if let Some(list) = record.get("headers").and_then(|h| h.as_array()) {
-        for h in list {
-            let name = h
-                .get("name")
-                .and_then(|n| n.as_str())
-                .ok_or_else(|| bad("a header has no name"))?;
-            let value = json_bytes(h.get("value").unwrap_or(&serde_json::Value::Null))
-                .map_err(|m| bad(&format!("header `{name}`: {m}")))?
-                .unwrap_or_default();
-            headers.push(Header::new(name, value));
-        }
-    }
-    let source = v.get("source").and_then(|s| {
-        Some((
-            s.get("stream")?.as_str()?.to_string(),
-            i32::try_from(s.get("partition")?.as_i64()?).ok()?,
-            s.get("offset")?.as_i64()?,
-        ))
-    });
-    Ok(DeadLetterRecord {
-        stage: v
-            .get("stage")
-            .and_then(text)
-            .ok_or_else(|| bad("no `stage`"))?,
-        kind: v
-            .pointer("/error/kind")
-            .and_then(text)
-            .ok_or_else(|| bad("no `error.kind`"))?,
-        message: v
-            .pointer("/error/message")
-            .and_then(text)
-            .unwrap_or_default(),
-        transform: v.get("transform").and_then(text),
-        module: v.get("module").and_then(text),
-        source,
-        attempts: v
-            .get("attempts")
-            .and_then(|a| a.as_u64())
-            .and_then(|a| u32::try_from(a).ok()),
-        last_failure_at: v
-            .get("last_failure_at")
-            .and_then(|t| t.as_str())
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc)),
-        record: Record {
-            key: bytes("key")?,
-            value: bytes("value")?,
-            headers,
-            timestamp: record.get("timestamp").and_then(|t| t.as_i64()),
-        },
-        id,
-    })
-}
-
-/// The inverse of [`crate::sink::bytes_json`].
-fn json_bytes(v: &serde_json::Value) -> Result<Option<Bytes>, String> {
-    match v {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::String(s) => Ok(Some(Bytes::copy_from_slice(s.as_bytes()))),
-        serde_json::Value::Object(o) => match o.get("base64").and_then(|b| b.as_str()) {
-            Some(b) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map(|b| Some(Bytes::from(b)))
-                .map_err(|e| format!("bad base64: {e}")),
-            None => Err("expected a string, null or {\"base64\": ...}".into()),
-        },
-        _ => Err("expected a string, null or {\"base64\": ...}".into()),
-    }
-}
-
-/// Every entry of a Kafka dead-letter topic, read from the beginning to the
-/// end each partition had when reading started.
-pub fn read_kafka(
-    bootstrap: &str,
-    topic: &str,
-    properties: &crate::config::Properties,
-    newest: Option<usize>,
-) -> Result<Vec<DeadLetterRecord>, ReplayError> {
-    use rdkafka::Message;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-    let dlq = format!("kafka topic `{topic}`");
-    let err = |message: String| ReplayError::Read {
-        dlq: dlq.clone(),
-        message,
-    };
-    let group = format!("sluice-dlq-reader-{}", std::process::id());
-    let defaults = [
-        ("group.id", group.as_str()),
-        ("enable.auto.commit", "false"),
-        ("enable.partition.eof", "false"),
-        ("isolation.level", "read_committed"),
-    ];
-    let consumer: BaseConsumer =
-        crate::kafka::client_config(bootstrap, &defaults, properties, &dlq)
-            .map_err(&err)?
-            .create()
-            .map_err(|e| err(crate::kafka::Redactor::new(properties).error(&e)))?;
-    let timeout = Duration::from_secs(30);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| err(format!("metadata: {e}")))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(err("no such topic".into()));
-    }
-    let mut ends = std::collections::BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .map_err(|e| err(format!("watermarks of partition {p}: {e}")))?;
-        // Only the newest `n` of each partition, when asked (offsets of a
-        // compacted or transactional topic have gaps: at most `n` then).
-        let from = match newest {
-            Some(n) => high
-                .saturating_sub(i64::try_from(n).unwrap_or(i64::MAX))
-                .max(low),
-            None => low,
-        };
-        if high > from {
-            ends.insert(p, high);
-            assignment
-                .add_partition_offset(topic, p, Offset::Offset(from))
-                .map_err(|e| err(e.to_string()))?;
-        }
-    }
-    if ends.is_empty() {
-        return Ok(Vec::new());
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|e| err(format!("assign: {e}")))?;
-    let mut by_partition: std::collections::BTreeMap<i32, Vec<DeadLetterRecord>> =
-        Default::default();
-    let mut last_progress = Instant::now();
-    while !ends.is_empty() {
-        if last_progress.elapsed() > timeout {
-            return Err(err(format!(
-                "no progress for {timeout:?}; partitions left: {:?}",
-                ends.keys().collect::<Vec<_>>()
-            )));
-        }
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = m.map_err(|e| err(e.to_string()))?;
-        last_progress = Instant::now();
-        let (p, offset) = (m.partition(), m.offset());
-        let id = format!("{topic}/{p}@{offset}");
-        let mut context = std::collections::BTreeMap::new();
-        let mut headers = Vec::new();
-        for (name, value) in crate::kafka::raw::headers(&m) {
-            match name.strip_prefix(b"sluice.dlq.") {
-                Some(k) => {
-                    context.insert(
-                        String::from_utf8_lossy(k).into_owned(),
-                        String::from_utf8_lossy(&value).into_owned(),
-                    );
-                }
-                // Kept as it was, even a name that is not UTF-8: the replay
-                // item is then refused at the decode stage, with the reason.
-                None => headers.push(Header { name, value }),
-            }
-        }
-        let entry = kafka_entry(
-            id,
-            context,
-            m.key(),
-            m.payload(),
-            headers,
-            m.timestamp().to_millis(),
-        )?;
-        by_partition.entry(p).or_default().push(entry);
-        if ends.get(&p).is_some_and(|end| offset + 1 >= *end) {
-            ends.remove(&p);
-        }
-    }
-    Ok(by_partition.into_values().flatten().collect())
-}
-
-fn kafka_entry(
-    id: String,
-    mut c: std::collections::BTreeMap<String, String>,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-    headers: Vec<Header>,
-    timestamp: Option<i64>,
-) -> Result<DeadLetterRecord, ReplayError> {
-    let (Some(stage), Some(kind)) = (c.remove("stage"), c.remove("error.kind")) else {
-        return Err(ReplayError::Entry {
-            id,
-            message: "no `sluice.dlq.stage` / `sluice.dlq.error.kind` headers: not a Sluice dead-letter entry".into(),
-        });
-    };
-    let source = (|| {
-        Some((
-            c.get("source.stream")?.clone(),
-            c.get("source.partition")?.parse().ok()?,
-            c.get("source.offset")?.parse().ok()?,
-        ))
-    })();
-    Ok(DeadLetterRecord {
-        id,
-        stage,
-        kind,
-        message: c.remove("error.message").unwrap_or_default(),
-        transform: c.remove("transform"),
-        module: c.remove("module"),
-        source,
-        attempts: c.get("attempts").and_then(|a| a.parse().ok()),
-        last_failure_at: c
-            .get("last_failure_at")
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc)),
-        record: Record {
-            key: key.map(Bytes::copy_from_slice),
-            value: value.map(Bytes::copy_from_slice),
-            headers,
-            timestamp,
-        },
-    })
+        .read_dead_letters(&config.sink_scope(base), Some(n))
 }
 
 /// Turns entries into source items for a replay run: the original record
@@ -508,6 +144,8 @@ pub fn items(
 mod tests {
     use super::*;
     use crate::dlq::{DlqEntry, Stage};
+    use crate::record::Record;
+    use bytes::Bytes;
 
     fn entry() -> DlqEntry {
         let record = Record {
@@ -530,7 +168,8 @@ mod tests {
     #[test]
     fn an_envelope_reads_back_to_the_entry_it_was_written_from() {
         let e = entry();
-        let back = from_envelope("f:1".into(), &e.to_json("p", "tenant")).expect("parse");
+        let back = crate::dlq_entry::from_envelope("f:1".into(), &e.to_json("p", "tenant"))
+            .expect("parse");
         assert_eq!(back.record, e.record, "binary value and headers survive");
         assert_eq!(back.stage, "transform");
         assert_eq!(back.kind, "trap");
@@ -552,7 +191,7 @@ mod tests {
                 Some((name, String::from_utf8_lossy(&h.value).into_owned()))
             })
             .collect();
-        let back = kafka_entry(
+        let back = crate::sink::kafka::dead_letters::kafka_entry(
             "dlq/0@5".into(),
             context,
             Some(b"k"),
@@ -564,13 +203,21 @@ mod tests {
         assert_eq!(back.record, e.record);
         assert_eq!(back.kind, "trap");
         assert_eq!(back.source_text().as_deref(), Some("in/3@17"));
-        let missing = kafka_entry("x".into(), Default::default(), None, None, vec![], None);
+        let missing = crate::sink::kafka::dead_letters::kafka_entry(
+            "x".into(),
+            Default::default(),
+            None,
+            None,
+            vec![],
+            None,
+        );
         assert!(matches!(missing, Err(ReplayError::Entry { .. })));
     }
 
     #[test]
     fn filters_select_by_stage_kind_transform_and_time() {
-        let e = from_envelope("f:1".into(), &entry().to_json("p", "t")).expect("parse");
+        let e = crate::dlq_entry::from_envelope("f:1".into(), &entry().to_json("p", "t"))
+            .expect("parse");
         let at = e.last_failure_at.expect("time");
         let f = |f: Filter| f.matches(&e);
         assert!(f(Filter::default()));

@@ -11,11 +11,11 @@ use super::chain::{ChainResult, source_of};
 use super::summary::StepStats;
 use crate::dlq::{DeadLetter, DlqEntry, Stage};
 use crate::record::{Partition, Record};
+use crate::retry::Retry;
 use crate::sink::{Accepted, Durable, Lineage, Pending, Sink, SinkBatch, SinkError};
 use crate::source::SourceItem;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Failed attempts of one write after which its sink is asked to recover.
 const RECOVER_AFTER: u32 = 3;
@@ -141,69 +141,6 @@ pub(crate) struct TransformInfo {
     pub name: String,
     /// Module digest.
     pub digest: String,
-}
-
-/// Retry policy for transient sink errors (at-least-once).
-#[derive(Debug, Clone)]
-pub(crate) struct Retry {
-    /// Attempts in all, the first included; 0: as many as fit in
-    /// `max_elapsed`.
-    pub attempts: u32,
-    /// Wait before the second attempt.
-    pub initial: Duration,
-    /// Longest wait between attempts.
-    pub max: Duration,
-    /// Longest time one write is retried for (from its first failure).
-    pub max_elapsed: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        crate::config::RetryConfig::default().into()
-    }
-}
-
-impl From<crate::config::RetryConfig> for Retry {
-    fn from(c: crate::config::RetryConfig) -> Self {
-        Retry {
-            attempts: c.attempts,
-            initial: Duration::from_millis(c.initial_backoff_ms),
-            max: Duration::from_millis(c.max_backoff_ms),
-            max_elapsed: Duration::from_millis(c.max_elapsed_ms),
-        }
-    }
-}
-
-impl Retry {
-    /// Whether attempt `next` (2, 3, ...) may be made `since` the first
-    /// failure, after waiting `wait`.
-    pub fn allows(&self, next: u32, since: std::time::Instant, wait: Duration) -> bool {
-        (self.attempts == 0 || next <= self.attempts) && since.elapsed() + wait <= self.max_elapsed
-    }
-
-    /// The wait before attempt `attempt` (2, 3, ...): exponential, capped,
-    /// with full jitter in its upper half.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .initial
-            .saturating_mul(1u32 << attempt.saturating_sub(2).min(16));
-        let capped = exp.min(self.max);
-        let nanos = capped.as_nanos() as u64;
-        let jitter = pseudo_random() % (nanos / 2 + 1);
-        Duration::from_nanos(nanos / 2 + jitter)
-    }
-}
-
-fn pseudo_random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
 }
 
 /// One output's write of one batch.
@@ -692,6 +629,7 @@ mod tests {
     use super::*;
     use crate::record::{Position, SourceRecord};
     use crate::sink::Reject;
+    use std::time::Duration;
 
     #[test]
     fn only_values_unchanged_from_the_source_are_known_json() {
@@ -828,25 +766,6 @@ mod tests {
                 .is_empty(),
             "nothing is written as if it were handled"
         );
-    }
-
-    #[test]
-    fn the_default_policy_rides_out_minutes_and_then_gives_up() {
-        let r = Retry::default();
-        let now = std::time::Instant::now();
-        // Attempt 1,000 after a few seconds: allowed, the count is unbounded.
-        assert!(r.allows(1000, now, Duration::from_secs(10)));
-        let long_ago = now - Duration::from_secs(299);
-        assert!(
-            !r.allows(3, long_ago, Duration::from_secs(2)),
-            "past five minutes"
-        );
-        let counted = Retry {
-            attempts: 3,
-            ..Retry::default()
-        };
-        assert!(counted.allows(3, now, Duration::ZERO));
-        assert!(!counted.allows(4, now, Duration::ZERO));
     }
 
     /// A sink that writes every other record the first time and everything

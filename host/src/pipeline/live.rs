@@ -11,6 +11,7 @@
 use super::{Pipeline, PipelineError, Summary};
 use crate::flow::Budget;
 use crate::metrics::PipelineMetrics;
+use crate::retry::RestartPolicy;
 use crate::source::SourceControl;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
@@ -620,42 +621,6 @@ impl Live {
                 l.lag,
             );
         }
-    }
-}
-
-/// When a failed pipeline is started again.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RestartPolicy {
-    /// Restarts in a row (without records handled in between) before the
-    /// pipeline is marked failed; 0 = never restarted (`sluice run`'s
-    /// default; `sluice serve` defaults to the host file's).
-    pub max_restarts: u32,
-    /// Wait before the first restart, in ms (default 1000); doubles up to
-    /// `max_backoff_ms`.
-    pub initial_backoff_ms: u64,
-    /// Longest wait between restarts, in ms (default 60000).
-    pub max_backoff_ms: u64,
-}
-
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        RestartPolicy {
-            max_restarts: 0,
-            initial_backoff_ms: 1000,
-            max_backoff_ms: 60_000,
-        }
-    }
-}
-
-impl RestartPolicy {
-    /// The wait before restart number `n` (1-based).
-    pub fn backoff(&self, n: u32) -> Duration {
-        let ms = self
-            .initial_backoff_ms
-            .saturating_mul(1u64 << n.saturating_sub(1).min(20))
-            .min(self.max_backoff_ms.max(self.initial_backoff_ms));
-        Duration::from_millis(ms)
     }
 }
 

@@ -24,8 +24,7 @@ mod summary;
 pub mod swap;
 
 pub use live::{
-    Live, PartitionLag, PipelineHandle, ProbationView, RestartPolicy, Snapshot, State,
-    UndeclaredOutput,
+    Live, PartitionLag, PipelineHandle, ProbationView, Snapshot, State, UndeclaredOutput,
 };
 pub use summary::{StepStats, Summary};
 pub use swap::{ProbationEnd, SwapError, Swapped};
@@ -37,9 +36,11 @@ use crate::engine::{
 };
 use crate::flow::Budget;
 use crate::project::{BuildError, resolve_module};
+pub use crate::retry::RestartPolicy;
+use crate::retry::Retry;
 use crate::sink::{SinkError, SinkOptions, TxnError};
 use crate::source::{SourceError, StartOptions};
-use deliver::{Delivery, Retry, TransformInfo};
+use deliver::{Delivery, TransformInfo};
 use session::{SessionEnd, SessionParts, WorkerRunners};
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -461,8 +462,9 @@ impl Pipeline {
                 .unwrap_or_else(|| format!("{}-{}", config.name, crate::kafka::instance_id()))
         });
         let sinks = crate::sink::build_all(
-            config,
-            &self.base,
+            &config.outputs,
+            &config.dead_letter,
+            config.sink_scope(&self.base),
             &SinkOptions {
                 transactional_id: transactional_id.clone(),
                 transaction_timeout_ms: d.transaction_timeout_ms,

@@ -19,12 +19,12 @@
 pub mod kafka;
 pub mod lake;
 pub mod local;
+pub mod objects;
 pub mod stdout;
 
-use crate::config::{PipelineConfig, RecordFormat, RetryConfig};
-use crate::record::Record;
-use crate::replay::{DeadLetterRecord, ReplayError};
-use base64::Engine as _;
+use crate::dlq_entry::{DeadLetterRecord, ReplayError};
+use crate::record::{Record, envelope};
+use crate::retry::RetryConfig;
 use kafka::KafkaSinkConfig;
 use lake::LakeSinkConfig;
 use local::LocalSinkConfig;
@@ -350,12 +350,23 @@ impl SinkConfig {
     }
 }
 
+/// What a sink may know of the pipeline it writes for — and no more: its
+/// name, where relative paths resolve, and the Kafka cluster of its source
+/// (where a Kafka sink without a `bootstrap` of its own writes).
+#[derive(Debug, Clone, Copy)]
+pub struct SinkScope<'a> {
+    /// The pipeline's name.
+    pub pipeline: &'a str,
+    /// What relative paths resolve against (the pipeline file's folder).
+    pub base: &'a Path,
+    /// The bootstrap servers of the pipeline's Kafka source, if it has one.
+    pub source_bootstrap: Option<&'a str>,
+}
+
 /// What building one sink needs.
 pub struct BuildContext<'a> {
-    /// The pipeline.
-    pub pipeline: &'a PipelineConfig,
-    /// What relative paths resolve against.
-    pub base: &'a Path,
+    /// The pipeline, as a sink sees it.
+    pub scope: SinkScope<'a>,
     /// The output name (`dead-letter` for the DLQ).
     pub output: &'a str,
     /// Transactions.
@@ -382,7 +393,7 @@ pub trait SinkPlugin: std::fmt::Debug + Send + Sync {
     /// Checks of the configuration alone (no I/O), run when the pipeline
     /// file is parsed; `field` is its table (`outputs.alerts`,
     /// `dead_letter`) for messages.
-    fn check(&self, _field: &str, _pipeline: &PipelineConfig) -> Result<(), String> {
+    fn check(&self, _field: &str, _scope: &SinkScope<'_>) -> Result<(), String> {
         Ok(())
     }
 
@@ -390,7 +401,7 @@ pub trait SinkPlugin: std::fmt::Debug + Send + Sync {
     /// check --connect`): the servers answer, the bucket or folder can be
     /// listed or written. Says what it found. Blocks; never call it on an
     /// async runtime's thread.
-    fn probe(&self, _base: &Path, _pipeline: &PipelineConfig) -> Result<String, String> {
+    fn probe(&self, _scope: &SinkScope<'_>) -> Result<String, String> {
         Ok("nothing to connect to".into())
     }
 
@@ -400,8 +411,7 @@ pub trait SinkPlugin: std::fmt::Debug + Send + Sync {
     /// Reads back every dead-letter entry written to this sink (`sluice dlq`).
     fn read_dead_letters(
         &self,
-        _pipeline: &PipelineConfig,
-        _base: &Path,
+        _scope: &SinkScope<'_>,
         _newest: Option<usize>,
     ) -> Result<Vec<DeadLetterRecord>, ReplayError> {
         Err(ReplayError::Read {
@@ -420,58 +430,33 @@ pub trait SinkPlugin: std::fmt::Debug + Send + Sync {
     }
 }
 
-/// Builds every sink of a pipeline. Kafka sinks with the same cluster and
-/// settings share one producer; with a transactional id, all Kafka sinks
-/// share one transactional producer. Relative paths resolve against `base`.
+/// Builds every sink of a pipeline: its outputs and its dead-letter sink.
+/// Kafka sinks with the same cluster and settings share one producer; with
+/// a transactional id, all Kafka sinks share one transactional producer.
 pub fn build_all(
-    config: &PipelineConfig,
-    base: &Path,
+    outputs_config: &BTreeMap<String, SinkConfig>,
+    dead_letter_config: &SinkConfig,
+    scope: SinkScope<'_>,
     opts: &SinkOptions,
 ) -> Result<Sinks, SinkError> {
     let mut producers: BTreeMap<String, Arc<KafkaProducer>> = BTreeMap::new();
     let mut build = |name: &str, sink: &SinkConfig| {
         sink.plugin().build(&mut BuildContext {
-            pipeline: config,
-            base,
+            scope,
             output: name,
             opts,
             producers: &mut producers,
         })
     };
     let mut outputs = BTreeMap::new();
-    for (name, sink) in &config.outputs {
+    for (name, sink) in outputs_config {
         outputs.insert(name.clone(), build(name, sink)?);
     }
-    let dead_letter = build("dead-letter", &config.dead_letter)?;
+    let dead_letter = build("dead-letter", dead_letter_config)?;
     Ok(Sinks {
         outputs,
         dead_letter,
         producers: producers.into_values().collect(),
-    })
-}
-
-/// Bytes as JSON: a string when they are UTF-8, else `{"base64": "..."}`.
-pub fn bytes_json(bytes: &[u8]) -> serde_json::Value {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => serde_json::Value::String(s.to_string()),
-        Err(_) => {
-            serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
-        }
-    }
-}
-
-/// A record as a JSON envelope: key, value, headers, timestamp.
-pub fn envelope(record: &Record) -> serde_json::Value {
-    let headers: Vec<serde_json::Value> = record
-        .headers
-        .iter()
-        .map(|h| serde_json::json!({ "name": h.name_str(), "value": bytes_json(&h.value) }))
-        .collect();
-    serde_json::json!({
-        "key": record.key.as_deref().map(bytes_json),
-        "value": record.value.as_deref().map(bytes_json),
-        "headers": headers,
-        "timestamp": record.timestamp,
     })
 }
 
@@ -617,4 +602,16 @@ mod tests {
         assert_eq!(e["headers"][0]["name"], "h");
         assert_eq!(e["timestamp"], 5);
     }
+}
+
+/// How an output record is written as one line.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordFormat {
+    /// The record value, which must be JSON (written compactly on one line);
+    /// a value that is not JSON is rejected to the dead-letter queue.
+    #[default]
+    Value,
+    /// A JSON envelope with key, value, headers and timestamp.
+    Envelope,
 }

@@ -1,6 +1,7 @@
 //! `kafka` sinks: configuration.
 
-use crate::config::{Properties, RetryConfig};
+use crate::kafka::Properties;
+use crate::retry::RetryConfig;
 use serde::Deserialize;
 
 /// `kafka`: records to a Kafka topic, keys, headers and timestamps kept.
@@ -51,5 +52,13 @@ impl Compression {
             Compression::Lz4 => "lz4",
             Compression::Zstd => "zstd",
         }
+    }
+}
+
+impl KafkaSinkConfig {
+    /// The bootstrap servers this sink writes to: its own, else its
+    /// pipeline's Kafka source's.
+    pub fn bootstrap_in<'a>(&'a self, scope: &crate::sink::SinkScope<'a>) -> Option<&'a str> {
+        self.bootstrap.as_deref().or(scope.source_bootstrap)
     }
 }

@@ -8,12 +8,13 @@
 //! transaction together with the consumer offsets.
 
 mod config;
+pub(crate) mod dead_letters;
 
 pub use config::{Compression, KafkaSinkConfig};
 
 use super::{BuildContext, Pending, Reject, Sink, SinkError};
-use crate::config::Properties;
 use crate::kafka::Logs;
+use crate::kafka::Properties;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -535,15 +536,15 @@ impl super::SinkPlugin for KafkaSinkConfig {
         "kafka"
     }
 
-    fn retry(&self) -> crate::config::RetryConfig {
+    fn retry(&self) -> crate::retry::RetryConfig {
         self.retry
     }
 
-    fn check(&self, field: &str, pipeline: &crate::config::PipelineConfig) -> Result<(), String> {
+    fn check(&self, field: &str, scope: &crate::sink::SinkScope<'_>) -> Result<(), String> {
         if self.topic.trim().is_empty() {
             return Err(format!("`{field}`: `topic` must not be empty"));
         }
-        if pipeline.sink_bootstrap(self).is_none() {
+        if self.bootstrap_in(scope).is_none() {
             return Err(format!(
                 "`{field}`: `bootstrap` is needed when the source is not Kafka"
             ));
@@ -551,13 +552,9 @@ impl super::SinkPlugin for KafkaSinkConfig {
         Ok(())
     }
 
-    fn probe(
-        &self,
-        _base: &std::path::Path,
-        pipeline: &crate::config::PipelineConfig,
-    ) -> Result<String, String> {
-        let bootstrap = pipeline
-            .sink_bootstrap(self)
+    fn probe(&self, scope: &crate::sink::SinkScope<'_>) -> Result<String, String> {
+        let bootstrap = self
+            .bootstrap_in(scope)
             .ok_or_else(|| "no `bootstrap`".to_string())?;
         let config = crate::kafka::client_config(bootstrap, &[], &self.properties, "check")?;
         crate::kafka::probe_brokers(&config, bootstrap, &[self.topic.as_str()], false)
@@ -566,9 +563,8 @@ impl super::SinkPlugin for KafkaSinkConfig {
 
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError> {
         let c = self;
-        let bootstrap = ctx
-            .pipeline
-            .sink_bootstrap(c)
+        let bootstrap = c
+            .bootstrap_in(&ctx.scope)
             .ok_or_else(|| SinkError::Config {
                 sink: format!("kafka `{}`", c.topic),
                 message: "no bootstrap servers".into(),
@@ -593,7 +589,7 @@ impl super::SinkPlugin for KafkaSinkConfig {
                 let p = Arc::new(KafkaProducer::new(
                     bootstrap,
                     c,
-                    &ctx.pipeline.name,
+                    ctx.scope.pipeline,
                     ctx.opts.transactional_id.as_deref(),
                     ctx.opts.transaction_timeout_ms,
                 )?);
@@ -606,18 +602,21 @@ impl super::SinkPlugin for KafkaSinkConfig {
 
     fn read_dead_letters(
         &self,
-        pipeline: &crate::config::PipelineConfig,
-        _base: &std::path::Path,
+        scope: &crate::sink::SinkScope<'_>,
         newest: Option<usize>,
-    ) -> Result<Vec<crate::replay::DeadLetterRecord>, crate::replay::ReplayError> {
+    ) -> Result<Vec<crate::dlq_entry::DeadLetterRecord>, crate::dlq_entry::ReplayError> {
         let bootstrap =
-            pipeline
-                .sink_bootstrap(self)
-                .ok_or_else(|| crate::replay::ReplayError::Read {
+            self.bootstrap_in(scope)
+                .ok_or_else(|| crate::dlq_entry::ReplayError::Read {
                     dlq: format!("kafka topic `{}`", self.topic),
                     message: "no bootstrap servers".into(),
                 })?;
-        crate::replay::read_kafka(bootstrap, &self.topic, &self.properties, newest)
+        crate::sink::kafka::dead_letters::read_kafka(
+            bootstrap,
+            &self.topic,
+            &self.properties,
+            newest,
+        )
     }
 
     fn kafka(&self) -> Option<&KafkaSinkConfig> {

@@ -1,7 +1,8 @@
 //! `lake` sinks: configuration and its checks (no I/O).
 
-use crate::config::{RecordFormat, RetryConfig};
-use crate::sink::local::RollConfig;
+use crate::retry::RetryConfig;
+use crate::sink::RecordFormat;
+use crate::sink::objects::RollConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 

@@ -23,8 +23,8 @@ pub use config::{
 pub use segment::Marker;
 
 use super::{Accepted, BuildContext, Pending, Reject, Sink, SinkBatch, SinkError};
-use crate::config::RecordFormat;
 use crate::record::{Partition, Record};
+use crate::sink::RecordFormat;
 use arrow_schema::SchemaRef;
 use encode::Encoder;
 use layout::Template;
@@ -728,7 +728,7 @@ impl super::SinkPlugin for LakeSinkConfig {
         "lake"
     }
 
-    fn retry(&self) -> crate::config::RetryConfig {
+    fn retry(&self) -> crate::retry::RetryConfig {
         self.retry
     }
 
@@ -736,20 +736,21 @@ impl super::SinkPlugin for LakeSinkConfig {
         (self.format == LakeFormat::Jsonl).then_some(self.record)
     }
 
-    fn check(&self, field: &str, _pipeline: &crate::config::PipelineConfig) -> Result<(), String> {
+    fn check(&self, field: &str, _scope: &crate::sink::SinkScope<'_>) -> Result<(), String> {
         LakeSinkConfig::check(self, &format!("{field}.lake"))
     }
 
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError> {
-        Ok(Arc::new(LakeSink::open(self, ctx.base, ctx.output, None)?))
+        Ok(Arc::new(LakeSink::open(
+            self,
+            ctx.scope.base,
+            ctx.output,
+            None,
+        )?))
     }
 
-    fn probe(
-        &self,
-        base: &Path,
-        _pipeline: &crate::config::PipelineConfig,
-    ) -> Result<String, String> {
-        let parsed = store::parse(&self.url, &self.options.0, base)?;
+    fn probe(&self, scope: &crate::sink::SinkScope<'_>) -> Result<String, String> {
+        let parsed = store::parse(&self.url, &self.options.0, scope.base)?;
         let store = store::open(&parsed, &self.options.0)?;
         // On a thread of its own: the store's client needs a runtime, and
         // the caller may be on one.
@@ -783,21 +784,20 @@ impl super::SinkPlugin for LakeSinkConfig {
 
     fn read_dead_letters(
         &self,
-        _pipeline: &crate::config::PipelineConfig,
-        base: &Path,
+        scope: &crate::sink::SinkScope<'_>,
         _newest: Option<usize>,
-    ) -> Result<Vec<crate::replay::DeadLetterRecord>, crate::replay::ReplayError> {
-        let parsed = store::parse(&self.url, &self.options.0, base).map_err(|message| {
-            crate::replay::ReplayError::Read {
+    ) -> Result<Vec<crate::dlq_entry::DeadLetterRecord>, crate::dlq_entry::ReplayError> {
+        let parsed = store::parse(&self.url, &self.options.0, scope.base).map_err(|message| {
+            crate::dlq_entry::ReplayError::Read {
                 dlq: self.url.clone(),
                 message,
             }
         })?;
         match (&parsed.location, self.format, self.compression()) {
             (store::Location::Local(dir), LakeFormat::Jsonl, Compression::None) => {
-                crate::replay::read_local(dir)
+                crate::dlq_entry::read_local(dir)
             }
-            _ => Err(crate::replay::ReplayError::Read {
+            _ => Err(crate::dlq_entry::ReplayError::Read {
                 dlq: parsed.describe,
                 message: "only an uncompressed JSON Lines lake on local disk can be read back yet; `sluice dlq` cannot read this one".into(),
             }),

@@ -25,8 +25,8 @@
 //! recorded, and a replay follows the record, not the clock.
 
 use super::encode::Encoder;
-use crate::pipeline::deliver::Retry;
 use crate::record::Partition;
+use crate::retry::Retry;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -377,6 +377,6 @@ pub fn transient(e: &object_store::Error) -> bool {
         | E::Unauthenticated { .. }
         | E::UnknownConfigurationKey { .. }
         | E::InvalidPath { .. } => false,
-        other => crate::sink::local::transient(other),
+        other => crate::sink::objects::transient(other),
     }
 }

@@ -1,6 +1,8 @@
 //! `local` sinks: configuration.
 
-use crate::config::{RecordFormat, RetryConfig};
+use crate::retry::RetryConfig;
+use crate::sink::RecordFormat;
+use crate::sink::objects::RollConfig;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -23,63 +25,4 @@ pub struct LocalSinkConfig {
     /// object.
     #[serde(default)]
     pub roll: Option<RollConfig>,
-}
-
-/// `[outputs.<name>.local.roll]`, `[outputs.<name>.lake.roll]`: when an
-/// open object closes.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RollConfig {
-    /// Close once the object holds this many records (default: no limit).
-    #[serde(default)]
-    pub records: Option<u64>,
-    /// Close once the object holds this many bytes (default 64 MiB, at most
-    /// 1 GiB). This bounds the sink's memory: about two objects' worth.
-    #[serde(default = "default_roll_bytes")]
-    pub bytes: u64,
-    /// Close once the object's first record is this old, in ms (default
-    /// 60000).
-    #[serde(default = "default_roll_age_ms")]
-    pub age_ms: u64,
-}
-
-impl Default for RollConfig {
-    fn default() -> Self {
-        RollConfig {
-            records: None,
-            bytes: default_roll_bytes(),
-            age_ms: default_roll_age_ms(),
-        }
-    }
-}
-
-/// Largest `roll.bytes`.
-pub const MAX_ROLL_BYTES: u64 = 1 << 30;
-
-fn default_roll_bytes() -> u64 {
-    64 << 20
-}
-
-fn default_roll_age_ms() -> u64 {
-    60_000
-}
-
-impl RollConfig {
-    /// Checks the values; `table` is where they are written
-    /// (`outputs.lake.local.roll`), for messages.
-    pub fn check(&self, table: &str) -> Result<(), String> {
-        if self.records == Some(0) {
-            return Err(format!("{table}.records must be at least 1"));
-        }
-        if self.bytes == 0 || self.bytes > MAX_ROLL_BYTES {
-            return Err(format!(
-                "{table}.bytes must be between 1 and {MAX_ROLL_BYTES} (1 GiB), not {}",
-                self.bytes
-            ));
-        }
-        if self.age_ms == 0 {
-            return Err(format!("{table}.age_ms must be at least 1"));
-        }
-        Ok(())
-    }
 }

@@ -8,10 +8,11 @@
 mod config;
 mod roll;
 
-pub use config::{LocalSinkConfig, RollConfig};
+pub use crate::sink::objects::RollConfig;
+pub use config::LocalSinkConfig;
 
 use super::{Accepted, BuildContext, Pending, Sink, SinkError, encode_lines_of, ready};
-use crate::config::RecordFormat;
+use crate::sink::RecordFormat;
 use object_store::local::LocalFileSystem;
 use object_store::{ObjectStoreExt, PutPayload};
 use std::path::{Path, PathBuf};
@@ -83,7 +84,7 @@ impl LocalSink {
 
     /// Collects records into objects that close by `roll` (must be called
     /// inside a tokio runtime); writes are retried by `retry`.
-    pub fn rolling(mut self, roll: RollConfig, retry: crate::config::RetryConfig) -> Self {
+    pub fn rolling(mut self, roll: RollConfig, retry: crate::retry::RetryConfig) -> Self {
         self.roller = Some(roll::Roller::new(
             roll::Target {
                 store: self.store.clone(),
@@ -123,7 +124,7 @@ impl Sink for LocalSink {
                 .await
                 .map_err(|e| SinkError::Store {
                     sink,
-                    transient: transient(&e),
+                    transient: crate::sink::objects::transient(&e),
                     message: format!("cannot write `{location}`: {e}"),
                 })?;
             Ok(rejects.into())
@@ -142,36 +143,12 @@ impl Sink for LocalSink {
     }
 }
 
-/// Whether a failed write may succeed if tried again: not when the file
-/// system says the path cannot be written at all (no permission, a file
-/// where a directory should be, a read-only file system), which no wait
-/// mends; yes otherwise (a full disk, an interrupted write, ...).
-pub(crate) fn transient(e: &object_store::Error) -> bool {
-    use std::io::ErrorKind;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return !matches!(
-                io.kind(),
-                ErrorKind::PermissionDenied
-                    | ErrorKind::NotADirectory
-                    | ErrorKind::IsADirectory
-                    | ErrorKind::ReadOnlyFilesystem
-                    | ErrorKind::InvalidFilename
-                    | ErrorKind::InvalidInput
-            );
-        }
-        source = err.source();
-    }
-    true
-}
-
 impl super::SinkPlugin for LocalSinkConfig {
     fn kind(&self) -> &'static str {
         "local"
     }
 
-    fn retry(&self) -> crate::config::RetryConfig {
+    fn retry(&self) -> crate::retry::RetryConfig {
         self.retry
     }
 
@@ -179,19 +156,15 @@ impl super::SinkPlugin for LocalSinkConfig {
         Some(self.format)
     }
 
-    fn check(&self, field: &str, _pipeline: &crate::config::PipelineConfig) -> Result<(), String> {
+    fn check(&self, field: &str, _scope: &crate::sink::SinkScope<'_>) -> Result<(), String> {
         match &self.roll {
             Some(roll) => roll.check(&format!("{field}.local.roll")),
             None => Ok(()),
         }
     }
 
-    fn probe(
-        &self,
-        base: &Path,
-        _pipeline: &crate::config::PipelineConfig,
-    ) -> Result<String, String> {
-        let dir = base.join(&self.path);
+    fn probe(&self, scope: &crate::sink::SinkScope<'_>) -> Result<String, String> {
+        let dir = scope.base.join(&self.path);
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
         let probe = dir.join(".sluice-probe");
@@ -203,8 +176,8 @@ impl super::SinkPlugin for LocalSinkConfig {
 
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Arc<dyn Sink>, SinkError> {
         let sink = LocalSink::new(
-            &ctx.base.join(&self.path),
-            &ctx.pipeline.name,
+            &ctx.scope.base.join(&self.path),
+            ctx.scope.pipeline,
             ctx.output,
             self.format,
         )?;
@@ -216,11 +189,10 @@ impl super::SinkPlugin for LocalSinkConfig {
 
     fn read_dead_letters(
         &self,
-        _pipeline: &crate::config::PipelineConfig,
-        base: &Path,
+        scope: &crate::sink::SinkScope<'_>,
         _newest: Option<usize>,
-    ) -> Result<Vec<crate::replay::DeadLetterRecord>, crate::replay::ReplayError> {
-        crate::replay::read_local(&base.join(&self.path))
+    ) -> Result<Vec<crate::dlq_entry::DeadLetterRecord>, crate::dlq_entry::ReplayError> {
+        crate::dlq_entry::read_local(&scope.base.join(&self.path))
     }
 }
 
@@ -312,7 +284,7 @@ mod tests {
     fn rolling(dir: &Path, roll: RollConfig) -> LocalSink {
         LocalSink::new(dir, "p", "default", RecordFormat::Value)
             .expect("sink")
-            .rolling(roll, crate::config::RetryConfig::default())
+            .rolling(roll, crate::retry::RetryConfig::default())
     }
 
     #[tokio::test]
@@ -446,7 +418,7 @@ mod tests {
         assert!(err.contains("outputs.lake.local.roll.records"), "{err}");
         let bad = RollConfig {
             records: None,
-            bytes: config::MAX_ROLL_BYTES + 1,
+            bytes: crate::sink::objects::MAX_ROLL_BYTES + 1,
             age_ms: 1,
         };
         assert!(

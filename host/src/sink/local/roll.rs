@@ -8,8 +8,8 @@
 //! write), and at most [`CLOSING`] objects being written; a submit waits for
 //! a closing slot before it may close another.
 
-use super::config::RollConfig;
-use crate::pipeline::deliver::Retry;
+use crate::retry::Retry;
+use crate::sink::objects::RollConfig;
 use crate::sink::{Durable, SinkError};
 use object_store::local::LocalFileSystem;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -166,7 +166,7 @@ impl Inner {
                 Ok(_) => return Ok(()),
                 Err(e) => e,
             };
-            let transient = super::transient(&e);
+            let transient = crate::sink::objects::transient(&e);
             let wait = t.retry.backoff(attempt + 1);
             if !(transient && t.retry.allows(attempt + 1, since, wait)) {
                 return Err((format!("cannot write `{location}`: {e}"), transient));

@@ -1,6 +1,6 @@
 //! `stdout` sinks: configuration.
 
-use crate::config::RecordFormat;
+use crate::sink::RecordFormat;
 use serde::Deserialize;
 
 /// `stdout`: one line per record on standard output.

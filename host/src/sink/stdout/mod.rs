@@ -9,7 +9,7 @@ mod config;
 pub use config::StdoutSinkConfig;
 
 use super::{BuildContext, Pending, Sink, SinkError, encode_lines_of, ready};
-use crate::config::RecordFormat;
+use crate::sink::RecordFormat;
 use std::io::Write;
 use std::sync::Mutex;
 use tokio::sync::oneshot;

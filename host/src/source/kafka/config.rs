@@ -1,6 +1,6 @@
 //! `[source.kafka]`: the Kafka source's configuration.
 
-use crate::config::Properties;
+use crate::kafka::Properties;
 use serde::Deserialize;
 
 /// `[source.kafka]`: topics read by a consumer group. Several `sluice`
