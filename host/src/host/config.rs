@@ -13,6 +13,8 @@
 //! [state]                        # share the desired state with other hosts
 //! kafka_bootstrap = "kafka:9092" # through a compacted topic on this cluster
 //! kafka_topic = "sluice-state"   # (default `sluice-desired-state`)
+//! kafka_properties = { "security.protocol" = "sasl_ssl" }  # SASL, TLS, …
+//! kafka_replication_factor = 3   # when created (default: the cluster's)
 //! [restart]                      # for pipelines without their own [restart]
 //! max_restarts = 3
 //! ```
@@ -81,6 +83,28 @@ pub struct SharedStateConfig {
     /// missing.
     #[serde(default = "default_state_topic")]
     pub kafka_topic: String,
+    /// Client settings for that cluster, passed to librdkafka as they are
+    /// (SASL, TLS: `security.protocol`, `sasl.mechanism`, …), as a
+    /// pipeline's Kafka `properties`.
+    #[serde(default)]
+    pub kafka_properties: crate::kafka::Properties,
+    /// Replication factor of the topic when Sluice creates it (default:
+    /// the cluster's `default.replication.factor`).
+    #[serde(default)]
+    pub kafka_replication_factor: Option<i32>,
+}
+
+impl SharedStateConfig {
+    /// The state topic's settings.
+    pub fn topic(&self) -> crate::kafka::compacted::TopicSettings {
+        crate::kafka::compacted::TopicSettings {
+            bootstrap: self.kafka_bootstrap.clone(),
+            topic: self.kafka_topic.clone(),
+            properties: self.kafka_properties.clone(),
+            replication_factor: self.kafka_replication_factor,
+            table: "state.kafka".into(),
+        }
+    }
 }
 
 fn default_state_topic() -> String {

@@ -156,7 +156,7 @@ impl Host {
         let Some(c) = self.config.shared_state.clone() else {
             return Ok(());
         };
-        let shared = shared::SharedState::connect(&c.kafka_bootstrap, &c.kafka_topic).await?;
+        let shared = shared::SharedState::connect(c.topic()).await?;
         let _ = self.shared.set(Arc::new(shared));
         self.join_shared_state().await
     }

@@ -11,136 +11,49 @@
 
 use super::Host;
 use super::state::PipelineState;
-use rdkafka::ClientConfig;
-use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use crate::kafka::compacted::{CompactedTopic, Entry, TopicSettings};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 /// The shared-state topic.
+#[derive(Debug)]
 pub struct SharedState {
-    bootstrap: String,
-    topic: String,
-    producer: FutureProducer,
-}
-
-impl std::fmt::Debug for SharedState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedState")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
-}
-
-fn consumer(bootstrap: &str) -> Result<BaseConsumer, String> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "sluice-state-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .map_err(|e| e.to_string())
+    topic: CompactedTopic,
 }
 
 impl SharedState {
     /// Connects, creating the topic (compacted, one partition) if missing.
-    pub async fn connect(bootstrap: &str, topic: &str) -> Result<Self, String> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()
-            .map_err(|e| e.to_string())?;
-        let new =
-            NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
-        let created = admin
-            .create_topics(
-                [&new],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-            )
-            .await
-            .map_err(|e| format!("cannot create the state topic `{topic}`: {e}"))?;
-        for r in created {
-            match r {
-                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    return Err(format!("cannot create the state topic `{name}`: {code}"));
-                }
-            }
-        }
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "0")
-            .create()
-            .map_err(|e| e.to_string())?;
+    pub async fn connect(settings: TopicSettings) -> Result<Self, String> {
         Ok(SharedState {
-            bootstrap: bootstrap.to_string(),
-            topic: topic.to_string(),
-            producer,
+            topic: CompactedTopic::open(settings).await?,
         })
     }
 
     /// Publishes a pipeline's state and waits until the broker has it.
     pub async fn publish(&self, state: &PipelineState) -> Result<(), String> {
         let value = serde_json::to_vec(state).map_err(|e| e.to_string())?;
-        self.producer
-            .send(
-                FutureRecord::to(&self.topic)
-                    .key(state.pipeline.as_bytes())
-                    .payload(&value),
-                Duration::from_secs(30),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| format!("cannot publish to the state topic `{}`: {e}", self.topic))
+        self.topic.put(state.pipeline.as_bytes(), &value).await
     }
 
     /// Reads the topic from its start to its end: the last state of each
     /// pipeline, and the position to follow from. Blocking.
     fn catch_up(&self) -> Result<(Vec<PipelineState>, i64), String> {
-        let c = consumer(&self.bootstrap)?;
-        let (_, high) = c
-            .fetch_watermarks(&self.topic, 0, Duration::from_secs(30))
-            .map_err(|e| format!("state topic `{}`: {e}", self.topic))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-        c.assign(&tpl).map_err(|e| e.to_string())?;
+        let (entries, next) = self.topic.read_to_end()?;
         let mut last: std::collections::BTreeMap<String, PipelineState> = Default::default();
-        let mut next = 0;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while next < high {
-            if std::time::Instant::now() > deadline {
-                return Err(format!(
-                    "state topic `{}`: could not read to its end ({next} of {high}) within 60 s",
-                    self.topic
-                ));
-            }
-            match c.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    next = m.offset() + 1;
-                    if let Some(s) = parse(&m) {
-                        last.insert(s.pipeline.clone(), s);
-                    }
-                }
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => tracing::warn!(error = %e, "reading the state topic"),
-                None => {}
+        for e in &entries {
+            if let Some(s) = parse(e) {
+                last.insert(s.pipeline.clone(), s);
             }
         }
-        Ok((last.into_values().collect(), high))
+        Ok((last.into_values().collect(), next))
     }
 }
 
-fn parse(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<PipelineState> {
-    let payload = m.payload()?;
+fn parse(e: &Entry) -> Option<PipelineState> {
+    let payload = e.value.as_deref()?;
     match serde_json::from_slice::<PipelineState>(payload) {
         Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(offset = m.offset(), error = %e, "a state record that is not a pipeline state: skipped");
+        Err(err) => {
+            tracing::warn!(offset = e.offset, error = %err, "a state record that is not a pipeline state: skipped");
             None
         }
     }
@@ -162,14 +75,13 @@ impl Host {
         for s in &states {
             self.state.save(s)?;
         }
-        tracing::info!(topic = %shared.topic, pipelines = states.len(), "joined the shared desired state");
+        tracing::info!(topic = %shared.topic.settings().topic, pipelines = states.len(), "joined the shared desired state");
         let host = Arc::downgrade(self);
         let runtime = tokio::runtime::Handle::current();
-        let bootstrap = shared.bootstrap.clone();
-        let topic = shared.topic.clone();
+        let follower = shared.clone();
         std::thread::Builder::new()
             .name("sluice-state".into())
-            .spawn(move || follow(host, runtime, &bootstrap, &topic, from))
+            .spawn(move || follow(host, runtime, &follower, from))
             .map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -227,47 +139,16 @@ impl Host {
     }
 }
 
-/// Follows the state topic from `from`, converging each state read.
-fn follow(
-    host: Weak<Host>,
-    runtime: tokio::runtime::Handle,
-    bootstrap: &str,
-    topic: &str,
-    from: i64,
-) {
-    let c = match consumer(bootstrap) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot follow the state topic");
-            return;
-        }
-    };
-    let mut tpl = TopicPartitionList::new();
-    if tpl
-        .add_partition_offset(topic, 0, Offset::Offset(from))
-        .and_then(|_| c.assign(&tpl))
-        .is_err()
-    {
-        tracing::error!(topic, "cannot follow the state topic");
-        return;
-    }
-    loop {
+/// Follows the state topic from `from`, converging each state read, until
+/// the host is gone.
+fn follow(host: Weak<Host>, runtime: tokio::runtime::Handle, shared: &SharedState, from: i64) {
+    shared.topic.follow(from, |entry| {
         let Some(h) = host.upgrade() else {
-            return;
+            return false;
         };
-        drop(h);
-        match c.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                let Some(state) = parse(&m) else {
-                    continue;
-                };
-                let Some(h) = host.upgrade() else {
-                    return;
-                };
-                runtime.block_on(h.converge(state));
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(e)) => tracing::warn!(error = %e, "reading the state topic"),
+        if let Some(state) = entry.as_ref().and_then(parse) {
+            runtime.block_on(h.converge(state));
         }
-    }
+        true
+    });
 }

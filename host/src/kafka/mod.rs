@@ -301,6 +301,8 @@ pub fn forward_error(client: &str, redactor: &Redactor, error: &KafkaError, reas
 /// (librdkafka allows any bytes; rdkafka's `Headers::try_get` and
 /// `Message::topic` unwrap them as UTF-8, which would kill the source
 /// thread on one hostile record).
+pub mod compacted;
+
 pub mod raw {
     use bytes::Bytes;
     use rdkafka::bindings as rd;
