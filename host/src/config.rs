@@ -539,7 +539,7 @@ impl PipelineConfig {
         crate::sink::SinkScope {
             pipeline: &self.name,
             base,
-            source_bootstrap: self.source.plugin().kafka().map(|k| k.bootstrap.as_str()),
+            source_bootstrap: self.source.plugin().transactional_cluster(),
         }
     }
 
@@ -551,27 +551,16 @@ impl PipelineConfig {
                 .check(&sink_path(name), &self.sink_scope(base))?;
         }
         if self.delivery.guarantee == Guarantee::ExactlyOnce {
-            let Some(source) = self.source.plugin().kafka() else {
+            if self.source.plugin().transactional_cluster().is_none() {
                 return Err("`delivery.guarantee = \"exactly-once\"` needs a Kafka source: offsets are committed in the same Kafka transaction as the outputs".into());
-            };
+            }
+            let scope = self.sink_scope(Path::new("."));
             for (name, sink) in self.sinks() {
-                match sink.plugin().kafka() {
-                    Some(k) => {
-                        if self.sink_bootstrap(k) != Some(source.bootstrap.as_str()) {
-                            return Err(format!(
-                                "`{}`: with exactly-once, every output must be on the source's cluster (`{}`), because one transaction covers outputs and consumer offsets",
-                                sink_path(name),
-                                source.bootstrap
-                            ));
-                        }
-                    }
-                    _ => {
-                        return Err(format!(
-                            "`{}`: with exactly-once, every output and the dead-letter queue must be Kafka topics (a {} sink cannot join a Kafka transaction); use at-least-once for pipelines that write elsewhere",
-                            sink_path(name),
-                            sink.kind()
-                        ));
-                    }
+                if let Err(why) = sink.plugin().joins_transactions(&scope) {
+                    return Err(format!(
+                        "`{}`: with exactly-once, every output and the dead-letter queue must be Kafka topics on the source's cluster ({why}); use at-least-once for pipelines that write elsewhere",
+                        sink_path(name)
+                    ));
                 }
             }
         }

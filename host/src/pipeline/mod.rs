@@ -140,7 +140,7 @@ impl PipelineError {
     /// committed offsets) may recover from this error.
     fn restartable(&self) -> bool {
         match self {
-            PipelineError::Source(SourceError::Kafka { fatal, .. }) => *fatal,
+            PipelineError::Source(SourceError::Client { fatal, .. }) => *fatal,
             PipelineError::Transaction(TxnError::Abort(_) | TxnError::Retriable(_)) => true,
             _ => false,
         }

@@ -1486,9 +1486,6 @@ mod tests {
             }
             Ok(())
         }
-        fn as_any(&self) -> &dyn std::any::Any {
-            self
-        }
         fn describe(&self) -> String {
             "acking".into()
         }
@@ -1639,9 +1636,6 @@ mod tests {
             offsets: &[(Partition, i64)],
         ) -> Result<(), crate::source::SourceError> {
             self.commit(offsets).await
-        }
-        fn as_any(&self) -> &dyn std::any::Any {
-            self
         }
         fn describe(&self) -> String {
             "commit log".into()

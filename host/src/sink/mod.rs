@@ -36,7 +36,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use stdout::StdoutSinkConfig;
 
-pub use kafka::{KafkaProducer, KafkaSink, TxnError};
+pub use kafka::{KafkaProducer, KafkaSink};
 pub use lake::LakeSink;
 pub use local::LocalSink;
 pub use stdout::StdoutSink;
@@ -71,12 +71,13 @@ pub enum SinkError {
         /// I/O error.
         source: std::io::Error,
     },
-    /// Kafka producer error.
+    /// A write failed (a broker or a service refused it, or did not
+    /// answer in time).
     #[error("sink {sink}: {message}")]
-    Kafka {
+    Write {
         /// Which sink.
         sink: String,
-        /// librdkafka's explanation.
+        /// The client's explanation.
         message: String,
         /// Whether trying again may succeed (a timeout, a broker away).
         transient: bool,
@@ -112,7 +113,7 @@ impl SinkError {
     pub fn is_transient(&self) -> bool {
         match self {
             SinkError::Store { transient, .. }
-            | SinkError::Kafka { transient, .. }
+            | SinkError::Write { transient, .. }
             | SinkError::Partial { transient, .. } => *transient,
             SinkError::Io { .. } => true,
             SinkError::Config { .. } => false,
@@ -301,8 +302,8 @@ pub struct Sinks {
     pub outputs: BTreeMap<String, Arc<dyn Sink>>,
     /// The dead-letter sink.
     pub dead_letter: Arc<dyn Sink>,
-    /// The producers behind the Kafka sinks (one when transactional).
-    pub producers: Vec<Arc<KafkaProducer>>,
+    /// With exactly-once: the transactions the sinks write in.
+    pub transactions: Option<Arc<dyn Transactions>>,
 }
 
 impl std::fmt::Debug for Sinks {
@@ -371,8 +372,76 @@ pub struct BuildContext<'a> {
     pub output: &'a str,
     /// Transactions.
     pub opts: &'a SinkOptions,
-    /// Kafka producers built so far, shared by sinks of one cluster.
-    pub producers: &'a mut BTreeMap<String, Arc<KafkaProducer>>,
+    /// Clients the sinks of one pipeline share (Kafka producers of one
+    /// cluster), by type: each plugin keeps its own kind here.
+    pub shared: &'a mut SharedClients,
+    /// The transactions the sinks write in (exactly-once): set by the
+    /// sink that provides them.
+    pub transactions: &'a mut Option<Arc<dyn Transactions>>,
+}
+
+/// Clients shared by the sinks of one pipeline, one value per type (as
+/// Vector's `SinkContext::extra_context`): a plugin stores what it shares
+/// under a type of its own, and no other code needs to know it.
+#[derive(Default)]
+pub struct SharedClients {
+    by_type: std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl SharedClients {
+    /// The value of type `T`, made with `T::default()` the first time.
+    pub fn get_or_default<T: std::any::Any + Send + Sync + Default>(&mut self) -> &mut T {
+        let slot = self
+            .by_type
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Box::new(T::default()));
+        match slot.downcast_mut::<T>() {
+            Some(t) => t,
+            // The map is keyed by the type's id: the value has that type.
+            None => unreachable!("a shared client stored under another type's id"),
+        }
+    }
+}
+
+/// Why a transaction step failed, by what to do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TxnError {
+    /// The writer can no longer be used: most often a newer instance with
+    /// the same transactional id fenced this one. The process must stop.
+    #[error("the transactional producer is fenced or failed fatally: {0}")]
+    Fatal(String),
+    /// The transaction must be aborted; its records are repeated after a
+    /// rewind to the committed position.
+    #[error("the transaction must be aborted: {0}")]
+    Abort(String),
+    /// The same call may be tried again.
+    #[error("the transaction call may be retried: {0}")]
+    Retriable(String),
+}
+
+/// Exactly-once as a sink capability (Arroyo's two-phase committer): the
+/// pipeline's outputs and dead letters are written in transactions that
+/// commit together with the source's position. Provided by the sink that
+/// builds the transactional writer (Kafka), through
+/// [`BuildContext::transactions`].
+#[async_trait::async_trait]
+pub trait Transactions: Send + Sync {
+    /// Registers the writer, fencing older instances with the same id.
+    async fn init(&self) -> Result<(), TxnError>;
+    /// Starts a transaction.
+    async fn begin(&self) -> Result<(), TxnError>;
+    /// Adds the source's next positions and commits the transaction.
+    /// `source` is what the running source gives for it
+    /// ([`crate::source::SourceControl::transaction_context`]).
+    async fn commit(
+        &self,
+        positions: &[(crate::record::Partition, i64)],
+        source: Box<dyn std::any::Any + Send>,
+    ) -> Result<(), TxnError>;
+    /// Aborts the open transaction.
+    async fn abort(&self) -> Result<(), TxnError>;
+    /// Why the writer can no longer be used, if it cannot.
+    fn fatal(&self) -> Option<String>;
 }
 
 /// A sink kind: what the pipeline needs from its configuration.
@@ -423,10 +492,14 @@ pub trait SinkPlugin: std::fmt::Debug + Send + Sync {
         })
     }
 
-    /// The Kafka settings, when this is a Kafka sink (exactly-once writes
-    /// every output in one Kafka transaction).
-    fn kafka(&self) -> Option<&KafkaSinkConfig> {
-        None
+    /// Whether this sink can write in the transactions that commit the
+    /// source's position (exactly-once), on the cluster `scope` names as
+    /// the source's; `Err` says why not (the pipeline file is refused).
+    fn joins_transactions(&self, _scope: &SinkScope<'_>) -> Result<(), String> {
+        Err(format!(
+            "a {} sink cannot join the source's transactions",
+            self.kind()
+        ))
     }
 }
 
@@ -439,13 +512,15 @@ pub fn build_all(
     scope: SinkScope<'_>,
     opts: &SinkOptions,
 ) -> Result<Sinks, SinkError> {
-    let mut producers: BTreeMap<String, Arc<KafkaProducer>> = BTreeMap::new();
+    let mut shared = SharedClients::default();
+    let mut transactions = None;
     let mut build = |name: &str, sink: &SinkConfig| {
         sink.plugin().build(&mut BuildContext {
             scope,
             output: name,
             opts,
-            producers: &mut producers,
+            shared: &mut shared,
+            transactions: &mut transactions,
         })
     };
     let mut outputs = BTreeMap::new();
@@ -456,7 +531,7 @@ pub fn build_all(
     Ok(Sinks {
         outputs,
         dead_letter,
-        producers: producers.into_values().collect(),
+        transactions,
     })
 }
 

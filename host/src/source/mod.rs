@@ -133,14 +133,17 @@ pub enum SourceError {
     /// What the source delivered before cannot be read or kept.
     #[error("file source: {0}")]
     Positions(String),
-    /// The Kafka consumer failed.
-    #[error("kafka source ({what}): {message}")]
-    Kafka {
+    /// The source's client failed (a consumer of a broker or a service).
+    #[error("{source_kind} source ({what}): {message}")]
+    Client {
+        /// The source's kind (`kafka`).
+        source_kind: &'static str,
         /// What it was doing.
         what: &'static str,
-        /// librdkafka's explanation.
+        /// The client's explanation.
         message: String,
-        /// Whether the consumer can no longer be used (a new one is needed).
+        /// Whether the client can no longer be used (a new session, with a
+        /// new client, is needed).
         fatal: bool,
     },
 }
@@ -191,10 +194,13 @@ pub trait SourceControl: Send + Sync {
     /// leaves (a consumer group). The event stream ends after this.
     async fn close(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError>;
 
-    /// The control as `Any`, so that the guarantee that needs one kind of
-    /// source (Kafka transactions need the consumer's group metadata) can
-    /// ask for it without the core knowing the kind.
-    fn as_any(&self) -> &dyn std::any::Any;
+    /// What the sinks' transactions need to commit this source's position
+    /// with them (exactly-once; Kafka: the consumer's group metadata), for
+    /// the sink that provides them ([`crate::sink::Transactions`]) to take;
+    /// `None`: the source's position cannot be committed in a transaction.
+    fn transaction_context(&self) -> Option<Box<dyn std::any::Any + Send>> {
+        None
+    }
 
     /// A short description for logs.
     fn describe(&self) -> String;
@@ -251,10 +257,6 @@ impl SourceControl for TaskControl {
             let _ = task.await;
         }
         Ok(())
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 
     fn describe(&self) -> String {
@@ -354,9 +356,10 @@ pub trait SourcePlugin: std::fmt::Debug + Send + Sync {
     /// same way).
     fn json_values(&self) -> bool;
 
-    /// The Kafka consumer settings, when this is the Kafka source
-    /// (exactly-once commits offsets in the outputs' Kafka transaction).
-    fn kafka(&self) -> Option<&KafkaSourceConfig> {
+    /// The cluster this source reads, when its position can be committed
+    /// in the sinks' transactions (exactly-once) — Kafka's bootstrap
+    /// servers; a Kafka sink without a `bootstrap` of its own writes there.
+    fn transactional_cluster(&self) -> Option<&str> {
         None
     }
 }

@@ -10,12 +10,12 @@
 //!   records (a file that closes later) makes a batch done in two steps:
 //!   taken (its in-flight budget is free) and durable (its positions count
 //!   as handled).
-//! - [`kafka_txn`] — exactly-once: groups of batches are written in one
-//!   Kafka transaction with their consumer offsets; a batch is done when the
-//!   transaction commits. This is the only place (with the Kafka plugins)
-//!   that knows Kafka's transactional API.
+//! - [`transactional`] — exactly-once: groups of batches are written in one
+//!   transaction of the sinks (a capability of the Kafka sink:
+//!   [`crate::sink::Transactions`]) with the source's positions; a batch is
+//!   done when the transaction commits.
 
-pub(crate) mod kafka_txn;
+pub(crate) mod transactional;
 pub(crate) mod watermark;
 
 use super::PipelineError;
@@ -56,7 +56,7 @@ pub(crate) async fn prepare(
 ) -> Result<Arc<dyn Committer>, PipelineError> {
     match (config.delivery.guarantee, transactional_id) {
         (Guarantee::ExactlyOnce, Some(id)) => Ok(Arc::new(
-            kafka_txn::KafkaTransactions::prepare(&config.name, sinks, id).await?,
+            transactional::Transactional::prepare(&config.name, sinks, id).await?,
         )),
         _ => Ok(Arc::new(watermark::Watermark)),
     }

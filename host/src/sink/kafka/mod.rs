@@ -12,7 +12,7 @@ pub(crate) mod dead_letters;
 
 pub use config::{Compression, KafkaSinkConfig};
 
-use super::{BuildContext, Pending, Reject, Sink, SinkError};
+use super::{BuildContext, Pending, Reject, Sink, SinkError, TxnError};
 use crate::kafka::Logs;
 use crate::kafka::Properties;
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -48,22 +48,6 @@ pub(super) fn producer_key(bootstrap: &str, c: &KafkaSinkConfig) -> String {
         c.compression.as_str(),
         c.properties.0
     )
-}
-
-/// Why a transaction step failed, by what to do about it.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum TxnError {
-    /// The producer can no longer be used: most often a newer instance with
-    /// the same transactional id fenced this one. The process must stop.
-    #[error("the transactional producer is fenced or failed fatally: {0}")]
-    Fatal(String),
-    /// The transaction must be aborted; its records are repeated after a
-    /// rewind to the committed offsets.
-    #[error("the transaction must be aborted: {0}")]
-    Abort(String),
-    /// The same call may be tried again.
-    #[error("the transaction call may be retried: {0}")]
-    Retriable(String),
 }
 
 fn txn_error(e: KafkaError) -> TxnError {
@@ -147,7 +131,7 @@ impl KafkaProducer {
             config.set("transactional.id", id);
         }
         let redactor = crate::kafka::Redactor::new(&c.properties);
-        let producer = create(&config, &redactor).map_err(|message| SinkError::Kafka {
+        let producer = create(&config, &redactor).map_err(|message| SinkError::Write {
             sink: what,
             message,
             transient: false,
@@ -231,7 +215,7 @@ impl KafkaProducer {
                 })
         })
         .await
-        .map_err(|e| SinkError::Kafka {
+        .map_err(|e| SinkError::Write {
             sink: format!("kafka `{topic}`"),
             message: format!("metadata thread failed: {e}"),
             transient: true,
@@ -245,7 +229,7 @@ impl KafkaProducer {
                     self.bootstrap
                 ),
             }),
-            Err(e) => Err(SinkError::Kafka {
+            Err(e) => Err(SinkError::Write {
                 sink: format!("kafka `{topic}`"),
                 message: format!(
                     "cannot read the cluster's metadata from {}: {e}",
@@ -338,6 +322,54 @@ impl KafkaProducer {
     }
 }
 
+/// The Kafka producers of one pipeline's sinks, shared by the sinks of one
+/// cluster and settings (kept in the build context's shared clients).
+#[derive(Default)]
+struct Producers(std::collections::BTreeMap<String, Arc<KafkaProducer>>);
+
+/// Exactly-once through the transactional producer: the pipeline's writes
+/// and the Kafka source's offsets (its consumer group metadata, from
+/// [`crate::source::SourceControl::transaction_context`]) commit in one
+/// Kafka transaction.
+struct KafkaTransactions(Arc<KafkaProducer>);
+
+#[async_trait::async_trait]
+impl crate::sink::Transactions for KafkaTransactions {
+    async fn init(&self) -> Result<(), TxnError> {
+        self.0.init_transactions().await
+    }
+
+    async fn begin(&self) -> Result<(), TxnError> {
+        self.0.begin().await
+    }
+
+    async fn commit(
+        &self,
+        positions: &[(crate::record::Partition, i64)],
+        source: Box<dyn std::any::Any + Send>,
+    ) -> Result<(), TxnError> {
+        let Ok(group) = source.downcast::<ConsumerGroupMetadata>() else {
+            return Err(TxnError::Fatal(
+                "exactly-once needs a Kafka source with consumer group metadata".into(),
+            ));
+        };
+        let mut list = TopicPartitionList::new();
+        for (p, o) in positions {
+            list.add_partition_offset(&p.stream, p.partition, rdkafka::Offset::Offset(*o))
+                .map_err(|e| TxnError::Abort(format!("offset list: {e}")))?;
+        }
+        self.0.commit(list, *group).await
+    }
+
+    async fn abort(&self) -> Result<(), TxnError> {
+        self.0.abort().await
+    }
+
+    fn fatal(&self) -> Option<String> {
+        self.0.fatal()
+    }
+}
+
 /// Whether a produce error concerns only this record (it goes to the
 /// dead-letter queue) rather than the sink (the write is retried or fails).
 fn record_at_fault(e: &KafkaError) -> bool {
@@ -400,7 +432,7 @@ impl KafkaSink {
     }
 
     fn error(&self, e: &KafkaError, what: &str) -> SinkError {
-        SinkError::Kafka {
+        SinkError::Write {
             sink: self.describe(),
             message: format!("{what}: {e}"),
             transient: transient(e),
@@ -575,7 +607,8 @@ impl super::SinkPlugin for KafkaSinkConfig {
         } else {
             producer_key(bootstrap, c)
         };
-        let producer = match ctx.producers.get(&key) {
+        let producers = ctx.shared.get_or_default::<Producers>();
+        let producer = match producers.0.get(&key) {
             Some(p) => {
                 if transactional && !p.same_settings(bootstrap, c) {
                     return Err(SinkError::Config {
@@ -593,10 +626,13 @@ impl super::SinkPlugin for KafkaSinkConfig {
                     ctx.opts.transactional_id.as_deref(),
                     ctx.opts.transaction_timeout_ms,
                 )?);
-                ctx.producers.insert(key, p.clone());
+                producers.0.insert(key, p.clone());
                 p
             }
         };
+        if transactional && ctx.transactions.is_none() {
+            *ctx.transactions = Some(Arc::new(KafkaTransactions(producer.clone())));
+        }
         Ok(Arc::new(KafkaSink::new(producer, &c.topic)))
     }
 
@@ -619,7 +655,13 @@ impl super::SinkPlugin for KafkaSinkConfig {
         )
     }
 
-    fn kafka(&self) -> Option<&KafkaSinkConfig> {
-        Some(self)
+    fn joins_transactions(&self, scope: &crate::sink::SinkScope<'_>) -> Result<(), String> {
+        match (self.bootstrap_in(scope), scope.source_bootstrap) {
+            (Some(mine), Some(source)) if mine == source => Ok(()),
+            (_, Some(source)) => Err(format!(
+                "it must be on the source's cluster (`{source}`), because one transaction covers outputs and consumer offsets"
+            )),
+            (_, None) => Err("the source has no transactions to join".into()),
+        }
     }
 }

@@ -343,10 +343,6 @@ impl super::SourceControl for FileControl {
         kept
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn describe(&self) -> String {
         self.task.describe()
     }

@@ -35,9 +35,7 @@ use crate::record::{Header, Partition, Position, Record, SourceRecord};
 use bytes::Bytes;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, RebalanceProtocol,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -86,7 +84,8 @@ pub(super) fn client_config(
     ];
     let mut config =
         crate::kafka::client_config(&c.bootstrap, &defaults, &c.properties, "source.kafka")
-            .map_err(|message| SourceError::Kafka {
+            .map_err(|message| SourceError::Client {
+                source_kind: "kafka",
                 what: "configuration",
                 message,
                 fatal: true,
@@ -96,7 +95,8 @@ pub(super) fn client_config(
 }
 
 fn kafka_err(what: &'static str, e: &KafkaError) -> SourceError {
-    SourceError::Kafka {
+    SourceError::Client {
+        source_kind: "kafka",
         what,
         message: e.to_string(),
         fatal: matches!(e, KafkaError::MessageConsumptionFatal(_)),
@@ -109,7 +109,8 @@ fn config_err(
     e: &KafkaError,
     redactor: &crate::kafka::Redactor,
 ) -> SourceError {
-    SourceError::Kafka {
+    SourceError::Client {
+        source_kind: "kafka",
         what,
         message: redactor.error(e),
         fatal: true,
@@ -161,7 +162,8 @@ pub(super) fn start(
         std::thread::Builder::new()
             .name("sluice-kafka-source".into())
             .spawn(move || poll_loop(&consumer, &commands_rx))
-            .map_err(|e| SourceError::Kafka {
+            .map_err(|e| SourceError::Client {
+                source_kind: "kafka",
                 what: "start",
                 message: format!("cannot start the polling thread: {e}"),
                 fatal: true,
@@ -921,7 +923,7 @@ fn poll_loop(
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
                 let error = kafka_err("poll", &e);
-                if let SourceError::Kafka { fatal: true, .. } = error {
+                if let SourceError::Client { fatal: true, .. } = error {
                     tracing::error!(%e, "the Kafka consumer failed fatally");
                     let _ = ctx.events.send(Err(error));
                     failed = true;
@@ -980,14 +982,6 @@ pub(crate) struct KafkaControl {
     reach: Arc<Reachability>,
 }
 
-impl KafkaControl {
-    /// The consumer group metadata, to commit offsets within a Kafka
-    /// transaction (exactly-once).
-    pub(crate) fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
-        self.consumer.group_metadata()
-    }
-}
-
 #[async_trait::async_trait]
 impl SourceControl for KafkaControl {
     async fn commit(&self, offsets: &[(Partition, i64)]) -> Result<(), SourceError> {
@@ -1023,8 +1017,10 @@ impl SourceControl for KafkaControl {
         result
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn transaction_context(&self) -> Option<Box<dyn std::any::Any + Send>> {
+        self.consumer
+            .group_metadata()
+            .map(|g| Box::new(g) as Box<dyn std::any::Any + Send>)
     }
 
     fn describe(&self) -> String {
@@ -1080,7 +1076,8 @@ impl super::SourcePlugin for KafkaSourceConfig {
         let config = client_config(self, "check")?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         crate::kafka::probe_brokers(&config, &self.bootstrap, &topics, true).map_err(|message| {
-            SourceError::Kafka {
+            SourceError::Client {
+                source_kind: "kafka",
                 what: "connect",
                 message: crate::kafka::Redactor::new(&self.properties).redact(&message),
                 fatal: true,
@@ -1100,8 +1097,8 @@ impl super::SourcePlugin for KafkaSourceConfig {
         self.format == ValueFormat::Json
     }
 
-    fn kafka(&self) -> Option<&KafkaSourceConfig> {
-        Some(self)
+    fn transactional_cluster(&self) -> Option<&str> {
+        Some(&self.bootstrap)
     }
 }
 

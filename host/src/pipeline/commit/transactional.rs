@@ -1,17 +1,16 @@
-//! Exactly-once: groups of batches written in one Kafka transaction with
-//! their consumer offsets (`send_offsets_to_transaction`). Any failure
-//! aborts the transaction and ends the session, which starts again from the
-//! committed offsets with a new producer; a fenced producer stops the
-//! pipeline.
+//! Exactly-once: groups of batches written in one transaction of the sinks
+//! ([`Transactions`], provided by the sink that can: Kafka) with the
+//! source's next positions. Any failure aborts the transaction and ends the
+//! session, which starts again from the committed positions with a new
+//! writer; a fenced writer stops the pipeline. Nothing here knows Kafka.
 
 use super::Committer;
 use crate::pipeline::PipelineError;
 use crate::pipeline::deliver::{Delivery, Done, Job, Processed, Report};
 use crate::record::Partition;
-use crate::sink::{KafkaProducer, Sinks, TxnError};
+use crate::sink::{Sinks, Transactions, TxnError};
 use crate::source::SourceControl;
 use futures::future::BoxFuture;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -19,33 +18,35 @@ use tokio::sync::mpsc;
 /// Most batches in one transaction.
 const MAX_BATCHES_PER_TRANSACTION: usize = 16;
 
-/// Exactly-once delivery through Kafka transactions.
-pub(crate) struct KafkaTransactions {
-    producer: Arc<KafkaProducer>,
+/// Exactly-once delivery through the sinks' transactions.
+pub(crate) struct Transactional {
+    producer: Arc<dyn Transactions>,
 }
 
-impl KafkaTransactions {
-    /// Takes the pipeline's transactional producer and initialises its
-    /// transactions (fencing older instances with the same id).
+impl Transactional {
+    /// Takes the sinks' transactions and initialises them (fencing older
+    /// instances with the same id).
     pub(crate) async fn prepare(
         pipeline: &str,
         sinks: &Sinks,
         transactional_id: &str,
     ) -> Result<Self, PipelineError> {
-        let producer = sinks.producers.first().cloned().ok_or_else(|| {
-            PipelineError::Internal("exactly-once without a Kafka producer".into())
+        let producer = sinks.transactions.clone().ok_or_else(|| {
+            PipelineError::Internal(
+                "exactly-once without a sink that writes in transactions".into(),
+            )
         })?;
         tracing::info!(
             pipeline,
             transactional_id,
             "initialising transactions (fences older instances with this id)"
         );
-        producer.init_transactions().await?;
-        Ok(KafkaTransactions { producer })
+        producer.init().await?;
+        Ok(Transactional { producer })
     }
 }
 
-impl Committer for KafkaTransactions {
+impl Committer for Transactional {
     fn run(
         self: Arc<Self>,
         delivery: Arc<Delivery>,
@@ -67,11 +68,11 @@ impl Committer for KafkaTransactions {
     }
 }
 
-/// Exactly-once delivery: groups of batches in Kafka transactions with their
-/// consumer offsets.
+/// Exactly-once delivery: groups of batches in transactions with the
+/// source's positions.
 async fn run_transactional(
     delivery: Arc<Delivery>,
-    producer: Arc<KafkaProducer>,
+    producer: Arc<dyn Transactions>,
     control: Arc<dyn SourceControl>,
     mut batches: mpsc::UnboundedReceiver<Processed>,
     done: mpsc::UnboundedSender<Report>,
@@ -105,7 +106,7 @@ async fn run_transactional(
 
 async fn transaction(
     delivery: &Delivery,
-    producer: &Arc<KafkaProducer>,
+    producer: &Arc<dyn Transactions>,
     control: &dyn SourceControl,
     group: Vec<Processed>,
 ) -> Result<Vec<Done>, (Job, PipelineError)> {
@@ -149,27 +150,17 @@ async fn transaction(
         }
         finished.push(d);
     }
-    let mut list = TopicPartitionList::new();
-    for (p, o) in &offsets {
-        if let Err(e) = list.add_partition_offset(&p.stream, p.partition, Offset::Offset(*o)) {
-            let job = take_job(&mut finished);
-            return Err((job, PipelineError::Internal(format!("offset list: {e}"))));
-        }
-    }
-    let Some(group_metadata) = control
-        .as_any()
-        .downcast_ref::<crate::source::kafka::KafkaControl>()
-        .and_then(|k| k.group_metadata())
-    else {
+    let Some(context) = control.transaction_context() else {
         let job = take_job(&mut finished);
         return Err((
             job,
             PipelineError::Internal(
-                "exactly-once needs a Kafka source with consumer group metadata".into(),
+                "exactly-once needs a source whose position commits in a transaction (Kafka, with its consumer group)".into(),
             ),
         ));
     };
-    if let Err(e) = producer.commit(list, group_metadata).await {
+    let positions: Vec<(Partition, i64)> = offsets.into_iter().collect();
+    if let Err(e) = producer.commit(&positions, context).await {
         let job = take_job(&mut finished);
         return Err((job, PipelineError::Transaction(e)));
     }
