@@ -148,7 +148,7 @@ mod tests {
 }
 
 /// Micro-batch policy: a batch is cut on whichever limit is reached first.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchPolicy {
     /// Most records per batch (default 1000).

@@ -158,6 +158,14 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Prints the JSON Schema of a pipeline file or a host file, for
+    /// editors that complete and check TOML (Taplo, Even Better TOML); the
+    /// same schemas are in `docs/schema/`.
+    Schema {
+        /// Which file: `pipeline` or `host`.
+        #[arg(value_enum)]
+        of: SchemaOf,
+    },
     /// Scaffolds a transform project: a sample transform, fixtures that
     /// pass and a README. It builds anywhere, not only in this repository.
     New {
@@ -320,6 +328,15 @@ fn pipeline_row(p: &serde_json::Value) -> Vec<String> {
 const PIPELINE_HEADER: [&str; 8] = [
     "PIPELINE", "TENANT", "STATE", "IN", "OUT", "DROPPED", "DLQ", "MODULES",
 ];
+
+/// The file a schema describes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SchemaOf {
+    /// A pipeline file.
+    Pipeline,
+    /// A host file (`sluice serve`).
+    Host,
+}
 
 #[derive(Debug, Subcommand)]
 enum DlqAction {
@@ -1109,6 +1126,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Vec::new(),
             )?;
             eprintln!("pipeline `{pipeline}`: deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { of } => {
+            let schema = match of {
+                SchemaOf::Pipeline => crate::config::PipelineConfig::json_schema(),
+                SchemaOf::Host => crate::host::HostConfig::json_schema(),
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).context("schema as JSON")?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {

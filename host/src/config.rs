@@ -115,7 +115,7 @@ impl Origin {
 
 /// A pipeline: one source, a micro-batch policy, a chain of transforms,
 /// named outputs mapped to sinks, and a dead-letter sink.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Pipeline name; names it in logs, metrics and dead-letter entries.
@@ -158,7 +158,7 @@ pub struct PipelineConfig {
 }
 
 /// `[deploy]`: automatic rollback of a new version.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeployConfig {
     /// Records a new version is on probation for after a swap (default
@@ -183,7 +183,7 @@ impl Default for DeployConfig {
 /// the last `window_records` records, the pipeline stops before delivering
 /// the batch that crossed the line (nothing past it is committed) and says
 /// why, rather than sending a whole topic to the dead-letter queue.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreakerConfig {
     /// Whether the breaker is armed (default true).
@@ -221,7 +221,7 @@ fn default_tenant() -> String {
 }
 
 /// `[delivery]`: the guarantee a pipeline gives, and how much may be in flight.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// `at-least-once` (default): offsets are committed only after every
@@ -303,7 +303,7 @@ pub fn default_workers() -> usize {
 }
 
 /// A delivery guarantee.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Guarantee {
     /// No record is lost; after a crash some may be written twice.
@@ -314,7 +314,7 @@ pub enum Guarantee {
 }
 
 /// One transform of the chain.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransformConfig {
     /// Name of this step, unique in the pipeline (used in errors, logs, DLQ).
@@ -342,7 +342,7 @@ fn empty_object() -> serde_json::Value {
 }
 
 /// A reference table loaded from a file.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     /// A CSV file with a header row, or a JSON file (array of objects, or an
@@ -358,6 +358,17 @@ fn default_key() -> String {
 }
 
 impl PipelineConfig {
+    /// The JSON Schema of a pipeline file, from these types and their doc
+    /// comments (`sluice schema pipeline`; `docs/schema/`).
+    pub fn json_schema() -> serde_json::Value {
+        let mut schema =
+            serde_json::to_value(schemars::schema_for!(PipelineConfig)).unwrap_or_default();
+        if let Some(o) = schema.as_object_mut() {
+            o.insert("title".into(), "Sluice pipeline file".into());
+        }
+        schema
+    }
+
     /// Reads and validates a pipeline file. Returns the config and the
     /// directory relative paths are resolved against.
     pub fn load(path: &Path) -> Result<(PipelineConfig, PathBuf), ConfigError> {

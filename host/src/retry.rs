@@ -10,7 +10,7 @@ use std::time::Duration;
 /// are retried — exponential backoff with jitter, bounded. While retries
 /// remain, nothing goes to the dead-letter queue and no offset advances;
 /// when they run out the pipeline stops (at-least-once delivery never skips).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Attempts in all, the first included; 0 (the default): as many as
@@ -102,7 +102,7 @@ fn pseudo_random() -> u64 {
 }
 
 /// When a failed pipeline is started again.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestartPolicy {
     /// Restarts in a row (without records handled in between) before the

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 pub const DEFAULT_FILES_MOUNT: &str = "/data";
 
 /// What a transform is granted. Everything defaults to nothing.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Grants {
     /// A host directory the guest may read (never write), e.g. reference
@@ -48,7 +48,7 @@ pub struct Grants {
 }
 
 /// What the host does with a WASI import the transform was not granted.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Ungranted {
     /// Refuse the transform before it runs, naming the import (default).

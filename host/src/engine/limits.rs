@@ -16,7 +16,7 @@ pub const MAX_TABLE_ELEMENTS: u32 = 1 << 20;
 pub const MAX_INSTANCES: u32 = 64;
 
 /// Limits for one transform instance. Every field has a safe default.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest linear memory of the instance, in MiB (default 64).

@@ -56,25 +56,45 @@ pub enum HostConfigError {
     },
 }
 
-/// The host file as written.
-#[derive(Debug, Clone, Deserialize)]
+/// A Sluice host file (`sluice serve host.toml`): many pipelines in one
+/// process. Relative paths resolve against the host file's folder.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Raw {
+    /// Where the HTTP listener (API, status page, metrics) binds (default
+    /// `127.0.0.1:7070`; port 0 picks a free port). A non-loopback address
+    /// needs a token.
     listen: Option<String>,
+    /// A file holding the admin bearer token the API and status page
+    /// require.
     token_file: Option<PathBuf>,
+    /// An environment variable holding the admin bearer token.
     token_env: Option<String>,
+    /// A file of named tokens, each an admin or limited to tenants.
     tokens_file: Option<PathBuf>,
+    /// The data directory: compiled-module cache, desired state, file
+    /// positions, audit log (default `data`).
     data_dir: Option<PathBuf>,
+    /// The directory of pipeline files, one `*.toml` per pipeline (default
+    /// `pipelines`).
     pipelines: Option<PathBuf>,
+    /// Live transform instances the shared pool holds (default 1100).
     instance_slots: Option<u32>,
+    /// How long SIGTERM lets pipelines drain, in ms (default 60000).
     shutdown_timeout_ms: Option<u64>,
+    /// The restart policy of pipelines that set none (default: 3 restarts,
+    /// 1 s doubling to 60 s).
     restart: Option<RestartPolicy>,
+    /// The module registry's directory (default `data_dir/registry`; share
+    /// it between hosts that share their state).
     registry: Option<PathBuf>,
+    /// The desired state shared with other hosts through a compacted Kafka
+    /// topic.
     state: Option<SharedStateConfig>,
 }
 
 /// `[state]`: the desired state shared by several hosts.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SharedStateConfig {
     /// The Kafka cluster that keeps it.
@@ -156,6 +176,15 @@ impl std::fmt::Debug for HostConfig {
 }
 
 impl HostConfig {
+    /// The JSON Schema of a host file (`sluice schema host`; `docs/schema/`).
+    pub fn json_schema() -> serde_json::Value {
+        let mut schema = serde_json::to_value(schemars::schema_for!(Raw)).unwrap_or_default();
+        if let Some(o) = schema.as_object_mut() {
+            o.insert("title".into(), "Sluice host file".into());
+        }
+        schema
+    }
+
     /// Reads and checks a host file.
     pub fn load(path: &Path) -> Result<Self, HostConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| HostConfigError::Read {

@@ -415,7 +415,7 @@ mod tests {
 
 /// Extra client settings passed to librdkafka as they are. `Debug` redacts
 /// the values, which may hold credentials.
-#[derive(Clone, Default, serde::Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, serde::Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Properties(pub std::collections::BTreeMap<String, String>);
 

@@ -316,7 +316,7 @@ impl std::fmt::Debug for Sinks {
 }
 
 /// A sink: one table named after its kind, e.g. `[outputs.default.local]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SinkConfig {
     /// JSON Lines files on local disk, through `object_store`.
@@ -680,7 +680,7 @@ mod tests {
 }
 
 /// How an output record is written as one line.
-#[derive(Debug, Clone, Copy, Default, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecordFormat {
     /// The record value, which must be JSON (written compactly on one line);

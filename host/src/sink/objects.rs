@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 /// `[outputs.<name>.local.roll]`, `[outputs.<name>.lake.roll]`: when an
 /// open object closes.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollConfig {
     /// Close once the object holds this many records (default: no limit).

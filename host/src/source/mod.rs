@@ -296,7 +296,7 @@ pub struct StartOptions {
 }
 
 /// A source of records: one table named after its kind, e.g. `[source.file]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SourceConfig {
     /// Lines of local files.

@@ -5,7 +5,7 @@ use crate::retry::RetryConfig;
 use serde::Deserialize;
 
 /// `kafka`: records to a Kafka topic, keys, headers and timestamps kept.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     /// Topic to write to.
@@ -26,7 +26,7 @@ pub struct KafkaSinkConfig {
 }
 
 /// Kafka compression codec.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Compression {
     /// No compression.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 /// `[outputs.<name>.lake]`: objects in an object store, partitioned and
 /// rolled, named after the source positions they hold.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LakeSinkConfig {
     /// Where: `s3://bucket/prefix`, `gs://bucket/prefix`,
@@ -69,7 +69,7 @@ pub struct LakeSinkConfig {
 
 /// Store options: printed by `Debug` with their values hidden, since they
 /// hold keys and tokens.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Options(pub BTreeMap<String, String>);
 
@@ -94,7 +94,7 @@ fn default_row_group_rows() -> usize {
 }
 
 /// What the objects hold.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LakeFormat {
     /// JSON Lines.
@@ -107,7 +107,7 @@ pub enum LakeFormat {
 }
 
 /// Compression of an object.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Compression {
     /// None.
@@ -121,7 +121,7 @@ pub enum Compression {
 }
 
 /// `[outputs.<name>.lake.event_time]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventTimeConfig {
     /// A field of the JSON value (`ts`, `meta.time`); without it, the
@@ -135,7 +135,7 @@ pub struct EventTimeConfig {
 }
 
 /// The unit of a numeric event time.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TimeUnit {
     /// Milliseconds since the epoch.
@@ -146,7 +146,7 @@ pub enum TimeUnit {
 }
 
 /// One Parquet column: `{ name = "id", type = "int64", nullable = false }`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldSpec {
     /// Column (and JSON field) name.
@@ -166,7 +166,7 @@ fn yes() -> bool {
 }
 
 /// A column type as written in the pipeline file.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum TypeSpec {
     /// A primitive, by name.

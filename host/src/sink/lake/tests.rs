@@ -335,12 +335,15 @@ async fn the_same_sink_finds_its_own_segments_when_the_source_goes_back() {
 }
 
 #[test]
-fn the_readme_example_is_a_valid_lake() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
+fn the_documented_lake_example_is_valid() {
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/delivery-and-lake.md"
+    ))
+    .expect("docs/delivery-and-lake.md");
     let start = readme
         .find("[outputs.default.lake]\nurl = \"s3://acme-lake")
-        .expect("the README shows a lake");
+        .expect("docs/delivery-and-lake.md shows a lake");
     let block = &readme[start..];
     let block = &block[..block.find("```").expect("end of the block")];
     let v: toml::Value = toml::from_str(block).expect("the README's block is TOML");

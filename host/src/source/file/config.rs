@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 /// `[source.file]`: lines of local files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// A file, a directory (every file in it, sorted), a glob
@@ -20,7 +20,7 @@ pub struct FileSourceConfig {
 }
 
 /// How a line of a file becomes a record.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LineFormat {
     /// JSON Lines: each non-blank line must be valid JSON; lines that are not

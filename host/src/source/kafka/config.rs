@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 /// `[source.kafka]`: topics read by a consumer group. Several `sluice`
 /// processes with the same `group` share the partitions.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// Bootstrap servers, `host:port[,host:port...]`.
@@ -44,6 +44,22 @@ pub enum StartPosition {
     Timestamp(i64),
 }
 
+impl schemars::JsonSchema for StartPosition {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StartPosition".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Where a consumer group without committed offsets starts reading: `earliest`, `latest`, or the first record at or after an RFC 3339 time.",
+            "anyOf": [
+                { "type": "string", "enum": ["earliest", "latest"] },
+                { "type": "string", "format": "date-time" }
+            ]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for StartPosition {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -62,7 +78,7 @@ impl<'de> Deserialize<'de> for StartPosition {
 }
 
 /// How a Kafka record value is read.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ValueFormat {
     /// Bytes as they are.
@@ -74,7 +90,7 @@ pub enum ValueFormat {
 }
 
 /// Which records of a transactional upstream a consumer sees.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Isolation {
     /// Only records of committed transactions.
