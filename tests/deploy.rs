@@ -139,6 +139,23 @@ fn versions(addr: &str, token: &str) -> Vec<String> {
         .collect()
 }
 
+/// Records the `stream` pipeline has written to its outputs so far.
+fn records_out(addr: &str) -> u64 {
+    http_get(addr, "/api/pipelines/stream", Some(ADMIN))
+        .ok()
+        .and_then(|(_, text)| json(&text)["records_out"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Waits until the `stream` pipeline has written `more` records beyond
+/// what it had written when called (the version running now took traffic).
+fn wait_for_traffic(addr: &str, s: &Sluice, more: u64) {
+    let from = records_out(addr);
+    wait_until(&format!("{more} more records out (from {from})"), s, || {
+        records_out(addr) >= from + more
+    });
+}
+
 fn active_digest(addr: &str) -> String {
     let (_, text) = http_get(addr, "/api/pipelines/stream", Some(ADMIN)).expect("snapshot");
     json(&text)["transforms"][0]["digest"]
@@ -192,7 +209,8 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
             }
         })
     };
-    std::thread::sleep(Duration::from_secs(2));
+    // v1 takes traffic first (each chunk's 30 keys cover every partition).
+    wait_for_traffic(&addr, &s, 600);
 
     // Tokens: none or a wrong one is 401, another tenant's is 403, and
     // nothing changes.
@@ -277,7 +295,9 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     let validate_ms = report["validate_ms"].as_f64().expect("validate");
     assert_eq!(active_digest(&addr), v2);
     assert_eq!(versions(&addr, TENANT_A), vec![v1.clone(), v2.clone()]);
-    std::thread::sleep(Duration::from_secs(2));
+    // Everything written from now on went through v2 (the swap is done
+    // when the upload is answered).
+    wait_for_traffic(&addr, &s, 600);
     let (code, report) = post(
         &addr,
         "/api/pipelines/stream/transforms/identity/rollback",
@@ -295,7 +315,7 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
         b"",
     );
     assert_eq!(code, 409, "nothing before v1");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_traffic(&addr, &s, 600);
     stop.store(true, Ordering::SeqCst);
     producer.join().expect("producer");
     let n = produced.load(Ordering::SeqCst);

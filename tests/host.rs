@@ -449,13 +449,17 @@ async fn a_paused_pipeline_reads_nothing_until_resumed() {
     broker::create_topic(&b, &topic, 1);
     broker::produce(&b, &topic, numbered(300, 3));
     kafka_pipeline(&lab, "paused", "acme", &b, &topic);
+    // A control pipeline on the same topic (its own group) is never
+    // paused: once it has read the new records, the paused one could have.
+    kafka_pipeline(&lab, "control", "acme", &b, &topic);
     let host = Host::new(lab.host_config("")).expect("host");
     assert!(host.start_all().await.expect("dir").is_empty());
     let addr = listen(&host).await;
     let p = host.pipeline("paused").expect("handle");
-    let h = p.clone();
+    let control = host.pipeline("control").expect("control");
+    let (h, c) = (p.clone(), control.clone());
     wait_until("300 records", Duration::from_secs(120), || {
-        h.snapshot().records_in == 300
+        h.snapshot().records_in == 300 && c.snapshot().records_in == 300
     })
     .await;
     p.pause();
@@ -464,7 +468,13 @@ async fn a_paused_pipeline_reads_nothing_until_resumed() {
         &topic,
         (300..600).map(|i| (None, format!("{{\"n\":{i}}}").into_bytes())),
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let c = control.clone();
+    wait_until(
+        "the control pipeline to read the new records",
+        Duration::from_secs(120),
+        || c.snapshot().records_in == 600,
+    )
+    .await;
     let s = p.snapshot();
     assert_eq!(s.state, State::Paused);
     assert_eq!(s.records_in, 300, "nothing read while paused");
