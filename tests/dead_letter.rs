@@ -13,15 +13,11 @@ use sluice_e2e::process::Sluice;
 use sluice_e2e::scenario::{Cluster, number, until_count, wait_for_log};
 use sluice_e2e::{module, read_lake, toml_path};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 const N: usize = 10_000;
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sluice-under-test"))
-}
 
 /// (offset, value, expected stage, expected kind).
 const POISON: [(usize, &str, &str, &str); 7] = [
@@ -82,7 +78,7 @@ fn expected_dlq() -> Seen {
 }
 
 fn sluice(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin())
+    let out = Command::new(sluice_e2e::sluice_bin!())
         .args(args)
         .output()
         .expect("start sluice");
@@ -311,7 +307,7 @@ fn poison_records_go_to_the_dlq_and_replay_through_a_fix_with_the_kafka_source()
     )
     .expect("write");
     let log = dir.path().join("sluice.log");
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
     assert!(
         wait_for_log(&s, "partitions assigned", Duration::from_secs(60)),
         "{}",
@@ -435,7 +431,7 @@ fn a_dead_letter_queue_that_cannot_be_written_stops_the_pipeline_without_committ
     )
     .expect("write");
     let log = dir.path().join("sluice.log");
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
     let _ = broker::consume(
         &b,
         &t.output,

@@ -21,10 +21,6 @@ const ADMIN: &str = "ops-token-0123456789abcdef";
 const TENANT_A: &str = "team-a-token-0123456789ab";
 const TENANT_B: &str = "team-b-token-0123456789ab";
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sluice-under-test"))
-}
-
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -90,7 +86,7 @@ topic = "{dlq}"
 }
 
 fn start(host: &Path, log: &Path) -> (Sluice, String) {
-    let s = Sluice::serve(&bin(), host, log, &[]);
+    let s = Sluice::serve(&sluice_e2e::sluice_bin!(), host, log, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(addr) = s.listen_address() {
@@ -420,7 +416,7 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     // it, and cannot deploy with another tenant's token.
     let url = format!("http://{addr}");
     let cli = |token: &str, args: &[&str]| {
-        std::process::Command::new(bin())
+        std::process::Command::new(sluice_e2e::sluice_bin!())
             .args(args)
             .env("SLUICE_TOKEN", token)
             .output()
@@ -470,7 +466,7 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     let v9 = sluice::host::registry::digest_of(&v9_bytes);
     let v9_file = dir.path().join("v9.wasm");
     std::fs::write(&v9_file, &v9_bytes).expect("v9 file");
-    let out = std::process::Command::new(bin())
+    let out = std::process::Command::new(sluice_e2e::sluice_bin!())
         .args([
             "deploy",
             "--host",
@@ -541,7 +537,7 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     assert_eq!(active_digest(&addr), v1);
     // No token at all: said before any build, naming SLUICE_TOKEN (the
     // module path is not even looked at: it does not exist).
-    let out = std::process::Command::new(bin())
+    let out = std::process::Command::new(sluice_e2e::sluice_bin!())
         .args([
             "deploy",
             "--host",
@@ -800,7 +796,7 @@ fn pipelines_are_created_replaced_and_deleted_through_the_api_by_admins_only() {
         )
     };
     let log = dir.path().join("host.log");
-    let mut s = Sluice::serve(&bin(), &host, &log, &[]);
+    let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host, &log, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let addr = loop {
         if let Some(a) = s.listen_address() {
@@ -990,12 +986,8 @@ fn a_deploy_through_one_host_switches_every_host_of_the_group() {
     }
 }
 
-fn wait_until(what: &str, s: &Sluice, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}\n{}", s.log_tail(30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until(what: &str, s: &Sluice, ok: impl FnMut() -> bool) {
+    sluice_e2e::eventually(what, Duration::from_secs(60), || s.log_tail(30), ok);
 }
 
 fn refused(addr: &str) -> String {
@@ -1041,7 +1033,7 @@ fn a_watched_directory_deploys_changed_files_and_refuses_bad_ones() {
     let text = text.replace(&module_line, "module = \"m.wasm\"");
     std::fs::write(&file, &text).expect("pipeline");
     let log = dir.path().join("host.log");
-    let mut s = Sluice::serve_watching(&bin(), &host, &watched, &log);
+    let mut s = Sluice::serve_watching(&sluice_e2e::sluice_bin!(), &host, &watched, &log);
     let mut addr = String::new();
     wait_until("the host starts", &s, || {
         if let Some(a) = s.listen_address() {
@@ -1160,7 +1152,7 @@ fn oversized_uploads_cost_the_host_a_bounded_amount_and_are_audited() {
     )
     .expect("host file");
     let log = dir.path().join("host.log");
-    let mut s = Sluice::serve(&bin(), &host, &log, &[]);
+    let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host, &log, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let addr = loop {
         if let Some(a) = s.listen_address() {
@@ -1225,7 +1217,7 @@ fn cli_deploy(url: &str, module: &Path, extra: &[&str]) -> std::process::Output 
     let mut args = vec!["deploy", "--host", url];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["stream", "identity", &module]);
-    std::process::Command::new(bin())
+    std::process::Command::new(sluice_e2e::sluice_bin!())
         .args(&args)
         .env("SLUICE_TOKEN", ADMIN)
         .output()

@@ -732,10 +732,6 @@ async fn the_status_page_shows_every_pipeline_in_a_real_browser() {
     eprintln!("status page screenshot: {}", shot.display());
 }
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sluice-under-test"))
-}
-
 /// `kill -9` of a host while five Kafka pipelines stream; restarted, it
 /// loses no record of any of them (at-least-once: duplicates allowed).
 #[test]
@@ -773,7 +769,7 @@ fn a_host_killed_with_sigkill_loses_no_record_of_any_pipeline() {
     )
     .expect("host file");
     let log = lab.path("host.log");
-    let mut s = Sluice::serve(&bin(), &host_file, &log, &[]);
+    let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host_file, &log, &[]);
     // Kill once every pipeline has delivered something and none is done.
     let deadline = Instant::now() + Duration::from_secs(120);
     let at_kill: Vec<u64> = loop {
@@ -806,7 +802,7 @@ fn a_host_killed_with_sigkill_loses_no_record_of_any_pipeline() {
         "the kill must come while records still stream: {at_kill:?}"
     );
     std::fs::write(&log, "--- killed with SIGKILL\n").expect("log");
-    let mut s = Sluice::serve(&bin(), &host_file, &log, &[]);
+    let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host_file, &log, &[]);
     let mut restarts = 0;
     let mut results = Vec::new();
     for output in &outputs {
@@ -827,7 +823,7 @@ fn a_host_killed_with_sigkill_loses_no_record_of_any_pipeline() {
             );
             let _ = s.terminate(Duration::from_secs(60));
             restarts += 1;
-            s = Sluice::serve(&bin(), &host_file, &log, &[]);
+            s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host_file, &log, &[]);
             got = broker::consume(
                 &b,
                 output,
@@ -924,7 +920,7 @@ fn the_example_host_starts_again_after_a_restart() {
     for start in 1..=3 {
         let log = dir.path().join(format!("host{start}.log"));
         let mut s = Sluice::serve_in(
-            &bin(),
+            &sluice_e2e::sluice_bin!(),
             dir.path(),
             Path::new("examples/host/host.toml"),
             &log,
@@ -1032,7 +1028,7 @@ fn a_starting_host_lists_the_pipelines_it_is_still_preparing() {
     )
     .expect("host");
     let log = lab.path("host.log");
-    let mut s = Sluice::serve(&bin(), &host_file, &log, &[]);
+    let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host_file, &log, &[]);
     let pipelines = |s: &Sluice| -> Option<serde_json::Value> {
         let addr = s.listen_address()?;
         let (status, body) = http_get(&addr, "/api/pipelines", None).ok()?;

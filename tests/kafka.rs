@@ -14,14 +14,9 @@ use sluice_e2e::scenario::{
     until_distinct, wait_for_log,
 };
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sluice-under-test"))
-}
 
 /// These tests start processes and load the broker: one at a time.
 static HEAVY: Mutex<()> = Mutex::new(());
@@ -57,7 +52,7 @@ fn at_least_once_survives_kill_9_at_random_points_without_losing_a_record() {
     let mut rng = Rng::new();
     let mut kills = 0;
     for round in 0..5 {
-        let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+        let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
         assert!(
             wait_for_log(&s, "partitions assigned", Duration::from_secs(60)),
             "round {round}: no partitions assigned:\n{}",
@@ -76,7 +71,7 @@ fn at_least_once_survives_kill_9_at_random_points_without_losing_a_record() {
         kills += 1;
         std::fs::write(&log, format!("--- killed with SIGKILL after {after:?}\n")).expect("log");
     }
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
     let mut got = broker::consume(
         &b,
         &t.output,
@@ -93,7 +88,7 @@ fn at_least_once_survives_kill_9_at_random_points_without_losing_a_record() {
         );
         let _ = s.terminate(Duration::from_secs(60));
         restarts += 1;
-        s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+        s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
         got = broker::consume(
             &b,
             &t.output,
@@ -169,14 +164,14 @@ fn scale_out(cluster: &Cluster, strict: bool) -> bool {
     let pipeline = kafka_pipeline(dir.path(), &b, &t, &sink, SLOW_BATCHES);
     let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
     let mut a = Sluice::start(
-        &bin(),
+        &sluice_e2e::sluice_bin!(),
         &pipeline,
         &log_a,
         &[("SLUICE_INSTANCE", "a")],
         false,
     );
     let mut survivor = Sluice::start(
-        &bin(),
+        &sluice_e2e::sluice_bin!(),
         &pipeline,
         &log_b,
         &[("SLUICE_INSTANCE", "b")],
@@ -216,7 +211,7 @@ fn scale_out(cluster: &Cluster, strict: bool) -> bool {
             cluster.describe()
         );
         replacement = Some(Sluice::start(
-            &bin(),
+            &sluice_e2e::sluice_bin!(),
             &pipeline,
             &dir.path().join("c.log"),
             &[("SLUICE_INSTANCE", "c")],
@@ -293,7 +288,7 @@ fn a_slow_sink_pauses_the_source_and_memory_stays_bounded() {
     let pipeline = kafka_pipeline(dir.path(), &b, &t, "[outputs.default.stdout]", "");
     let log = dir.path().join("sluice.log");
     let mut s = Sluice::start(
-        &bin(),
+        &sluice_e2e::sluice_bin!(),
         &pipeline,
         &log,
         &[("SLUICE_LOG", "info,sluice::source::kafka=debug")],
@@ -391,7 +386,7 @@ fn the_partitions_of_a_backlog_advance_side_by_side() {
         "[batch]\nmax_records = 200\nmax_wait_ms = 50\n[delivery]\nmax_in_flight_records = 2000\ncommit_interval_ms = 200",
     );
     let log = dir.path().join("sluice.log");
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], true);
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], true);
     let mut out = s.child.stdout.take().expect("stdout");
     let watcher = {
         let (b, group, topic) = (b.clone(), t.group.clone(), t.input.clone());
@@ -499,7 +494,7 @@ fn records_keep_key_headers_and_per_partition_order_and_bad_json_goes_to_the_dlq
     let pipeline = dir.path().join("json.toml");
     std::fs::write(&pipeline, text).expect("write");
     let log = dir.path().join("sluice.log");
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
     let got = broker::consume(
         &b,
         &t.output,
@@ -590,7 +585,7 @@ fn a_header_name_that_is_not_utf8_is_dead_lettered_and_the_source_goes_on() {
     let sink = format!("[outputs.default.kafka]\ntopic = \"{}\"", t.output);
     let pipeline = kafka_pipeline(dir.path(), &b, &t, &sink, "");
     let log = dir.path().join("sluice.log");
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
     let got = broker::consume(
         &b,
         &t.output,
@@ -676,7 +671,7 @@ fn a_rolling_lake_frees_the_budget_commits_only_closed_objects_and_closes_the_re
     let host = dir.path().join("host.toml");
     std::fs::write(&host, "listen = \"127.0.0.1:0\"\ninstance_slots = 10\n").expect("host file");
     let log = dir.path().join("sluice.log");
-    let mut s = Sluice::serve(&bin(), &host, &log, &[]);
+    let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host, &log, &[]);
     let held = |s: &Sluice| -> u64 {
         s.listen_address()
             .and_then(|a| sluice_e2e::http_get(&a, "/api/pipelines/kafka-e2e", None).ok())
@@ -760,7 +755,7 @@ fn a_rolling_lake_frees_the_budget_commits_only_closed_objects_and_closes_the_re
     // second) too: the lake ends with every record once, all committed.
     let text = std::fs::read_to_string(&pipeline).expect("pipeline");
     std::fs::write(&pipeline, text.replace("age_ms = 3600000", "age_ms = 500")).expect("write");
-    let mut s = Sluice::serve(&bin(), &host, &log, &[]);
+    let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host, &log, &[]);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let committed: i64 = broker::committed(&b, &t.group, &t.input)

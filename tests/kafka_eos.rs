@@ -27,13 +27,8 @@ use sluice_e2e::scenario::{
     Cluster, Rng, Topics, distinct, kafka_pipeline, numbered, out_of_order_keys, tally,
     until_distinct, wait_for_log,
 };
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sluice-under-test"))
-}
 
 static HEAVY: Mutex<()> = Mutex::new(());
 
@@ -240,7 +235,7 @@ fn a_clean_transactional_run_writes_every_record_exactly_once() {
         &eos(&broker::unique("clean"), 60_000),
     );
     let log = dir.path().join("sluice.log");
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
     let done = broker::consume(
         &b,
         &t.output,
@@ -285,7 +280,7 @@ fn kill_9_at_random_points_loses_nothing_and_is_exactly_once_on_real_kafka() {
     let log = dir.path().join("sluice.log");
     let mut rng = Rng::new();
     for round in 0..5 {
-        let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+        let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
         assert!(
             wait_for_log(&s, "partitions assigned", Duration::from_secs(60)),
             "round {round}: no partitions assigned:\n{}",
@@ -301,7 +296,7 @@ fn kill_9_at_random_points_loses_nothing_and_is_exactly_once_on_real_kafka() {
         s.kill9();
         std::fs::write(&log, format!("--- killed with SIGKILL after {after:?}\n")).expect("log");
     }
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
     let done = broker::consume(
         &b,
         &t.output,
@@ -353,7 +348,7 @@ fn a_fenced_instance_stops_and_a_newer_one_finishes_the_work() {
     let id = broker::unique("fence-txn");
     let pipeline = kafka_pipeline(dir.path(), &b, &t, &sink, &eos(&id, 60_000));
     let (log_old, log_new) = (dir.path().join("old.log"), dir.path().join("new.log"));
-    let mut old = Sluice::start(&bin(), &pipeline, &log_old, &[], false);
+    let mut old = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log_old, &[], false);
     assert!(
         wait_for_log(&old, "partitions assigned", Duration::from_secs(60)),
         "{}",
@@ -371,7 +366,13 @@ fn a_fenced_instance_stops_and_a_newer_one_finishes_the_work() {
             );
             None
         }
-        _ => Some(Sluice::start(&bin(), &pipeline, &log_new, &[], false)),
+        _ => Some(Sluice::start(
+            &sluice_e2e::sluice_bin!(),
+            &pipeline,
+            &log_new,
+            &[],
+            false,
+        )),
     };
     let old_status = old.wait(Duration::from_secs(120));
     let old_log = std::fs::read_to_string(&log_old).unwrap_or_default();
@@ -386,9 +387,9 @@ fn a_fenced_instance_stops_and_a_newer_one_finishes_the_work() {
         "the fenced instance says why:\n{}",
         old.log_tail(30)
     );
-    let mut new = new
-        .take()
-        .unwrap_or_else(|| Sluice::start(&bin(), &pipeline, &log_new, &[], false));
+    let mut new = new.take().unwrap_or_else(|| {
+        Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log_new, &[], false)
+    });
     let done = broker::consume(
         &b,
         &t.output,
@@ -434,7 +435,7 @@ fn a_transaction_that_times_out_is_aborted_and_the_session_rebuilt() {
         &eos(&broker::unique("timeout"), 2_000),
     );
     let log = dir.path().join("sluice.log");
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
     assert!(
         wait_for_log(&s, "partitions assigned", Duration::from_secs(60)),
         "{}",
@@ -513,7 +514,7 @@ fn a_deploy_and_a_rollback_keep_an_exactly_once_pipeline_exactly_once() {
     )
     .expect("host file");
     let log = dir.path().join("host.log");
-    let mut s = Sluice::serve(&bin(), &host, &log, &[]);
+    let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host, &log, &[]);
     let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap_or_default();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let addr = loop {

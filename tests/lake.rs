@@ -14,10 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sluice-under-test"))
-}
-
 static HEAVY: Mutex<()> = Mutex::new(());
 
 fn heavy() -> std::sync::MutexGuard<'static, ()> {
@@ -150,7 +146,7 @@ config = {{ field = "$.amount", op = "gt", value = 0 }}
 }
 
 fn run_to_end(pipeline: &Path, log: &Path) {
-    let mut s = Sluice::start(&bin(), pipeline, log, &[], false);
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), pipeline, log, &[], false);
     let status = s.wait(Duration::from_secs(300));
     assert!(
         status.is_some_and(|st| st.success()),
@@ -309,7 +305,7 @@ fn kill_9_between_an_upload_and_its_commit_leaves_byte_identical_objects_and_no_
     };
     for round in 0..6 {
         let before = uploaded();
-        let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+        let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
         // Kill the moment a new object lands: before its offsets are
         // committed (commits run every second).
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -364,7 +360,7 @@ fn kill_9_between_an_upload_and_its_commit_leaves_byte_identical_objects_and_no_
         "no kill landed between an upload and its commit ({kills} kills)"
     );
     // Run to the end: every offset committed.
-    let mut s = Sluice::start(&bin(), &pipeline, &log, &[], false);
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let committed: i64 = broker::committed(&kafka, &t.group, &t.input)

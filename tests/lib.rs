@@ -13,6 +13,36 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+/// The path of the `sluice` binary under test (`sluice-under-test`). A
+/// macro: Cargo tells the path to integration tests only, so it expands
+/// there.
+#[macro_export]
+macro_rules! sluice_bin {
+    () => {
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_sluice-under-test"))
+    };
+}
+
+/// Polls `ok` every 50 ms until it holds; after `timeout`, fails naming
+/// `what` and what `context` says (a log tail, a snapshot). Never a fixed
+/// sleep before an assertion: wait for the condition itself.
+pub fn eventually(
+    what: &str,
+    timeout: std::time::Duration,
+    context: impl Fn() -> String,
+    mut ok: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {timeout:?} for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
