@@ -1384,6 +1384,56 @@ mod tests {
         assert_eq!(used.len(), 4, "partitions spread over the workers");
     }
 
+    /// The parts of a session over `events`: one output, `default`, to
+    /// `sink`, a dead-letter sink that holds, no transforms, one worker, the
+    /// watermark guarantee, commits at once.
+    fn holding_parts(
+        events: mpsc::UnboundedReceiver<Result<SourceEvent, crate::source::SourceError>>,
+        control: Arc<dyn SourceControl>,
+        sink: Arc<HoldingSink>,
+        budget: Arc<Budget>,
+        max_records: usize,
+    ) -> (SessionParts, Arc<Live>) {
+        let metrics = PipelineMetrics::new(Arc::new(crate::metrics::Metrics::new()), "p", "t");
+        let live = Live::new("p", "t", "test".into(), Vec::new(), metrics.clone());
+        let holding: Arc<dyn crate::sink::Sink> = sink;
+        let delivery = Delivery {
+            sinks: [("default".to_string(), holding)].into_iter().collect(),
+            dlq: Arc::new(crate::dlq::DeadLetter::new(
+                Arc::new(HoldingSink::default()),
+                "p",
+                "t",
+            )),
+            transforms: Arc::new(Vec::new()),
+            retries: Default::default(),
+            dlq_retry: crate::retry::Retry::default(),
+            turns: Default::default(),
+            metrics,
+            module_header: false,
+            source_json: false,
+        };
+        let parts = SessionParts {
+            source: RunningSource { events, control },
+            delivery,
+            committer: Arc::new(super::super::commit::watermark::Watermark),
+            workers: vec![Arc::new(Mutex::new(Vec::new()))],
+            pin_partitions: false,
+            outputs: Arc::new(["default".to_string()].into_iter().collect()),
+            budget,
+            policy: BatchPolicy {
+                max_records,
+                max_bytes: 1 << 20,
+                max_wait_ms: 10,
+            },
+            drain_timeout: Duration::from_secs(30),
+            commit_interval: Duration::ZERO,
+            pipeline: "p".into(),
+            breaker: Arc::new(Breaker::new(Default::default())),
+            live: live.clone(),
+        };
+        (parts, live)
+    }
+
     /// A sink that holds every record until it is flushed (a file that
     /// closes only at shutdown), and says which records are durable.
     #[derive(Default)]
@@ -1534,46 +1584,7 @@ mod tests {
                 }
             })
         };
-        let metrics = PipelineMetrics::new(Arc::new(crate::metrics::Metrics::new()), "p", "t");
-        let live = Live::new("p", "t", "acking".into(), Vec::new(), metrics.clone());
-        let holding: Arc<dyn crate::sink::Sink> = sink.clone();
-        let delivery = Delivery {
-            sinks: [("default".to_string(), holding)].into_iter().collect(),
-            dlq: Arc::new(crate::dlq::DeadLetter::new(
-                Arc::new(HoldingSink::default()),
-                "p",
-                "t",
-            )),
-            transforms: Arc::new(Vec::new()),
-            retries: Default::default(),
-            dlq_retry: crate::retry::Retry::default(),
-            turns: Default::default(),
-            metrics,
-            module_header: false,
-            source_json: false,
-        };
-        let parts = SessionParts {
-            source: RunningSource {
-                events,
-                control: control.clone(),
-            },
-            delivery,
-            committer: Arc::new(super::super::commit::watermark::Watermark),
-            workers: vec![Arc::new(Mutex::new(Vec::new()))],
-            pin_partitions: false,
-            outputs: Arc::new(["default".to_string()].into_iter().collect()),
-            budget: budget.clone(),
-            policy: BatchPolicy {
-                max_records: 5,
-                max_bytes: 1 << 20,
-                max_wait_ms: 10,
-            },
-            drain_timeout: Duration::from_secs(30),
-            commit_interval: Duration::ZERO,
-            pipeline: "p".into(),
-            breaker: Arc::new(Breaker::new(Default::default())),
-            live: live.clone(),
-        };
+        let (parts, live) = holding_parts(events, control.clone(), sink.clone(), budget.clone(), 5);
         let mut summary = Summary::default();
         let never = std::future::pending::<()>();
         tokio::pin!(never);
@@ -1680,46 +1691,8 @@ mod tests {
             done,
         })))
         .expect("send");
-        let metrics = PipelineMetrics::new(Arc::new(crate::metrics::Metrics::new()), "p", "t");
-        let live = Live::new("p", "t", "log".into(), Vec::new(), metrics.clone());
-        let holding: Arc<dyn crate::sink::Sink> = sink.clone();
-        let delivery = Delivery {
-            sinks: [("default".to_string(), holding)].into_iter().collect(),
-            dlq: Arc::new(crate::dlq::DeadLetter::new(
-                Arc::new(HoldingSink::default()),
-                "p",
-                "t",
-            )),
-            transforms: Arc::new(Vec::new()),
-            retries: Default::default(),
-            dlq_retry: crate::retry::Retry::default(),
-            turns: Default::default(),
-            metrics,
-            module_header: false,
-            source_json: false,
-        };
-        let parts = SessionParts {
-            source: RunningSource {
-                events,
-                control: control.clone(),
-            },
-            delivery,
-            committer: Arc::new(super::super::commit::watermark::Watermark),
-            workers: vec![Arc::new(Mutex::new(Vec::new()))],
-            pin_partitions: false,
-            outputs: Arc::new(["default".to_string()].into_iter().collect()),
-            budget: budget.clone(),
-            policy: BatchPolicy {
-                max_records: 10,
-                max_bytes: 1 << 20,
-                max_wait_ms: 10,
-            },
-            drain_timeout: Duration::from_secs(30),
-            commit_interval: Duration::ZERO,
-            pipeline: "p".into(),
-            breaker: Arc::new(Breaker::new(Default::default())),
-            live,
-        };
+        let (parts, _live) =
+            holding_parts(events, control.clone(), sink.clone(), budget.clone(), 10);
         let session = tokio::spawn(async move {
             let mut summary = Summary::default();
             let never = std::future::pending::<()>();
