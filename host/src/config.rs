@@ -147,8 +147,10 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerConfig,
     /// `[restart]`: when a pipeline that failed (a sink, the dead-letter
-    /// queue or the source down past its retries) is started again. Unset:
-    /// never for `sluice run`, the host file's policy for `sluice serve`.
+    /// queue or the source down past its retries, a Kafka transaction
+    /// aborted) is started again from its committed positions. Unset: 3
+    /// restarts in a row for `sluice run`, the host file's policy for
+    /// `sluice serve`.
     #[serde(default)]
     pub restart: Option<crate::retry::RestartPolicy>,
     /// `[deploy]`: how a hot-deployed version is watched after it takes

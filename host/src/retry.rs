@@ -106,8 +106,11 @@ fn pseudo_random() -> u64 {
 #[serde(deny_unknown_fields, default)]
 pub struct RestartPolicy {
     /// Restarts in a row (without records handled in between) before the
-    /// pipeline is marked failed; 0 = never restarted (`sluice run`'s
-    /// default; `sluice serve` defaults to the host file's).
+    /// pipeline is marked failed (default 3; 0 = never restarted). Only
+    /// a source that reads on from its committed positions is restarted
+    /// (Kafka, and a host's file sources): `sluice run` over files is not,
+    /// it would write them again. A host's pipelines without their own
+    /// `[restart]` take the host file's.
     pub max_restarts: u32,
     /// Wait before the first restart, in ms (default 1000); doubles up to
     /// `max_backoff_ms`.
@@ -119,7 +122,7 @@ pub struct RestartPolicy {
 impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy {
-            max_restarts: 0,
+            max_restarts: 3,
             initial_backoff_ms: 1000,
             max_backoff_ms: 60_000,
         }
@@ -140,6 +143,19 @@ impl RestartPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_backoff_doubles_and_is_capped() {
+        let p = RestartPolicy {
+            max_restarts: 5,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 350,
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(3), Duration::from_millis(350));
+        assert_eq!(p.backoff(60), Duration::from_millis(350));
+    }
 
     #[test]
     fn the_default_policy_rides_out_minutes_and_then_gives_up() {

@@ -508,8 +508,5 @@ impl Host {
 
 /// The restart policy `sluice serve` gives pipelines that set none.
 pub fn default_restart() -> RestartPolicy {
-    RestartPolicy {
-        max_restarts: 3,
-        ..RestartPolicy::default()
-    }
+    RestartPolicy::default()
 }

@@ -624,23 +624,6 @@ impl Live {
     }
 }
 
-impl PipelineError {
-    /// Whether starting the pipeline again may help (a sink, the
-    /// dead-letter queue or the source was down): the restart policy
-    /// applies. A refused module, a bad configuration or an open circuit
-    /// breaker fail the pipeline at once.
-    pub fn worth_restarting(&self) -> bool {
-        matches!(
-            self,
-            PipelineError::Source(_)
-                | PipelineError::Sink(_)
-                | PipelineError::Dlq(_)
-                | PipelineError::Transaction(_)
-                | PipelineError::Undelivered(_)
-        )
-    }
-}
-
 /// A pipeline running on its own task: stop, pause, resume, look.
 pub struct PipelineHandle {
     live: Arc<Live>,
@@ -673,13 +656,13 @@ impl PipelineHandle {
         let workers = pipeline.config().delivery.workers;
         let deploy = pipeline.config().deploy.clone();
         let breaker = pipeline.config().circuit_breaker.clone();
-        let (stop, mut stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = watch::channel(false);
         let span = tracing::info_span!("pipeline", pipeline = %live.name, tenant = %live.tenant);
         let l = live.clone();
         let task = tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let result = supervise(pipeline, &l, restart, &mut stop_rx).await;
+                let result = super::run::run_restarting(&pipeline, &l, &restart, stop_rx).await;
                 done_tx.send_replace(true);
                 l.swaps().refuse_all(&l.name);
                 result
@@ -814,62 +797,6 @@ impl PipelineHandle {
     }
 }
 
-async fn supervise(
-    pipeline: Pipeline,
-    live: &Arc<Live>,
-    restart: RestartPolicy,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<Summary, PipelineError> {
-    let mut failures = 0u32;
-    loop {
-        let mut stop_now = stop.clone();
-        let shutdown = async move {
-            let _ = stop_now.wait_for(|s| *s).await;
-        };
-        let handled_before = live.summary().records_in;
-        match pipeline.run_live(live, shutdown).await {
-            Ok(summary) => {
-                let state = if *stop.borrow() {
-                    State::Stopped
-                } else {
-                    State::Finished
-                };
-                live.set_state(state, None);
-                tracing::info!(
-                    records = summary.records_in,
-                    state = state.as_str(),
-                    "pipeline ended"
-                );
-                return Ok(summary);
-            }
-            Err(e) => {
-                let message = e.to_string();
-                live.note_error(message.clone());
-                if live.summary().records_in > handled_before {
-                    failures = 0;
-                }
-                failures += 1;
-                if *stop.borrow() || !e.worth_restarting() || failures > restart.max_restarts {
-                    tracing::error!(error = %message, "pipeline failed");
-                    live.set_state(State::Failed, Some(message));
-                    return Err(e);
-                }
-                let wait = restart.backoff(failures);
-                tracing::warn!(error = %message, restart = failures, wait_ms = wait.as_millis() as u64, "pipeline failed: starting it again");
-                live.set_state(State::Restarting, Some(message));
-                live.metrics().count(|m| &m.restarts, &[], 1);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => {
-                        live.set_state(State::Stopped, None);
-                        return Ok(live.summary());
-                    }
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -882,19 +809,6 @@ mod tests {
             Vec::new(),
             PipelineMetrics::detached("p", "t"),
         )
-    }
-
-    #[test]
-    fn restart_backoff_doubles_and_is_capped() {
-        let p = RestartPolicy {
-            max_restarts: 5,
-            initial_backoff_ms: 100,
-            max_backoff_ms: 350,
-        };
-        assert_eq!(p.backoff(1), Duration::from_millis(100));
-        assert_eq!(p.backoff(2), Duration::from_millis(200));
-        assert_eq!(p.backoff(3), Duration::from_millis(350));
-        assert_eq!(p.backoff(60), Duration::from_millis(350));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!
 //! - [`chain`]: one batch through the transforms.
 //! - [`deliver`]: outputs and dead letters into sinks (plain or transactional).
+//! - [`run`]: the one restart loop, and what a session wires together.
 //! - [`session`]: the coordinator: batchers per partition, workers, ledger,
 //!   commits, rebalances.
 //! - [`summary`]: what a run did.
@@ -19,6 +20,7 @@ mod commit;
 pub(crate) mod deliver;
 pub mod live;
 mod reorder;
+mod run;
 mod session;
 mod summary;
 pub mod swap;
@@ -30,22 +32,18 @@ pub use summary::{StepStats, Summary};
 pub use swap::{ProbationEnd, SwapError, Swapped};
 
 use crate::config::{ConfigError, Guarantee, PipelineConfig};
-use crate::dlq::{DeadLetter, DlqError};
+use crate::dlq::DlqError;
 use crate::engine::{
     Engine, Engines, InstanceSpec, LoadError, Module, RefTables, Runner, TableError, TransformError,
 };
-use crate::flow::Budget;
 use crate::project::{BuildError, resolve_module};
 pub use crate::retry::RestartPolicy;
-use crate::retry::Retry;
-use crate::sink::{SinkError, SinkOptions, TxnError};
-use crate::source::{SourceError, StartOptions};
-use deliver::{Delivery, TransformInfo};
-use session::{SessionEnd, SessionParts, WorkerRunners};
-use std::collections::BTreeSet;
+use crate::sink::{SinkError, TxnError};
+use crate::source::SourceError;
+use deliver::TransformInfo;
+use session::WorkerRunners;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -136,12 +134,19 @@ impl From<DlqError> for PipelineError {
 }
 
 impl PipelineError {
-    /// Whether a new session (new consumer and producer, rewound to the
-    /// committed offsets) may recover from this error.
-    fn restartable(&self) -> bool {
+    /// Whether starting the pipeline again may help — a source, sink or
+    /// dead-letter queue that was down, a Kafka transaction aborted — so
+    /// its restart policy applies. A refused module, a bad configuration,
+    /// an open circuit breaker or a fenced transactional writer (a newer
+    /// instance took over: starting again would fence it back) fail the
+    /// pipeline at once.
+    pub fn worth_restarting(&self) -> bool {
         match self {
-            PipelineError::Source(SourceError::Client { fatal, .. }) => *fatal,
-            PipelineError::Transaction(TxnError::Abort(_) | TxnError::Retriable(_)) => true,
+            PipelineError::Source(_) | PipelineError::Dlq(_) | PipelineError::Undelivered(_) => {
+                true
+            }
+            PipelineError::Sink(e) => !matches!(e, SinkError::Config { .. }),
+            PipelineError::Transaction(e) => !matches!(e, TxnError::Fatal(_)),
             _ => false,
         }
     }
@@ -245,9 +250,6 @@ impl std::fmt::Debug for Pipeline {
             .finish()
     }
 }
-
-/// Consecutive failed sessions after which the pipeline gives up.
-const MAX_RESTARTS: u32 = 5;
 
 impl Pipeline {
     /// Loads a pipeline file: builds, compiles and initialises transforms
@@ -371,165 +373,43 @@ impl Pipeline {
     }
 
     /// Runs until a bounded source is drained or `shutdown` resolves (then
-    /// stops reading, finishes in-flight batches, commits and returns).
-    /// Sessions that fail in a way a fresh consumer and producer can recover
-    /// from (a Kafka transaction abort, a consumer that failed fatally) are
-    /// started again from the committed offsets, up to a bound.
+    /// stops reading, finishes in-flight batches, commits and returns),
+    /// started again after failures as its `[restart]` table says (see
+    /// [`run::run_restarting`]).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Summary, PipelineError> {
         let live = self.live(Arc::new(crate::metrics::Metrics::new()));
         let span = tracing::info_span!("pipeline", pipeline = %self.config.name, tenant = %self.config.tenant);
-        tracing::Instrument::instrument(self.run_live(&live, shutdown), span).await
+        tracing::Instrument::instrument(self.run_until(&live, shutdown), span).await
     }
 
-    /// [`run`](Self::run), publishing its counters and state to `live`
-    /// (counting on from what `live` holds, after a restart).
-    pub async fn run_live(
+    /// [`run`](Self::run), publishing its counters and state to `live`.
+    pub async fn run_until(
         &self,
         live: &Arc<Live>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Summary, PipelineError> {
-        let started = Instant::now();
-        let known = live.summary();
-        let mut summary = if known.steps.len() == self.config.transforms.len() {
-            known
-        } else {
-            Summary {
-                pipeline: self.config.name.clone(),
-                steps: self
-                    .config
-                    .transforms
-                    .iter()
-                    .map(|t| StepStats {
-                        name: t.name.clone(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let policy = self.config.restart.clone().unwrap_or_default();
+        let forward = async {
+            shutdown.await;
+            stop.send_replace(true);
+            std::future::pending::<()>().await
         };
-        let shutdown = shutdown;
-        tokio::pin!(shutdown);
-        let mut shutdown: Pin<&mut (dyn Future<Output = ()> + Send)> = shutdown;
-        let mut failures = 0u32;
-        loop {
-            let handled_before = summary.records_in;
-            let result = self.session(&mut summary, live, &mut shutdown).await;
-            live.publish(&summary);
-            match result {
-                Ok(SessionEnd::Drained | SessionEnd::Shutdown) => break,
-                Err(e) if e.restartable() && failures < MAX_RESTARTS => {
-                    if summary.records_in > handled_before {
-                        failures = 0;
-                    }
-                    failures += 1;
-                    summary.restarts += 1;
-                    live.metrics().count(|m| &m.restarts, &[], 1);
-                    live.note_error(e.to_string());
-                    let wait = Duration::from_millis(500 * (1 << failures.min(5)));
-                    tracing::warn!(pipeline = %self.config.name, error = %e, wait_ms = wait.as_millis() as u64, "session failed: starting again from the committed offsets");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.as_mut() => break,
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+        tokio::select! {
+            result = run::run_restarting(self, live, &policy, stopped) => result,
+            () = forward => Err(PipelineError::Internal("the shutdown forwarder ended".into())),
         }
-        summary.elapsed = started.elapsed();
-        live.publish(&summary);
-        Ok(summary)
     }
 
-    async fn session(
-        &self,
-        summary: &mut Summary,
-        live: &Arc<Live>,
-        shutdown: &mut Pin<&mut (dyn Future<Output = ()> + Send)>,
-    ) -> Result<SessionEnd, PipelineError> {
-        let config = &self.config;
-        let d = &config.delivery;
-        let exactly_once = d.guarantee == Guarantee::ExactlyOnce;
-        let budget = Arc::new(Budget::new(
-            d.max_in_flight_records,
-            d.max_in_flight_mb.saturating_mul(1 << 20),
-        ));
-        let transactional_id = exactly_once.then(|| {
-            d.transactional_id
-                .clone()
-                .unwrap_or_else(|| format!("{}-{}", config.name, crate::kafka::instance_id()))
-        });
-        let sinks = crate::sink::build_all(
-            &config.outputs,
-            &config.dead_letter,
-            config.sink_scope(&self.base),
-            &SinkOptions {
-                transactional_id: transactional_id.clone(),
-                transaction_timeout_ms: d.transaction_timeout_ms,
-            },
-        )?;
-        for sink in sinks
-            .outputs
-            .values()
-            .chain(std::iter::once(&sinks.dead_letter))
-        {
-            sink.check().await?;
-        }
-        let committer = commit::prepare(config, &sinks, transactional_id.as_deref()).await?;
-        let start = StartOptions {
-            pipeline: config.name.clone(),
-            budget: budget.clone(),
-            drain_timeout: Duration::from_millis(d.drain_timeout_ms),
-            positions: self.positions.clone(),
-        };
-        let source = match &self.replay {
-            Some((describe, items)) => {
-                crate::source::start_items(describe.clone(), items.clone(), start)
-            }
-            None => crate::source::start(&config.source, &self.base, start)?,
-        };
-        let outputs: BTreeSet<String> = sinks.outputs.keys().cloned().collect();
-        let delivery = Delivery {
-            sinks: sinks.outputs,
-            dlq: Arc::new(DeadLetter::new(
-                sinks.dead_letter,
-                &config.name,
-                &config.tenant,
-            )),
-            transforms: self.transforms.clone(),
-            retries: config
-                .outputs
-                .iter()
-                .map(|(name, sink)| (name.clone(), Retry::from(sink.retry())))
-                .collect(),
-            dlq_retry: Retry::from(config.dead_letter.retry()),
-            turns: Default::default(),
-            metrics: live.metrics().clone(),
-            module_header: d.module_header,
-            source_json: config.source.plugin().json_values(),
-        };
-        session::run(
-            SessionParts {
-                source,
-                delivery,
-                committer,
-                workers: self.workers.clone(),
-                pin_partitions: d.pin_partitions,
-                outputs: Arc::new(outputs),
-                budget,
-                policy: config.batch.clone(),
-                drain_timeout: Duration::from_millis(d.drain_timeout_ms),
-                commit_interval: Duration::from_millis(d.commit_interval_ms),
-                pipeline: config.name.clone(),
-                breaker: Arc::new(breaker::Breaker::new(config.circuit_breaker.clone())),
-                live: live.clone(),
-            },
-            summary,
-            shutdown,
-        )
-        .await
+    /// Whether a restart reads on from where the pipeline's records were
+    /// committed (a source with upstream positions, or a file source whose
+    /// positions are kept) rather than from the start: only then is a
+    /// restart worth it.
+    fn resumes(&self) -> bool {
+        self.replay.is_none() && (self.positions.is_some() || self.config.source.plugin().resumes())
     }
 }
 
@@ -577,7 +457,7 @@ pub async fn run_file(path: &Path, opts: &RunOptions) -> Result<Summary, Pipelin
     let live = pipeline.live(Arc::new(crate::metrics::Metrics::new()));
     let progress = progress(&live);
     let span = tracing::info_span!("pipeline", pipeline = %pipeline.config.name, tenant = %pipeline.config.tenant);
-    let result = tracing::Instrument::instrument(pipeline.run_live(&live, signal), span).await;
+    let result = tracing::Instrument::instrument(pipeline.run_until(&live, signal), span).await;
     if let Some((task, bar)) = progress {
         task.abort();
         bar.finish_and_clear();

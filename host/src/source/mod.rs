@@ -356,6 +356,13 @@ pub trait SourcePlugin: std::fmt::Debug + Send + Sync {
     /// same way).
     fn json_values(&self) -> bool;
 
+    /// Whether a restarted source reads on from the positions the pipeline
+    /// committed (Kafka's consumer-group offsets) rather than from the
+    /// start: only such a pipeline is restarted after a failure.
+    fn resumes(&self) -> bool {
+        false
+    }
+
     /// The cluster this source reads, when its position can be committed
     /// in the sinks' transactions (exactly-once) — Kafka's bootstrap
     /// servers; a Kafka sink without a `bootstrap` of its own writes there.

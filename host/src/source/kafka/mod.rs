@@ -1097,6 +1097,10 @@ impl super::SourcePlugin for KafkaSourceConfig {
         self.format == ValueFormat::Json
     }
 
+    fn resumes(&self) -> bool {
+        true
+    }
+
     fn transactional_cluster(&self) -> Option<&str> {
         Some(&self.bootstrap)
     }
