@@ -360,6 +360,18 @@ pub mod raw {
     }
 }
 
+/// `spec` (a `SLUICE_LOG` filter) with the Kafka client's spurious noise
+/// turned off: rust-rdkafka logs an error when a consumer that already left
+/// its group is dropped. A filter that names the client's modules itself is
+/// kept as it is.
+pub fn quieted_log_filter(spec: String) -> String {
+    if spec.contains("rdkafka") {
+        spec
+    } else {
+        format!("{spec},rdkafka::consumer::base_consumer=off")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
