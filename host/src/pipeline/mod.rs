@@ -18,6 +18,7 @@ mod breaker;
 mod chain;
 mod commit;
 pub(crate) mod deliver;
+mod handle;
 pub mod live;
 mod reorder;
 mod run;
@@ -25,9 +26,8 @@ mod session;
 mod summary;
 pub mod swap;
 
-pub use live::{
-    Live, PartitionLag, PipelineHandle, ProbationView, Snapshot, State, UndeclaredOutput,
-};
+pub use handle::PipelineHandle;
+pub use live::{Live, PartitionLag, ProbationView, Snapshot, State, UndeclaredOutput};
 pub use summary::{StepStats, Summary};
 pub use swap::{ProbationEnd, SwapError, Swapped};
 
