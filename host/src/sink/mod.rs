@@ -22,8 +22,16 @@ pub mod local;
 pub mod objects;
 pub mod stdout;
 
+mod build;
+mod lines;
+mod transactions;
+
+pub use build::{BuildContext, SharedClients, SinkOptions, SinkScope, Sinks, build_all};
+pub use lines::{RecordFormat, encode_line, encode_line_checked, encode_lines, encode_lines_of};
+pub use transactions::{Transactions, TxnError};
+
 use crate::dlq_entry::{DeadLetterRecord, ReplayError};
-use crate::record::{Record, envelope};
+use crate::record::Record;
 use crate::retry::RetryConfig;
 use kafka::KafkaSinkConfig;
 use lake::LakeSinkConfig;
@@ -36,7 +44,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use stdout::StdoutSinkConfig;
 
-pub use kafka::{KafkaProducer, KafkaSink};
 pub use lake::LakeSink;
 pub use local::LocalSink;
 pub use stdout::StdoutSink;
@@ -286,35 +293,6 @@ impl SinkBatch {
     }
 }
 
-/// How sinks are built for one run of a pipeline.
-#[derive(Debug, Clone)]
-pub struct SinkOptions {
-    /// `Some(id)`: Kafka sinks share one transactional producer with this
-    /// transactional id (exactly-once).
-    pub transactional_id: Option<String>,
-    /// Transaction timeout (exactly-once).
-    pub transaction_timeout_ms: u64,
-}
-
-/// The sinks of a pipeline: one per output, and the dead-letter sink.
-pub struct Sinks {
-    /// Output name → sink.
-    pub outputs: BTreeMap<String, Arc<dyn Sink>>,
-    /// The dead-letter sink.
-    pub dead_letter: Arc<dyn Sink>,
-    /// With exactly-once: the transactions the sinks write in.
-    pub transactions: Option<Arc<dyn Transactions>>,
-}
-
-impl std::fmt::Debug for Sinks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sinks")
-            .field("outputs", &self.outputs.keys().collect::<Vec<_>>())
-            .field("dead_letter", &self.dead_letter.describe())
-            .finish()
-    }
-}
-
 /// A sink: one table named after its kind, e.g. `[outputs.default.local]`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -349,99 +327,6 @@ impl SinkConfig {
     pub fn kind(&self) -> &'static str {
         self.plugin().kind()
     }
-}
-
-/// What a sink may know of the pipeline it writes for — and no more: its
-/// name, where relative paths resolve, and the Kafka cluster of its source
-/// (where a Kafka sink without a `bootstrap` of its own writes).
-#[derive(Debug, Clone, Copy)]
-pub struct SinkScope<'a> {
-    /// The pipeline's name.
-    pub pipeline: &'a str,
-    /// What relative paths resolve against (the pipeline file's folder).
-    pub base: &'a Path,
-    /// The bootstrap servers of the pipeline's Kafka source, if it has one.
-    pub source_bootstrap: Option<&'a str>,
-}
-
-/// What building one sink needs.
-pub struct BuildContext<'a> {
-    /// The pipeline, as a sink sees it.
-    pub scope: SinkScope<'a>,
-    /// The output name (`dead-letter` for the DLQ).
-    pub output: &'a str,
-    /// Transactions.
-    pub opts: &'a SinkOptions,
-    /// Clients the sinks of one pipeline share (Kafka producers of one
-    /// cluster), by type: each plugin keeps its own kind here.
-    pub shared: &'a mut SharedClients,
-    /// The transactions the sinks write in (exactly-once): set by the
-    /// sink that provides them.
-    pub transactions: &'a mut Option<Arc<dyn Transactions>>,
-}
-
-/// Clients shared by the sinks of one pipeline, one value per type (as
-/// Vector's `SinkContext::extra_context`): a plugin stores what it shares
-/// under a type of its own, and no other code needs to know it.
-#[derive(Default)]
-pub struct SharedClients {
-    by_type: std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send + Sync>>,
-}
-
-impl SharedClients {
-    /// The value of type `T`, made with `T::default()` the first time.
-    pub fn get_or_default<T: std::any::Any + Send + Sync + Default>(&mut self) -> &mut T {
-        let slot = self
-            .by_type
-            .entry(std::any::TypeId::of::<T>())
-            .or_insert_with(|| Box::new(T::default()));
-        match slot.downcast_mut::<T>() {
-            Some(t) => t,
-            // The map is keyed by the type's id: the value has that type.
-            None => unreachable!("a shared client stored under another type's id"),
-        }
-    }
-}
-
-/// Why a transaction step failed, by what to do about it.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum TxnError {
-    /// The writer can no longer be used: most often a newer instance with
-    /// the same transactional id fenced this one. The process must stop.
-    #[error("the transactional producer is fenced or failed fatally: {0}")]
-    Fatal(String),
-    /// The transaction must be aborted; its records are repeated after a
-    /// rewind to the committed position.
-    #[error("the transaction must be aborted: {0}")]
-    Abort(String),
-    /// The same call may be tried again.
-    #[error("the transaction call may be retried: {0}")]
-    Retriable(String),
-}
-
-/// Exactly-once as a sink capability (Arroyo's two-phase committer): the
-/// pipeline's outputs and dead letters are written in transactions that
-/// commit together with the source's position. Provided by the sink that
-/// builds the transactional writer (Kafka), through
-/// [`BuildContext::transactions`].
-#[async_trait::async_trait]
-pub trait Transactions: Send + Sync {
-    /// Registers the writer, fencing older instances with the same id.
-    async fn init(&self) -> Result<(), TxnError>;
-    /// Starts a transaction.
-    async fn begin(&self) -> Result<(), TxnError>;
-    /// Adds the source's next positions and commits the transaction.
-    /// `source` is what the running source gives for it
-    /// ([`crate::source::SourceControl::transaction_context`]).
-    async fn commit(
-        &self,
-        positions: &[(crate::record::Partition, i64)],
-        source: Box<dyn std::any::Any + Send>,
-    ) -> Result<(), TxnError>;
-    /// Aborts the open transaction.
-    async fn abort(&self) -> Result<(), TxnError>;
-    /// Why the writer can no longer be used, if it cannot.
-    fn fatal(&self) -> Option<String>;
 }
 
 /// A sink kind: what the pipeline needs from its configuration.
@@ -503,190 +388,7 @@ pub trait SinkPlugin: std::fmt::Debug + Send + Sync {
     }
 }
 
-/// Builds every sink of a pipeline: its outputs and its dead-letter sink.
-/// Kafka sinks with the same cluster and settings share one producer; with
-/// a transactional id, all Kafka sinks share one transactional producer.
-pub fn build_all(
-    outputs_config: &BTreeMap<String, SinkConfig>,
-    dead_letter_config: &SinkConfig,
-    scope: SinkScope<'_>,
-    opts: &SinkOptions,
-) -> Result<Sinks, SinkError> {
-    let mut shared = SharedClients::default();
-    let mut transactions = None;
-    let mut build = |name: &str, sink: &SinkConfig| {
-        sink.plugin().build(&mut BuildContext {
-            scope,
-            output: name,
-            opts,
-            shared: &mut shared,
-            transactions: &mut transactions,
-        })
-    };
-    let mut outputs = BTreeMap::new();
-    for (name, sink) in outputs_config {
-        outputs.insert(name.clone(), build(name, sink)?);
-    }
-    let dead_letter = build("dead-letter", dead_letter_config)?;
-    Ok(Sinks {
-        outputs,
-        dead_letter,
-        transactions,
-    })
-}
-
-/// Appends one record as one line to `out`, or says why it cannot be.
-pub fn encode_line(record: &Record, format: RecordFormat, out: &mut Vec<u8>) -> Result<(), String> {
-    encode_line_checked(record, format, false, out)
-}
-
-/// [`encode_line`] for a record whose value is known to be one JSON
-/// document when `json_checked` (see [`Lineage::json_checked`]).
-pub fn encode_line_checked(
-    record: &Record,
-    format: RecordFormat,
-    json_checked: bool,
-    out: &mut Vec<u8>,
-) -> Result<(), String> {
-    match format {
-        RecordFormat::Value => {
-            let Some(value) = record.value.as_deref() else {
-                return Err(
-                    "record has no value, and the sink writes values (format = \"value\")".into(),
-                );
-            };
-            if memchr::memchr2(b'\n', b'\r', value).is_none() {
-                if !json_checked && let Err(e) = crate::record::check_json(value) {
-                    return Err(format!(
-                        "record value is not JSON, and the sink writes JSON lines: {e}"
-                    ));
-                }
-                out.extend_from_slice(value);
-            } else {
-                let parsed: serde_json::Value = serde_json::from_slice(value).map_err(|e| {
-                    format!("record value is not JSON, and the sink writes JSON lines: {e}")
-                })?;
-                serde_json::to_writer(&mut *out, &parsed).map_err(|e| e.to_string())?;
-            }
-        }
-        RecordFormat::Envelope => {
-            serde_json::to_writer(&mut *out, &envelope(record)).map_err(|e| e.to_string())?;
-        }
-    }
-    out.push(b'\n');
-    Ok(())
-}
-
-/// Encodes records as lines; returns the buffer, the number of lines and the rejects.
-pub fn encode_lines(records: &[Record], format: RecordFormat) -> (Vec<u8>, usize, Vec<Reject>) {
-    encode_lines_of(records, &Lineage::default(), format)
-}
-
-/// [`encode_lines`], not parsing again the values `lineage` knows are JSON.
-pub fn encode_lines_of(
-    records: &[Record],
-    lineage: &Lineage,
-    format: RecordFormat,
-) -> (Vec<u8>, usize, Vec<Reject>) {
-    let mut buf = Vec::with_capacity(records.iter().map(|r| r.size() + 1).sum());
-    let mut rejects = Vec::new();
-    let mut lines = 0;
-    for (index, record) in records.iter().enumerate() {
-        let mark = buf.len();
-        match encode_line_checked(record, format, lineage.is_json_checked(index), &mut buf) {
-            Ok(()) => lines += 1,
-            Err(reason) => {
-                buf.truncate(mark);
-                rejects.push(Reject { index, reason });
-            }
-        }
-    }
-    (buf, lines, rejects)
-}
-
 /// A pending write that is already complete (and durable).
 pub fn ready(rejects: Vec<Reject>) -> Pending {
     Box::pin(std::future::ready(Ok(Accepted::durable(rejects))))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::record::Header;
-
-    #[test]
-    fn a_value_known_to_be_json_is_not_parsed_again() {
-        let records = vec![
-            Record::from_value(&b"{\"a\": 1}"[..]),
-            Record::from_value(&b"{\"b\": 2}"[..]),
-        ];
-        // The second is marked as checked by the host; the marker is what
-        // skips the parse (a value is marked only when it is byte for byte
-        // one the source validated), shown here with a first record that
-        // is parsed and one that is copied.
-        let lineage = Lineage {
-            json_checked: vec![false, true],
-            ..Default::default()
-        };
-        let (buf, lines, rejects) = encode_lines_of(&records, &lineage, RecordFormat::Value);
-        assert_eq!((lines, rejects.len()), (2, 0));
-        assert_eq!(buf, b"{\"a\": 1}\n{\"b\": 2}\n");
-        let bad = vec![Record::from_value(&b"not json"[..])];
-        let (_, lines, rejects) = encode_lines_of(&bad, &Lineage::default(), RecordFormat::Value);
-        assert_eq!(
-            (lines, rejects.len()),
-            (0, 1),
-            "unmarked values are checked"
-        );
-        let (_, lines, _) = encode_lines_of(&bad, &lineage.subset(&[1]), RecordFormat::Value);
-        assert_eq!(lines, 1, "the marker carries over to a retried subset");
-    }
-
-    #[test]
-    fn value_lines_are_compact_json_and_non_json_is_rejected() {
-        let records = vec![
-            Record::from_value(&b"{\"a\": 1}"[..]),
-            Record::from_value(&b"{\n  \"b\": 2\n}"[..]),
-            Record::from_value(&b"plain text"[..]),
-            Record::default(),
-        ];
-        let (buf, lines, rejects) = encode_lines(&records, RecordFormat::Value);
-        assert_eq!(
-            String::from_utf8(buf).expect("utf8"),
-            "{\"a\": 1}\n{\"b\":2}\n"
-        );
-        assert_eq!(lines, 2);
-        assert_eq!(
-            rejects.iter().map(|r| r.index).collect::<Vec<_>>(),
-            vec![2, 3]
-        );
-        assert!(rejects[0].reason.contains("not JSON"));
-    }
-
-    #[test]
-    fn envelope_keeps_binary_safely() {
-        let r = Record {
-            key: Some(bytes::Bytes::from_static(&[0xff, 0x00])),
-            value: Some(bytes::Bytes::from_static(b"v")),
-            headers: vec![Header::new("h", &b"x"[..])],
-            timestamp: Some(5),
-        };
-        let e = envelope(&r);
-        assert_eq!(e["key"]["base64"], "/wA=");
-        assert_eq!(e["value"], "v");
-        assert_eq!(e["headers"][0]["name"], "h");
-        assert_eq!(e["timestamp"], 5);
-    }
-}
-
-/// How an output record is written as one line.
-#[derive(Debug, Clone, Copy, Default, serde::Deserialize, PartialEq, Eq, schemars::JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum RecordFormat {
-    /// The record value, which must be JSON (written compactly on one line);
-    /// a value that is not JSON is rejected to the dead-letter queue.
-    #[default]
-    Value,
-    /// A JSON envelope with key, value, headers and timestamp.
-    Envelope,
 }

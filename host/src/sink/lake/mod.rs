@@ -201,7 +201,6 @@ impl Inner {
             transient,
         }
     }
-
 }
 
 #[async_trait::async_trait]

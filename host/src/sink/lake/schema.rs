@@ -6,7 +6,10 @@ use super::*;
 impl Inner {
     /// The Parquet schema: configured, kept in the lake, or inferred from
     /// `sample` and kept there (create-if-absent: another host's wins).
-    pub(super) async fn schema(&self, sample: &[serde_json::Value]) -> Result<SchemaRef, SinkError> {
+    pub(super) async fn schema(
+        &self,
+        sample: &[serde_json::Value],
+    ) -> Result<SchemaRef, SinkError> {
         self.schema
             .get_or_try_init(|| async {
                 let key = self.writer.schema_key();

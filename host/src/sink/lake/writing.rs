@@ -217,7 +217,10 @@ impl Inner {
     }
 
     /// Closes open segments: those older than `age` (`None`: all).
-    pub(super) async fn close_all(self: &Arc<Self>, age: Option<Duration>) -> Result<(), SinkError> {
+    pub(super) async fn close_all(
+        self: &Arc<Self>,
+        age: Option<Duration>,
+    ) -> Result<(), SinkError> {
         let parts: Vec<_> = {
             let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
             parts.values().cloned().collect()
