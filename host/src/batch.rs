@@ -169,3 +169,13 @@ impl Default for BatchPolicy {
         }
     }
 }
+
+impl BatchPolicy {
+    /// Checks the policy as written in `[batch]`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_records == 0 || self.max_bytes == 0 {
+            return Err("`batch.max_records` and `batch.max_bytes` must be at least 1".into());
+        }
+        Ok(())
+    }
+}

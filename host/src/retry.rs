@@ -38,6 +38,19 @@ impl Default for RetryConfig {
     }
 }
 
+impl RetryConfig {
+    /// Checks the policy; `at` is the sink's table (`outputs.x`), for the
+    /// message.
+    pub fn check(&self, at: &str) -> Result<(), String> {
+        if self.initial_backoff_ms > self.max_backoff_ms || self.max_elapsed_ms == 0 {
+            return Err(format!(
+                "`{at}.retry`: initial_backoff_ms must be at most max_backoff_ms, and max_elapsed_ms at least 1"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Retry policy for transient sink errors (at-least-once).
 #[derive(Debug, Clone)]
 pub struct Retry {

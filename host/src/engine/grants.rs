@@ -60,6 +60,22 @@ pub enum Ungranted {
 }
 
 impl Grants {
+    /// Checks the grants as written; `at` is where they are in the
+    /// pipeline file (`transforms[0].grants`), for the message.
+    pub fn check(&self, at: &str) -> Result<(), String> {
+        if let Some(mount) = &self.files_mount {
+            if self.files.is_none() {
+                return Err(format!("`{at}.files_mount` is set but `files` is not"));
+            }
+            if !mount.starts_with('/') || mount.split('/').any(|c| c == "..") {
+                return Err(format!(
+                    "`{at}.files_mount`: `{mount}` must be an absolute guest path without `..`"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Where the granted directory is mounted in the guest.
     pub fn mount(&self) -> &str {
         self.files_mount.as_deref().unwrap_or(DEFAULT_FILES_MOUNT)

@@ -77,6 +77,37 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Checks the limits against the host-wide bounds; `at` is where they
+    /// are in the pipeline file (`transforms[0].limits`), for the message.
+    pub fn check(&self, at: &str) -> Result<(), String> {
+        if self.memory_mb == 0 || self.timeout_ms == 0 || self.isolation_budget_ms == 0 {
+            return Err(format!(
+                "`{at}`: memory_mb, timeout_ms and isolation_budget_ms must be at least 1"
+            ));
+        }
+        if self.max_table_elements > MAX_TABLE_ELEMENTS
+            || self.max_instances > MAX_INSTANCES
+            || self.max_instances == 0
+            || self.max_record_output_kb == 0
+        {
+            return Err(format!(
+                "`{at}`: max_table_elements at most {MAX_TABLE_ELEMENTS}, max_instances within 1 and {MAX_INSTANCES}, max_record_output_kb at least 1"
+            ));
+        }
+        if !(64..=super::MAX_TEXT_BYTES as u32).contains(&self.max_message_bytes) {
+            return Err(format!(
+                "`{at}.max_message_bytes`: within 64 and {}",
+                super::MAX_TEXT_BYTES
+            ));
+        }
+        if self.memory_mb > MAX_MEMORY_MB {
+            return Err(format!("`{at}.memory_mb`: at most {MAX_MEMORY_MB} MiB"));
+        }
+        Ok(())
+    }
+}
+
 /// The store's resource limiter: wasmtime's [`wasmtime::StoreLimits`], plus
 /// what the host needs to know afterwards — whether a memory grow was
 /// refused (so out-of-memory is classified from the limiter, not from an
