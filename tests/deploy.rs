@@ -5,6 +5,7 @@
 //! changes); refused modules (the running version keeps serving); the
 //! audit log; and the active version surviving a host restart.
 
+use sluice_e2e::http;
 use sluice_e2e::process::Sluice;
 use sluice_e2e::scenario::{number, tally, until_distinct};
 use sluice_e2e::wat_guest::{Process, Realloc, component};
@@ -107,18 +108,6 @@ fn start(host: &Path, log: &Path) -> (Sluice, String) {
     }
 }
 
-fn post(addr: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, serde_json::Value) {
-    let (code, text) = http_request("POST", addr, path, token, body).expect("request");
-    (
-        code,
-        if text.is_empty() {
-            serde_json::Value::Null
-        } else {
-            json(&text)
-        },
-    )
-}
-
 fn versions(addr: &str, token: &str) -> Vec<String> {
     let (code, text) = http_get(
         addr,
@@ -211,15 +200,15 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     // Tokens: none or a wrong one is 401, another tenant's is 403, and
     // nothing changes.
     let upload = "/api/pipelines/stream/transforms/identity/modules";
-    assert_eq!(post(&addr, upload, None, &v2_bytes).0, 401);
+    assert_eq!(http::post_json(&addr, upload, None, &v2_bytes).0, 401);
     assert_eq!(
-        post(&addr, upload, Some("not-a-token-at-all-000"), &v2_bytes).0,
+        http::post_json(&addr, upload, Some("not-a-token-at-all-000"), &v2_bytes).0,
         401
     );
-    let (code, body) = post(&addr, upload, Some(TENANT_B), &v2_bytes);
+    let (code, body) = http::post_json(&addr, upload, Some(TENANT_B), &v2_bytes);
     assert_eq!(code, 403, "{body}");
     assert_eq!(
-        post(&addr, "/api/pipelines/stream/pause", Some(TENANT_B), b"").0,
+        http::post_json(&addr, "/api/pipelines/stream/pause", Some(TENANT_B), b"").0,
         403
     );
     assert_eq!(
@@ -266,7 +255,7 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
             "refused its configuration",
         ),
     ] {
-        let (code, body) = post(&addr, upload, Some(TENANT_A), bytes);
+        let (code, body) = http::post_json(&addr, upload, Some(TENANT_A), bytes);
         assert_eq!(code, 422, "{what}: {body}");
         let message = body["error"].as_str().unwrap_or_default().to_string();
         assert!(
@@ -282,7 +271,7 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     assert_eq!(active_digest(&addr), v1, "refused modules changed nothing");
 
     // Deploy v2 with the tenant's own token, then roll back with the admin's.
-    let (code, report) = post(&addr, upload, Some(TENANT_A), &v2_bytes);
+    let (code, report) = http::post_json(&addr, upload, Some(TENANT_A), &v2_bytes);
     assert_eq!(code, 201, "{report}");
     assert_eq!(report["digest"], v2.as_str());
     assert_eq!(report["swapped"]["previous"], v1.as_str());
@@ -294,7 +283,7 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     // Everything written from now on went through v2 (the swap is done
     // when the upload is answered).
     wait_for_traffic(&addr, &s, 600);
-    let (code, report) = post(
+    let (code, report) = http::post_json(
         &addr,
         "/api/pipelines/stream/transforms/identity/rollback",
         Some(ADMIN),
@@ -304,7 +293,7 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
     assert_eq!(report["digest"], v1.as_str());
     assert_eq!(active_digest(&addr), v1);
     assert_eq!(versions(&addr, ADMIN), vec![v1.clone()]);
-    let (code, _) = post(
+    let (code, _) = http::post_json(
         &addr,
         "/api/pipelines/stream/transforms/identity/rollback",
         Some(ADMIN),
@@ -391,7 +380,7 @@ fn deploy_and_rollback_while_streaming_lose_and_double_nothing_and_tag_every_rec
 
     // Activate v2 again (stored: by digest), restart the host: it comes back
     // with v2 active.
-    let (code, report) = post(
+    let (code, report) = http::post_json(
         &addr,
         "/api/pipelines/stream/transforms/identity/activate",
         Some(ADMIN),
@@ -638,7 +627,7 @@ fn a_new_version_that_trips_its_breaker_on_probation_is_rolled_back_automaticall
     );
     assert_eq!(first.len(), N / 2, "v1 passed the first half");
 
-    let (code, report) = post(
+    let (code, report) = http::post_json(
         &addr,
         "/api/pipelines/stream/transforms/identity/modules",
         Some(ADMIN),
@@ -931,7 +920,7 @@ fn a_deploy_through_one_host_switches_every_host_of_the_group() {
             .collect::<Vec<_>>()
     };
     broker::produce(&b, &input, records(0, 500));
-    let (code, report) = post(
+    let (code, report) = http::post_json(
         &hosts[0].1,
         "/api/pipelines/stream/transforms/identity/modules",
         Some(ADMIN),
@@ -964,7 +953,7 @@ fn a_deploy_through_one_host_switches_every_host_of_the_group() {
         "records produced after both switched are all v2"
     );
     // A rollback through the other host switches the first back.
-    let (code, report) = post(
+    let (code, report) = http::post_json(
         &hosts[1].1,
         "/api/pipelines/stream/transforms/identity/rollback",
         Some(ADMIN),

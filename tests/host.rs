@@ -8,7 +8,7 @@ use sluice::host::{Host, HostConfig};
 use sluice::pipeline::State;
 use sluice_e2e::process::Sluice;
 use sluice_e2e::scenario::{distinct, numbered, tally, until_distinct};
-use sluice_e2e::{broker, http_get, module, read_lake, toml_path};
+use sluice_e2e::{broker, eventually_async, http, http_get, module, read_lake, toml_path};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -154,14 +154,6 @@ fn lines(dir: &Path) -> usize {
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Serves the host's listener on a free loopback port; its address.
 async fn listen(host: &Arc<Host>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -174,19 +166,6 @@ async fn listen(host: &Arc<Host>) -> String {
         std::future::pending(),
     ));
     addr
-}
-
-/// `GET` from a blocking thread (the test runtime keeps serving).
-async fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let (a, p, t) = (
-        addr.to_string(),
-        path.to_string(),
-        token.map(str::to_string),
-    );
-    tokio::task::spawn_blocking(move || http_get(&a, &p, t.as_deref()))
-        .await
-        .expect("join")
-        .expect("http get")
 }
 
 /// A scrape, as a Prometheus parser reads it.
@@ -304,7 +283,7 @@ async fn twenty_pipelines_share_one_host_and_one_fails_alone() {
 
     let h = host.clone();
     let expected = inputs.clone();
-    wait_until(
+    eventually_async(
         "every pipeline to finish or read its topic",
         Duration::from_secs(240),
         || {
@@ -318,7 +297,7 @@ async fn twenty_pipelines_share_one_host_and_one_fails_alone() {
     .await;
 
     // The metrics, scraped while the Kafka pipelines still run.
-    let (status, text) = get(&addr, "/metrics", None).await;
+    let (status, text) = http::get_async(&addr, "/metrics", None).await;
     assert_eq!(status, 200, "{text}");
     let scrape = Scrape::parse(&text);
     let snapshots: BTreeMap<String, sluice::pipeline::Snapshot> = host
@@ -458,7 +437,7 @@ async fn a_paused_pipeline_reads_nothing_until_resumed() {
     let p = host.pipeline("paused").expect("handle");
     let control = host.pipeline("control").expect("control");
     let (h, c) = (p.clone(), control.clone());
-    wait_until("300 records", Duration::from_secs(120), || {
+    eventually_async("300 records", Duration::from_secs(120), || {
         h.snapshot().records_in == 300 && c.snapshot().records_in == 300
     })
     .await;
@@ -469,7 +448,7 @@ async fn a_paused_pipeline_reads_nothing_until_resumed() {
         (300..600).map(|i| (None, format!("{{\"n\":{i}}}").into_bytes())),
     );
     let c = control.clone();
-    wait_until(
+    eventually_async(
         "the control pipeline to read the new records",
         Duration::from_secs(120),
         || c.snapshot().records_in == 600,
@@ -478,16 +457,16 @@ async fn a_paused_pipeline_reads_nothing_until_resumed() {
     let s = p.snapshot();
     assert_eq!(s.state, State::Paused);
     assert_eq!(s.records_in, 300, "nothing read while paused");
-    let (status, body) = get(&addr, "/api/pipelines/paused", None).await;
+    let (status, body) = http::get_async(&addr, "/api/pipelines/paused", None).await;
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(json["state"], "paused");
     assert_eq!(json["tenant"], "acme");
-    let (status, _) = get(&addr, "/api/pipelines/nope", None).await;
+    let (status, _) = http::get_async(&addr, "/api/pipelines/nope", None).await;
     assert_eq!(status, 404);
     p.resume();
     let h = p.clone();
-    wait_until(
+    eventually_async(
         "600 records after resuming",
         Duration::from_secs(120),
         || h.snapshot().records_in == 600,
@@ -496,7 +475,7 @@ async fn a_paused_pipeline_reads_nothing_until_resumed() {
     assert_eq!(p.snapshot().state, State::Running);
     // The consumer's lag, from librdkafka's statistics (every 5 s).
     let h = p.clone();
-    wait_until(
+    eventually_async(
         "the consumer lag to be known and 0",
         Duration::from_secs(30),
         || h.snapshot().lag == Some(0),
@@ -509,7 +488,7 @@ async fn a_paused_pipeline_reads_nothing_until_resumed() {
         (lags[0].stream.as_str(), lags[0].partition, lags[0].lag),
         (topic.as_str(), 0, 0)
     );
-    let (_, text) = get(&addr, "/metrics", None).await;
+    let (_, text) = http::get_async(&addr, "/metrics", None).await;
     assert!(
         text.contains("sluice_consumer_lag_records{pipeline=\"paused\",tenant=\"acme\"} 0"),
         "{text}"
@@ -535,15 +514,15 @@ async fn a_token_guards_the_api_and_metrics() {
     host.start_all().await.expect("dir");
     let addr = listen(&host).await;
     for path in ["/metrics", "/api/pipelines", "/api/pipelines/guarded"] {
-        let (status, body) = get(&addr, path, None).await;
+        let (status, body) = http::get_async(&addr, path, None).await;
         assert_eq!(status, 401, "{path} without a token: {body}");
         assert!(!body.contains("s3cret"), "{body}");
-        let (status, _) = get(&addr, path, Some("s3cret-token-012345678X")).await;
+        let (status, _) = http::get_async(&addr, path, Some("s3cret-token-012345678X")).await;
         assert_eq!(status, 401, "{path} with a wrong token");
-        let (status, _) = get(&addr, path, Some("s3cret-token-0123456789")).await;
+        let (status, _) = http::get_async(&addr, path, Some("s3cret-token-0123456789")).await;
         assert_eq!(status, 200, "{path} with the token");
     }
-    let (status, page) = get(&addr, "/", None).await;
+    let (status, page) = http::get_async(&addr, "/", None).await;
     assert_eq!(status, 200);
     assert!(page.contains("<title>Sluice host</title>"));
     assert!(!page.contains("guarded"), "the page holds no data");

@@ -5,9 +5,12 @@
 //! ([`lakes`]).
 
 pub mod broker;
+pub mod http;
 pub mod lakes;
 pub mod process;
 pub mod scenario;
+
+pub use http::{get as http_get, post_chunked, post_declaring, request as http_request};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +43,42 @@ pub fn eventually(
             context()
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// [`eventually`] for a test that serves the host on its own runtime:
+/// waits without blocking it.
+pub async fn eventually_async(
+    what: &str,
+    timeout: std::time::Duration,
+    mut ok: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {timeout:?} for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A check this run cannot make (the mock cluster lacks what it needs, no
+/// real server of that kind here): printed at once and appended to
+/// `target/e2e-skips.txt`, which `scripts/test` counts and prints at the
+/// end. A skip is never a silent pass.
+pub fn skip(test: &str, what: &str, why: &str) {
+    let line = format!("SKIP {test}: {what} ({why})");
+    eprintln!("{line}");
+    let file = root().join("target").join("e2e-skips.txt");
+    let _ = std::fs::create_dir_all(root().join("target"));
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+    {
+        use std::io::Write as _;
+        let _ = writeln!(f, "{line}");
     }
 }
 
@@ -393,175 +432,6 @@ pub mod wat_guest {
     }
 }
 
-/// `GET http://{addr}{path}` (HTTP/1.1, one request per connection), with a
-/// bearer token when given: the status code and the body.
-pub fn http_get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_string()
-        },
-    ))
-}
-
-/// `{method} http://{addr}{path}` with `body` (HTTP/1.1, one request per
-/// connection), with a bearer token when given: the status code and body.
-pub fn http_request(
-    method: &str,
-    addr: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &[u8],
-) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_string()
-        },
-    ))
-}
-
-/// A `POST` that declares a `Content-Length` of `declared` bytes and asks
-/// `Expect: 100-continue`, as curl does for large bodies: the status and
-/// body of the answer. `send` bytes of zeros follow only if the server says
-/// `100 Continue`; otherwise nothing is sent.
-pub fn post_declaring(
-    addr: &str,
-    path: &str,
-    token: Option<&str>,
-    declared: u64,
-) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {declared}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            // The server may reset the connection after answering.
-            Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => return Err(e),
-        }
-        if String::from_utf8_lossy(&raw).contains("\r\n\r\n") && raw.ends_with(b"}") {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-/// A chunked `POST` of `len` zero bytes (no `Content-Length`): the answer's
-/// status, or 0 when the server closed the connection before answering.
-pub fn post_chunked(addr: &str, path: &str, token: Option<&str>, len: usize) -> u16 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(120)));
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    );
-    if s.write_all(head.as_bytes()).is_err() {
-        return 0;
-    }
-    let chunk = vec![0u8; 1 << 20];
-    let mut sent = 0;
-    while sent < len {
-        let n = chunk.len().min(len - sent);
-        let ok = write!(s, "{n:x}\r\n")
-            .and_then(|_| s.write_all(&chunk[..n]))
-            .and_then(|_| s.write_all(b"\r\n"));
-        if ok.is_err() {
-            break;
-        }
-        sent += n;
-    }
-    let _ = s.write_all(b"0\r\n\r\n");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    String::from_utf8_lossy(&raw)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 /// `bytes` (a component) with one more custom section: the same code, a
 /// different digest — a new "version" that behaves exactly like the old.
 pub fn with_custom_section(bytes: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
@@ -584,23 +454,5 @@ pub fn with_custom_section(bytes: &[u8], name: &str, payload: &[u8]) -> Vec<u8> 
     out.push(0);
     leb(content.len(), &mut out);
     out.extend_from_slice(&content);
-    out
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        let (Some(chunk), Some(after)) = (rest.get(..n), rest.get(n..)) else {
-            break;
-        };
-        if n == 0 {
-            break;
-        }
-        out.push_str(chunk);
-        body = after.trim_start_matches("\r\n");
-    }
     out
 }

@@ -128,6 +128,20 @@ pub fn tally(got: &[Got], n: usize) -> (Vec<usize>, usize) {
     (missing, duplicates)
 }
 
+/// Keys whose records, counting each record's first occurrence only, do not
+/// come out in increasing order (first few). At-least-once may repeat
+/// records after a rewind, but what a key's records are first written as
+/// must still be in input order.
+pub fn first_occurrences_out_of_order(got: &[Got]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<Got> = got
+        .iter()
+        .filter(|g| number(g).is_some_and(|n| seen.insert(n)))
+        .cloned()
+        .collect();
+    out_of_order_keys(&first)
+}
+
 /// Keys whose numbers do not come out in increasing order (first few).
 pub fn out_of_order_keys(got: &[Got]) -> Vec<String> {
     let mut last: std::collections::BTreeMap<String, usize> = Default::default();
