@@ -575,17 +575,34 @@ fn a_deploy_and_a_rollback_keep_an_exactly_once_pipeline_exactly_once() {
             sluice_e2e::http_request("POST", &addr, path, Some(TOKEN), body).expect("post");
         (code, json(&text))
     };
-    std::thread::sleep(Duration::from_secs(2));
+    // Each version takes traffic before the next step: the records the
+    // running version wrote, as the host counts them.
+    let records_out = || {
+        sluice_e2e::http_get(&addr, "/api/pipelines/kafka-e2e", Some(TOKEN))
+            .ok()
+            .and_then(|(_, text)| json(&text)["records_out"].as_u64())
+            .unwrap_or(0)
+    };
+    let traffic = |who: &str| {
+        let from = records_out();
+        sluice_e2e::eventually(
+            &format!("{who} takes traffic (1,000 records beyond {from})"),
+            Duration::from_secs(120),
+            || s.log_tail(30),
+            || records_out() >= from + 1000,
+        );
+    };
+    traffic("v1");
     let (code, report) = post(
         "/api/pipelines/kafka-e2e/transforms/identity/modules",
         &v2_bytes,
     );
     assert_eq!(code, 201, "{report}");
-    std::thread::sleep(Duration::from_secs(2));
+    traffic("v2");
     let (code, report) = post("/api/pipelines/kafka-e2e/transforms/identity/rollback", b"");
     assert_eq!(code, 200, "{report}");
     assert_eq!(report["digest"], v1.as_str());
-    std::thread::sleep(Duration::from_secs(1));
+    traffic("v1 after the rollback");
     stop.store(true, Ordering::SeqCst);
     producer.join().expect("producer");
     let n = produced.load(Ordering::SeqCst);

@@ -231,9 +231,22 @@ properties = {{ "message.timeout.ms" = "10000" }}
         total
     });
 
-    std::thread::sleep(Duration::from_secs(4));
+    // The broker goes away mid-stream: once records are coming out.
+    let before_cut = broker::consume(&b, "out", false, Duration::from_secs(120), {
+        let mut n = 0;
+        move |_| {
+            n += 1;
+            n >= 500
+        }
+    });
+    assert!(
+        before_cut.len() >= 500,
+        "records were coming out before the cut:\n{}",
+        std::fs::read_to_string(dir.path().join("sluice.log")).unwrap_or_default()
+    );
     proxy.cut();
     let stopped = Instant::now();
+    // The outage itself: 30 s without a broker (not a wait for a result).
     std::thread::sleep(Duration::from_secs(30));
     assert!(
         sluice.try_wait().expect("status").is_none(),

@@ -49,8 +49,14 @@ fn batch(range: std::ops::Range<i64>, module: &str) -> SinkBatch {
     }
 }
 
+/// A submit, taken within 30 s (a sink that never takes it fails the test
+/// instead of hanging it).
 async fn submit(sink: &LakeSink, b: SinkBatch) -> Accepted {
-    sink.submit(b).await.expect("submit").await.expect("taken")
+    let pending = sink.submit(b).await.expect("submit");
+    tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .expect("taken within 30 s")
+        .expect("taken")
 }
 
 async fn objects(store: &InMemory) -> BTreeMap<String, String> {
@@ -306,9 +312,10 @@ async fn too_much_open_data_closes_the_largest_segment_early() {
         r.value = Some(format!("{{\"n\":0,\"pad\":\"{big}\"}}").into_bytes().into());
     }
     let a = submit(&s, b).await;
-    a.held
-        .expect("held")
+    // Segments roll after an hour: only the memory bound can close it.
+    tokio::time::timeout(Duration::from_secs(30), a.held.expect("held"))
         .await
+        .expect("closed within 30 s, by the memory bound (not by age, not a flush)")
         .expect("closed by the memory bound, not a flush");
 }
 
