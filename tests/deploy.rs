@@ -9,6 +9,7 @@ use sluice_e2e::http;
 use sluice_e2e::process::Sluice;
 use sluice_e2e::scenario::{number, tally, until_distinct};
 use sluice_e2e::wat_guest::{Process, Realloc, component};
+use sluice_e2e::{Lab, Token};
 use sluice_e2e::{
     broker, http_get, http_request, module, post_chunked, post_declaring, toml_path,
     with_custom_section,
@@ -41,17 +42,27 @@ fn lab_with(
     group: &str,
     extra: &str,
 ) -> PathBuf {
-    std::fs::create_dir_all(dir.join("pipelines")).expect("dir");
-    std::fs::write(
-        dir.join("tokens.toml"),
-        format!(
-            "[[token]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nadmin = true\n[[token]]\nname = \"team-a-ci\"\ntoken = \"{TENANT_A}\"\ntenant = \"team-a\"\n[[token]]\nname = \"team-b-ci\"\ntoken = \"{TENANT_B}\"\ntenant = \"team-b\"\n"
-        ),
-    )
-    .expect("tokens");
-    std::fs::write(
-        dir.join("pipelines/stream.toml"),
-        format!(
+    let lab = Lab::at(dir);
+    lab.tokens(&[
+        Token {
+            name: "ops",
+            token: ADMIN,
+            tenant: None,
+        },
+        Token {
+            name: "team-a-ci",
+            token: TENANT_A,
+            tenant: Some("team-a"),
+        },
+        Token {
+            name: "team-b-ci",
+            token: TENANT_B,
+            tenant: Some("team-b"),
+        },
+    ]);
+    lab.write_pipeline(
+        "stream",
+        &format!(
             r#"name = "stream"
 tenant = "team-a"
 [batch]
@@ -75,15 +86,8 @@ topic = "{dlq}"
 "#,
             module = toml_path(&module("transforms/identity")),
         ),
-    )
-    .expect("pipeline");
-    let host = dir.join("host.toml");
-    std::fs::write(
-        &host,
-        "listen = \"127.0.0.1:0\"\ntokens_file = \"tokens.toml\"\ninstance_slots = 50\nshutdown_timeout_ms = 30000\n",
-    )
-    .expect("host file");
-    host
+    );
+    lab.host_file("tokens_file = \"tokens.toml\"\ninstance_slots = 50\nshutdown_timeout_ms = 30000")
 }
 
 fn start(host: &Path, log: &Path) -> (Sluice, String) {
@@ -748,27 +752,26 @@ fn a_new_version_that_trips_its_breaker_on_probation_is_rolled_back_automaticall
 /// directory.
 #[test]
 fn pipelines_are_created_replaced_and_deleted_through_the_api_by_admins_only() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("pipelines")).expect("dir");
-    std::fs::write(
-        dir.path().join("tokens.toml"),
-        format!(
-            "[[token]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nadmin = true\n[[token]]\nname = \"team-a-ci\"\ntoken = \"{TENANT_A}\"\ntenant = \"team-a\"\n"
-        ),
-    )
-    .expect("tokens");
-    let host = dir.path().join("host.toml");
-    std::fs::write(
-        &host,
-        "listen = \"127.0.0.1:0\"\ntokens_file = \"tokens.toml\"\ninstance_slots = 20\n",
-    )
-    .expect("host file");
+    let dir = Lab::new();
+    dir.tokens(&[
+        Token {
+            name: "ops",
+            token: ADMIN,
+            tenant: None,
+        },
+        Token {
+            name: "team-a-ci",
+            token: TENANT_A,
+            tenant: Some("team-a"),
+        },
+    ]);
+    let host = dir.host_file("tokens_file = \"tokens.toml\"\ninstance_slots = 20");
     // lake1's pipeline reads events1, its replacement (lake2) events2: a
     // replaced pipeline resumes its files where the first one stopped, so
     // reading the same file again would add nothing.
     for data in ["events1.jsonl", "events2.jsonl"] {
         std::fs::write(
-            dir.path().join(data),
+            dir.dir().join(data),
             (0..100)
                 .map(|i| format!("{{\"n\":{i}}}\n"))
                 .collect::<String>(),
@@ -778,22 +781,15 @@ fn pipelines_are_created_replaced_and_deleted_through_the_api_by_admins_only() {
     let file = |lake: &str| {
         format!(
             "name = \"made\"\ntenant = \"team-a\"\n[source.file]\npath = {}\n[[transforms]]\nname = \"identity\"\nmodule = {}\n[outputs.default.local]\npath = {}\n[dead_letter.local]\npath = {}\n",
-            toml_path(&dir.path().join(lake.replace("lake", "events") + ".jsonl")),
+            toml_path(&dir.dir().join(lake.replace("lake", "events") + ".jsonl")),
             toml_path(&module("transforms/identity")),
-            toml_path(&dir.path().join(lake)),
-            toml_path(&dir.path().join("dlq")),
+            toml_path(&dir.dir().join(lake)),
+            toml_path(&dir.dir().join("dlq")),
         )
     };
-    let log = dir.path().join("host.log");
+    let log = dir.dir().join("host.log");
     let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host, &log, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let addr = loop {
-        if let Some(a) = s.listen_address() {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "{}", s.log_tail(20));
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let addr = s.address(Duration::from_secs(60));
     let put = |token: &str, body: &str| {
         let (code, text) = http_request(
             "PUT",
@@ -811,7 +807,7 @@ fn pipelines_are_created_replaced_and_deleted_through_the_api_by_admins_only() {
     assert_eq!(code, 422, "{text}");
     assert!(text.contains("line 3"), "names the line: {text}");
     assert!(
-        !dir.path().join("pipelines/made.toml").exists(),
+        !dir.dir().join("pipelines/made.toml").exists(),
         "nothing changed"
     );
     let (code, text) = put(
@@ -822,10 +818,10 @@ fn pipelines_are_created_replaced_and_deleted_through_the_api_by_admins_only() {
 
     let (code, text) = put(ADMIN, &file("lake1"));
     assert_eq!(code, 201, "{text}");
-    assert!(dir.path().join("pipelines/made.toml").exists());
+    assert!(dir.dir().join("pipelines/made.toml").exists());
     let wait_lines = |lake: &str| {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while sluice_e2e::read_lake(&dir.path().join(lake)).len() < 100 {
+        while sluice_e2e::read_lake(&dir.dir().join(lake)).len() < 100 {
             assert!(Instant::now() < deadline, "{}", s.log_tail(20));
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -840,14 +836,14 @@ fn pipelines_are_created_replaced_and_deleted_through_the_api_by_admins_only() {
     let (code, text) =
         http_request("DELETE", &addr, "/api/pipelines/made", Some(ADMIN), b"").expect("delete");
     assert_eq!(code, 204, "{text}");
-    assert!(!dir.path().join("pipelines/made.toml").exists());
+    assert!(!dir.dir().join("pipelines/made.toml").exists());
     assert_eq!(
         http_get(&addr, "/api/pipelines/made", Some(ADMIN))
             .expect("get")
             .0,
         404
     );
-    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).expect("audit");
+    let audit = std::fs::read_to_string(dir.dir().join("data/audit.log")).expect("audit");
     assert!(audit.contains("\"action\":\"delete-pipeline\""), "{audit}");
     let status = s.terminate(Duration::from_secs(60));
     assert!(
@@ -1127,29 +1123,16 @@ fn a_watched_directory_deploys_changed_files_and_refuses_bad_ones() {
 /// request.)
 #[test]
 fn oversized_uploads_cost_the_host_a_bounded_amount_and_are_audited() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("pipelines")).expect("dir");
-    std::fs::write(
-        dir.path().join("tokens.toml"),
-        format!("[[token]]\nname = \"team-a-ci\"\ntoken = \"{TENANT_A}\"\ntenant = \"team-a\"\n"),
-    )
-    .expect("tokens");
-    let host = dir.path().join("host.toml");
-    std::fs::write(
-        &host,
-        "listen = \"127.0.0.1:0\"\ntokens_file = \"tokens.toml\"\ninstance_slots = 10\n",
-    )
-    .expect("host file");
-    let log = dir.path().join("host.log");
+    let dir = Lab::new();
+    dir.tokens(&[Token {
+        name: "team-a-ci",
+        token: TENANT_A,
+        tenant: Some("team-a"),
+    }]);
+    let host = dir.host_file("tokens_file = \"tokens.toml\"\ninstance_slots = 10");
+    let log = dir.dir().join("host.log");
     let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host, &log, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let addr = loop {
-        if let Some(a) = s.listen_address() {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "{}", s.log_tail(20));
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let addr = s.address(Duration::from_secs(60));
     let upload = "/api/pipelines/stream/transforms/identity/modules";
     let before = s.peak_kib().expect("peak");
     let declared: Vec<u16> = std::thread::scope(|sc| {
@@ -1191,7 +1174,7 @@ fn oversized_uploads_cost_the_host_a_bounded_amount_and_are_audited() {
         after_chunked < after_declared + (2 * 128 + 48) * 1024,
         "four concurrent chunked uploads cost more than two modules: {after_declared} -> {after_chunked} KiB"
     );
-    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).expect("audit log");
+    let audit = std::fs::read_to_string(dir.dir().join("data/audit.log")).expect("audit log");
     let refused = audit
         .lines()
         .filter(|l| l.contains("\"outcome\":\"refused\"") && l.contains("128 MiB"))

@@ -8,7 +8,7 @@ use sluice::host::{Host, HostConfig};
 use sluice::pipeline::State;
 use sluice_e2e::process::Sluice;
 use sluice_e2e::scenario::{distinct, numbered, tally, until_distinct};
-use sluice_e2e::{broker, eventually_async, http, http_get, module, read_lake, toml_path};
+use sluice_e2e::{Lab, broker, eventually_async, http, http_get, module, read_lake, toml_path};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,65 +21,40 @@ fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A host's directory: host file, pipelines, data, lake.
-struct Lab {
-    dir: tempfile::TempDir,
+/// The host file of an in-process host (loopback, port 0) and its parsed
+/// config.
+fn host_config(lab: &Lab, extra: &str) -> HostConfig {
+    let file = lab.host_file(&format!(
+        "instance_slots = 200\nshutdown_timeout_ms = 30000\n{extra}"
+    ));
+    HostConfig::load(&file).expect("host file valid")
 }
 
-impl Lab {
-    fn new() -> Lab {
-        let lab = Lab {
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        for d in ["pipelines", "data", "lake"] {
-            std::fs::create_dir_all(lab.path(d)).expect("dir");
+/// `n` events, one line each; every 101st line is not JSON.
+fn events(lab: &Lab, name: &str, n: usize) -> PathBuf {
+    let mut text = String::new();
+    for i in 0..n {
+        if i % 101 == 100 {
+            text.push_str("this line is not json\n");
+        } else {
+            text.push_str(&format!(
+                "{{\"id\":{i},\"booth\":\"B{}\",\"amount\":{},\"plate\":\"P-{i}\"}}\n",
+                i % 7,
+                i % 40
+            ));
         }
-        std::fs::write(
-            lab.path("data/booths.csv"),
-            "booth_id,region\nB0,north\nB1,north\nB2,south\nB3,south\nB4,east\nB5,west\n",
-        )
-        .expect("table");
-        lab
     }
+    lab.write(&format!("data/{name}.jsonl"), &text)
+}
 
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// The host file (loopback, port 0) and its parsed config.
-    fn host_config(&self, extra: &str) -> HostConfig {
-        let text = format!(
-            "listen = \"127.0.0.1:0\"\ninstance_slots = 200\nshutdown_timeout_ms = 30000\n{extra}\n"
-        );
-        let file = self.path("host.toml");
-        std::fs::write(&file, &text).expect("host file");
-        HostConfig::load(&file).expect("host file valid")
-    }
-
-    /// `n` events, one line each; every 101st line is not JSON.
-    fn events(&self, name: &str, n: usize) -> PathBuf {
-        let mut text = String::new();
-        for i in 0..n {
-            if i % 101 == 100 {
-                text.push_str("this line is not json\n");
-            } else {
-                text.push_str(&format!(
-                    "{{\"id\":{i},\"booth\":\"B{}\",\"amount\":{},\"plate\":\"P-{i}\"}}\n",
-                    i % 7,
-                    i % 40
-                ));
-            }
-        }
-        let p = self.path(&format!("data/{name}.jsonl"));
-        std::fs::write(&p, text).expect("data");
-        p
-    }
-
-    fn write_pipeline(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(&format!("pipelines/{name}.toml"));
-        std::fs::write(&p, text).expect("pipeline file");
-        p
-    }
+/// A lab with the booths table the enrich transform reads.
+fn booths_lab() -> Lab {
+    let lab = Lab::new();
+    lab.write(
+        "data/booths.csv",
+        "booth_id,region\nB0,north\nB1,north\nB2,south\nB3,south\nB4,east\nB5,west\n",
+    );
+    lab
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -122,7 +97,7 @@ fn sinks(lab: &Lab, name: &str) -> String {
 }
 
 fn file_pipeline(lab: &Lab, name: &str, tenant: &str, kind: Kind, n: usize) -> PathBuf {
-    let data = lab.events(name, n);
+    let data = events(lab, name, n);
     lab.write_pipeline(
         name,
         &format!(
@@ -222,7 +197,7 @@ async fn twenty_pipelines_share_one_host_and_one_fails_alone() {
     let _one = heavy();
     let b = broker::bootstrap();
     broker::require(&b);
-    let lab = Lab::new();
+    let lab = booths_lab();
     let tenants = ["acme", "globex", "initech", "umbrella"];
     let mut inputs: BTreeMap<String, usize> = BTreeMap::new();
     let failing = "p07";
@@ -255,7 +230,7 @@ async fn twenty_pipelines_share_one_host_and_one_fails_alone() {
     let dup = std::fs::read_to_string(lab.path("pipelines/p00.toml")).expect("read");
     lab.write_pipeline("zz-dup", &dup);
 
-    let host = Host::new(lab.host_config("")).expect("host");
+    let host = Host::new(host_config(&lab, "")).expect("host");
     let started = Instant::now();
     let refused = host.start_all().await.expect("pipeline dir");
     eprintln!("20 pipelines prepared in {:?}", started.elapsed());
@@ -423,7 +398,7 @@ async fn a_paused_pipeline_reads_nothing_until_resumed() {
     let _one = heavy();
     let b = broker::bootstrap();
     broker::require(&b);
-    let lab = Lab::new();
+    let lab = booths_lab();
     let topic = broker::unique("host-pause");
     broker::create_topic(&b, &topic, 1);
     broker::produce(&b, &topic, numbered(300, 3));
@@ -431,7 +406,7 @@ async fn a_paused_pipeline_reads_nothing_until_resumed() {
     // A control pipeline on the same topic (its own group) is never
     // paused: once it has read the new records, the paused one could have.
     kafka_pipeline(&lab, "control", "acme", &b, &topic);
-    let host = Host::new(lab.host_config("")).expect("host");
+    let host = Host::new(host_config(&lab, "")).expect("host");
     assert!(host.start_all().await.expect("dir").is_empty());
     let addr = listen(&host).await;
     let p = host.pipeline("paused").expect("handle");
@@ -507,10 +482,10 @@ async fn a_paused_pipeline_reads_nothing_until_resumed() {
 /// data and asks for it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_guards_the_api_and_metrics() {
-    let lab = Lab::new();
+    let lab = booths_lab();
     std::fs::write(lab.path("token"), "s3cret-token-0123456789\n").expect("token");
     file_pipeline(&lab, "guarded", "acme", Kind::Identity, 50);
-    let host = Host::new(lab.host_config("token_file = \"token\"")).expect("host");
+    let host = Host::new(host_config(&lab, "token_file = \"token\"")).expect("host");
     host.start_all().await.expect("dir");
     let addr = listen(&host).await;
     for path in ["/metrics", "/api/pipelines", "/api/pipelines/guarded"] {
@@ -533,7 +508,7 @@ async fn a_token_guards_the_api_and_metrics() {
 /// other: the second file is refused, naming both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_pipeline_with_the_same_transactional_id_is_refused() {
-    let lab = Lab::new();
+    let lab = booths_lab();
     for name in ["eos-a", "eos-b"] {
         lab.write_pipeline(
             name,
@@ -543,7 +518,7 @@ async fn a_second_pipeline_with_the_same_transactional_id_is_refused() {
             ),
         );
     }
-    let host = Host::new(lab.host_config("")).expect("host");
+    let host = Host::new(host_config(&lab, "")).expect("host");
     let refused: Vec<String> = host
         .start_all()
         .await
@@ -596,14 +571,14 @@ async fn the_status_page_shows_every_pipeline_in_a_real_browser() {
     let Some(browser) = chromium() else {
         panic!("Debian's chromium is not installed: run scripts/setup");
     };
-    let lab = Lab::new();
+    let lab = booths_lab();
     file_pipeline(&lab, "orders", "acme", Kind::JsonMap, 800);
     file_pipeline(&lab, "booths", "globex", Kind::Enrich, 600);
     file_pipeline(&lab, "strict", "initech", Kind::FailsEverything, 500);
     // Enrich sends large amounts to `alerts`, which this pipeline does not
     // declare: those records go to the dead-letter queue, and the page says
     // where they went.
-    let data = lab.events("alerting", 400);
+    let data = events(&lab, "alerting", 400);
     lab.write_pipeline(
         "alerting",
         &format!(
@@ -615,7 +590,7 @@ async fn the_status_page_shows_every_pipeline_in_a_real_browser() {
         ),
     );
     lab.write_pipeline("broken", "name = \"broken\"\n[source.file]\n");
-    let host = Host::new(lab.host_config("")).expect("host");
+    let host = Host::new(host_config(&lab, "")).expect("host");
     host.start_all().await.expect("dir");
     host.wait_all().await;
     let addr = listen(&host).await;
@@ -719,7 +694,7 @@ fn a_host_killed_with_sigkill_loses_no_record_of_any_pipeline() {
     let b = broker::bootstrap();
     broker::require(&b);
     const N: usize = 20_000;
-    let lab = Lab::new();
+    let lab = booths_lab();
     let mut outputs = Vec::new();
     for i in 0..5 {
         let name = format!("stream{i}");
@@ -741,12 +716,7 @@ fn a_host_killed_with_sigkill_loses_no_record_of_any_pipeline() {
         );
         outputs.push(output);
     }
-    let host_file = lab.path("host.toml");
-    std::fs::write(
-        &host_file,
-        "listen = \"127.0.0.1:0\"\ninstance_slots = 100\nshutdown_timeout_ms = 60000\n",
-    )
-    .expect("host file");
+    let host_file = lab.host_file("instance_slots = 100\nshutdown_timeout_ms = 60000");
     let log = lab.path("host.log");
     let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host_file, &log, &[]);
     // Kill once every pipeline has delivered something and none is done.
@@ -982,14 +952,14 @@ fn the_example_host_starts_again_after_a_restart() {
 /// a named pipe, so preparing lasts exactly until the test writes it.
 #[test]
 fn a_starting_host_lists_the_pipelines_it_is_still_preparing() {
-    let lab = Lab::new();
+    let lab = booths_lab();
     let fifo = lab.path("data/booths-pipe.csv");
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
         .expect("mkfifo");
     assert!(made.success(), "mkfifo {}", fifo.display());
-    let data = lab.events("slow", 300);
+    let data = events(&lab, "slow", 300);
     lab.write_pipeline(
         "slow",
         &format!(
@@ -1000,12 +970,7 @@ fn a_starting_host_lists_the_pipelines_it_is_still_preparing() {
             sinks(&lab, "slow")
         ),
     );
-    let host_file = lab.path("host.toml");
-    std::fs::write(
-        &host_file,
-        "listen = \"127.0.0.1:0\"\ninstance_slots = 20\n",
-    )
-    .expect("host");
+    let host_file = lab.host_file("instance_slots = 20");
     let log = lab.path("host.log");
     let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host_file, &log, &[]);
     let pipelines = |s: &Sluice| -> Option<serde_json::Value> {

@@ -668,8 +668,7 @@ fn a_rolling_lake_frees_the_budget_commits_only_closed_objects_and_closes_the_re
         &sink,
         "[batch]\nmax_records = 100\nmax_wait_ms = 50\n[delivery]\nmax_in_flight_records = 500",
     );
-    let host = dir.path().join("host.toml");
-    std::fs::write(&host, "listen = \"127.0.0.1:0\"\ninstance_slots = 10\n").expect("host file");
+    let host = sluice_e2e::Lab::at(dir.path()).host_file("instance_slots = 10");
     let log = dir.path().join("sluice.log");
     let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host, &log, &[]);
     let held = |s: &Sluice| -> u64 {

@@ -524,12 +524,8 @@ fn a_deploy_and_a_rollback_keep_an_exactly_once_pipeline_exactly_once() {
     kafka_pipeline(&pipelines, &b, &t, &sink, &extra);
     const TOKEN: &str = "eos-admin-token-0123456789";
     std::fs::write(dir.path().join("token"), TOKEN).expect("token");
-    let host = dir.path().join("host.toml");
-    std::fs::write(
-        &host,
-        "listen = \"127.0.0.1:0\"\ntoken_file = \"token\"\ninstance_slots = 20\n",
-    )
-    .expect("host file");
+    let host =
+        sluice_e2e::Lab::at(dir.path()).host_file("token_file = \"token\"\ninstance_slots = 20");
     let log = dir.path().join("host.log");
     let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host, &log, &[]);
     let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap_or_default();

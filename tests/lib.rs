@@ -6,11 +6,13 @@
 
 pub mod broker;
 pub mod http;
+pub mod lab;
 pub mod lakes;
 pub mod process;
 pub mod scenario;
 
 pub use http::{get as http_get, post_chunked, post_declaring, request as http_request};
+pub use lab::{Lab, Token};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

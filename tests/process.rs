@@ -54,6 +54,22 @@ impl Sluice {
             .map(|rest| rest.trim_end_matches('/').trim().to_string())
     }
 
+    /// The address the host's listener took, once it says (waiting at
+    /// most `timeout`, then failing with the log's tail).
+    pub fn address(&self, timeout: Duration) -> String {
+        let mut addr = None;
+        crate::eventually(
+            "the host to listen",
+            timeout,
+            || self.log_tail(30),
+            || {
+                addr = self.listen_address();
+                addr.is_some()
+            },
+        );
+        addr.unwrap_or_default()
+    }
+
     fn command(
         bin: &Path,
         verb: &str,
