@@ -22,7 +22,7 @@ pub struct RetryConfig {
     pub max_backoff_ms: u64,
     /// Longest time a write is retried for, from its first failure, in ms
     /// (default 300000: five minutes, enough to ride out a broker restart
-    /// or a network blip while the source waits; librdkafka itself retries
+    /// or a network blip while the source waits; the Kafka client itself retries
     /// each record for up to its `message.timeout.ms` inside every attempt).
     pub max_elapsed_ms: u64,
 }

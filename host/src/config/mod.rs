@@ -166,7 +166,7 @@ pub struct DeliveryConfig {
     /// uses one core.
     pub pin_partitions: bool,
     /// Most records read but not yet in a sink or the DLQ (default 100000,
-    /// the number of messages a librdkafka producer queues by default).
+    /// the number of messages a Kafka producer queues by default).
     /// When reached, the source stops reading (Kafka partitions are paused).
     /// At-least-once holds a record here until its sink acknowledges it, so
     /// against a slowly acknowledging broker this bounds throughput (records

@@ -103,7 +103,7 @@ pub struct SharedStateConfig {
     /// missing.
     #[serde(default = "default_state_topic")]
     pub kafka_topic: String,
-    /// Client settings for that cluster, passed to librdkafka as they are
+    /// Client settings for that cluster, passed to the Kafka client as they are
     /// (SASL, TLS: `security.protocol`, `sasl.mechanism`, …), as a
     /// pipeline's Kafka `properties`.
     #[serde(default)]
