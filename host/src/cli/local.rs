@@ -9,13 +9,9 @@ use std::process::ExitCode;
 /// `sluice run`: a pipeline file until its source is drained (or Ctrl-C).
 pub(super) fn run_pipeline(pipeline: PathBuf) -> anyhow::Result<ExitCode> {
     if let Ok((config, _)) = crate::config::PipelineConfig::load(&pipeline)
-        && let crate::source::SourceConfig::File(f) = &config.source
-        && f.path != "-"
+        && let Some(note) = config.source.plugin().run_note()
     {
-        eprintln!(
-            "note: `sluice run` reads `{}` from its start every time; a host (`sluice serve`) keeps what it delivered and resumes",
-            f.path
-        );
+        eprintln!("note: {note}");
     }
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let summary = rt.block_on(pipeline::run_file(&pipeline, &RunOptions::default()));

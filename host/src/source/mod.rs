@@ -356,6 +356,12 @@ pub trait SourcePlugin: std::fmt::Debug + Send + Sync {
     /// same way).
     fn json_values(&self) -> bool;
 
+    /// What `sluice run` tells its user before it starts, if anything (a
+    /// file source read from its start every time).
+    fn run_note(&self) -> Option<String> {
+        None
+    }
+
     /// Whether a restarted source reads on from the positions the pipeline
     /// committed (Kafka's consumer-group offsets) rather than from the
     /// start: only such a pipeline is restarted after a failure.

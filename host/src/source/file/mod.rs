@@ -440,6 +440,13 @@ impl super::SourcePlugin for FileSourceConfig {
         format!("file {}", self.path)
     }
 
+    fn run_note(&self) -> Option<String> {
+        (self.path != "-").then(|| format!(
+            "`sluice run` reads `{}` from its start every time; a host (`sluice serve`) keeps what it delivered and resumes",
+            self.path
+        ))
+    }
+
     fn describe_at(&self, base: &Path) -> String {
         if self.path == "-" {
             return "file - (standard input)".into();
