@@ -145,6 +145,8 @@ fn hostile_guests_get_specific_errors_and_the_neighbour_keeps_flowing() {
     // The neighbour alone.
     let stop = Arc::new(AtomicBool::new(false));
     let alone = neighbour(&engine, stop.clone(), Arc::new(AtomicU64::new(0)));
+    // A 2 s measuring window (the neighbour's pace alone), not a wait for a
+    // result.
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     let alone = alone.join().expect("neighbour alone");
