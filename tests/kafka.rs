@@ -550,6 +550,104 @@ fn records_keep_key_headers_and_per_partition_order_and_bad_json_goes_to_the_dlq
     assert!(d.header("sluice.dlq.source.offset").is_some());
 }
 
+/// Re-keying (issue 35, routing by another key): input keyed by booth, the
+/// output keyed by `$.vehicle.plate` through `key`, so that a second
+/// pipeline sees each plate's records in one partition, in input order. A
+/// record without a plate is dead-lettered with the field named.
+#[test]
+fn an_output_keyed_by_a_field_puts_each_plate_in_one_partition_in_order() {
+    let _one = heavy();
+    let b = broker::bootstrap();
+    broker::require(&b);
+    let t = topics(&b, "rekey", 3);
+    const N: usize = 2_000;
+    let mut records: Vec<(Option<String>, Vec<u8>)> = (0..N)
+        .map(|n| {
+            (
+                Some(format!("booth-{}", n % 7)),
+                format!("{{\"n\":{n},\"vehicle\":{{\"plate\":\"P-{}\"}}}}", n % 40).into_bytes(),
+            )
+        })
+        .collect();
+    records.insert(
+        777,
+        (
+            Some("booth-0".into()),
+            b"{\"n\":-1,\"vehicle\":{}}".to_vec(),
+        ),
+    );
+    broker::produce(&b, &t.input, records);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = format!(
+        "[outputs.default.kafka]\ntopic = \"{}\"\nkey = \"$.vehicle.plate\"",
+        t.output
+    );
+    let pipeline = kafka_pipeline(dir.path(), &b, &t, &sink, "[delivery]\nworkers = 2");
+    let log = dir.path().join("sluice.log");
+    let mut s = Sluice::start(&sluice_e2e::sluice_bin!(), &pipeline, &log, &[], false);
+    let got = broker::consume(
+        &b,
+        &t.output,
+        false,
+        Duration::from_secs(120),
+        until_count(N),
+    );
+    let dead = broker::consume(&b, &t.dlq, false, Duration::from_secs(30), until_count(1));
+    let status = s.terminate(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log_tail(30)
+    );
+    assert_eq!(got.len(), N, "every record with a plate, once");
+    let mut by_plate: BTreeMap<String, Vec<(i32, usize)>> = BTreeMap::new();
+    for g in &got {
+        let n = number(g).expect("number");
+        let plate = g.key.clone().unwrap_or_default();
+        assert_eq!(
+            plate,
+            format!("P-{}", n % 40),
+            "record {n} keyed by its plate"
+        );
+        by_plate.entry(plate).or_default().push((g.partition, n));
+    }
+    assert_eq!(by_plate.len(), 40);
+    let partitions: std::collections::BTreeSet<i32> =
+        by_plate.values().map(|seen| seen[0].0).collect();
+    assert!(
+        partitions.len() > 1,
+        "plates spread over the partitions: {partitions:?}"
+    );
+    for (plate, seen) in &by_plate {
+        assert!(
+            seen.iter().all(|(p, _)| *p == seen[0].0),
+            "plate {plate} in one partition"
+        );
+        // Records of one plate come from several input partitions (booths):
+        // within each booth they keep their order.
+        for booth in 0..7 {
+            let ns: Vec<usize> = seen
+                .iter()
+                .map(|(_, n)| *n)
+                .filter(|n| n % 7 == booth)
+                .collect();
+            assert!(
+                ns.windows(2).all(|w| w[0] < w[1]),
+                "plate {plate}, booth {booth} in order: {ns:?}"
+            );
+        }
+    }
+    assert_eq!(dead.len(), 1, "the record without a plate is dead-lettered");
+    let d = &dead[0];
+    assert_eq!(d.key.as_deref(), Some("booth-0"), "with its own key");
+    assert_eq!(d.header("sluice.dlq.stage").as_deref(), Some("sink"));
+    let error = d.header("sluice.dlq.error.message").unwrap_or_default();
+    assert!(
+        error.contains("no `vehicle.plate`"),
+        "the error names the field: {error}"
+    );
+}
+
 #[test]
 fn an_empty_assignment_is_recognised_in_a_log() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -16,6 +16,7 @@ pub mod config;
 pub mod dlq;
 pub mod dlq_entry;
 pub mod engine;
+pub mod field_path;
 pub mod fixture;
 pub mod flow;
 pub mod host;

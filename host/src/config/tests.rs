@@ -181,3 +181,40 @@ fn semantic_errors() {
         .to_string();
     assert!(err.contains("used twice"), "{err}");
 }
+
+#[test]
+fn a_kafka_output_keyed_by_a_field_is_checked() {
+    let base = r#"
+name = "k"
+[source.kafka]
+bootstrap = "127.0.0.1:9092"
+topics = ["in"]
+group = "g"
+[[transforms]]
+name = "map"
+module = "map.wasm"
+[outputs.default.kafka]
+topic = "out"
+key = "$.vehicle.plate"
+[dead_letter.kafka]
+topic = "dlq"
+"#;
+    let c = PipelineConfig::parse(base, Path::new("k.toml")).expect("valid");
+    let SinkConfig::Kafka(out) = &c.outputs["default"] else {
+        panic!("kafka sink")
+    };
+    assert_eq!(out.key.as_deref(), Some("$.vehicle.plate"));
+    let bad = base.replace("$.vehicle.plate", "$.plates[0]");
+    let err = PipelineConfig::parse(&bad, Path::new("k.toml"))
+        .expect_err("an index is refused")
+        .to_string();
+    assert!(
+        err.contains("outputs.default.kafka.key") && err.contains("not indexes"),
+        "{err}"
+    );
+    let on_dlq = base.replace("topic = \"dlq\"", "topic = \"dlq\"\nkey = \"$.a\"");
+    let err = PipelineConfig::parse(&on_dlq, Path::new("k.toml"))
+        .expect_err("no key on the dead-letter queue")
+        .to_string();
+    assert!(err.contains("dead_letter.kafka.key"), "{err}");
+}

@@ -10,6 +10,14 @@ use serde::Deserialize;
 pub struct KafkaSinkConfig {
     /// Topic to write to.
     pub topic: String,
+    /// The record key, taken from a field of the JSON value (`"$.plate"`,
+    /// member names only) instead of the record's own key: records are
+    /// partitioned by it, so a second pipeline reading the topic sees each
+    /// plate's records in one partition, in order (re-keying a stream, as
+    /// Kafka Streams' repartition topics do). A record without the field
+    /// goes to the dead-letter queue, the field named. Outputs only.
+    #[serde(default)]
+    pub key: Option<String>,
     /// Bootstrap servers; defaults to the Kafka source's.
     #[serde(default)]
     pub bootstrap: Option<String>,

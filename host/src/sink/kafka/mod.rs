@@ -68,6 +68,8 @@ fn transient(e: &KafkaError) -> bool {
 pub struct KafkaSink {
     producer: Arc<KafkaProducer>,
     topic: String,
+    /// Where each record's key comes from, when not its own key.
+    key: Option<crate::field_path::FieldPath>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -84,7 +86,13 @@ impl KafkaSink {
         KafkaSink {
             producer,
             topic: topic.to_string(),
+            key: None,
         }
+    }
+
+    /// Takes each record's key from `key` (a field of its value) instead.
+    pub fn keyed_by(self, key: Option<crate::field_path::FieldPath>) -> Self {
+        KafkaSink { key, ..self }
     }
 
     fn error(&self, e: &KafkaError, what: &str) -> SinkError {
@@ -103,10 +111,32 @@ impl Sink for KafkaSink {
         let producer = self.producer.producer();
         let mut rejects = Vec::new();
         let mut deliveries = Vec::with_capacity(records.len());
+        // Keys taken from the values (`key = "$.plate"`); a record without
+        // the field is refused to the dead-letter queue.
+        let keys: Vec<Option<Vec<u8>>> = match &self.key {
+            None => Vec::new(),
+            Some(path) => records
+                .iter()
+                .enumerate()
+                .map(|(index, r)| match path.key_of(r.value.as_deref()) {
+                    Ok(k) => Some(k),
+                    Err(reason) => {
+                        rejects.push(Reject { index, reason });
+                        None
+                    }
+                })
+                .collect(),
+        };
         for (index, r) in records.iter().enumerate() {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic);
-            if let Some(k) = &r.key {
-                record = record.key(&k[..]);
+            match keys.get(index) {
+                Some(Some(k)) => record = record.key(&k[..]),
+                Some(None) => continue,
+                None => {
+                    if let Some(k) = &r.key {
+                        record = record.key(&k[..]);
+                    }
+                }
             }
             if let Some(v) = &r.value {
                 record = record.payload(&v[..]);
@@ -237,6 +267,15 @@ impl super::SinkPlugin for KafkaSinkConfig {
                 "`{field}`: `bootstrap` is needed when the source is not Kafka"
             ));
         }
+        if let Some(key) = &self.key {
+            if field == "dead_letter" {
+                return Err(format!(
+                    "`{field}.kafka.key` does not apply: dead letters keep the key of the record that failed"
+                ));
+            }
+            crate::field_path::FieldPath::parse(key)
+                .map_err(|e| format!("`{field}.kafka.key`: {e}"))?;
+        }
         Ok(())
     }
 
@@ -289,7 +328,16 @@ impl super::SinkPlugin for KafkaSinkConfig {
         if transactional && ctx.transactions.is_none() {
             *ctx.transactions = Some(Arc::new(KafkaTransactions(producer.clone())));
         }
-        Ok(Arc::new(KafkaSink::new(producer, &c.topic)))
+        let key = c
+            .key
+            .as_deref()
+            .map(crate::field_path::FieldPath::parse)
+            .transpose()
+            .map_err(|message| SinkError::Config {
+                sink: format!("kafka `{}`", c.topic),
+                message,
+            })?;
+        Ok(Arc::new(KafkaSink::new(producer, &c.topic).keyed_by(key)))
     }
 
     fn read_dead_letters(
