@@ -236,10 +236,28 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: most of our
+/// errors already say their cause in their own message (`cannot read
+/// \`x\`: No such file or directory`), so a cause whose text is already
+/// there is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.is_empty() {
+            text = c;
+        } else if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -307,5 +325,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::New { name, lang } => local::new(name, lang),
         Command::Build { dir } => local::build(dir),
         Command::Test { paths, bless } => local::test(paths, bless),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::from(crate::config::ConfigError::Read {
+            path: "p.toml".into(),
+            source: missing,
+        });
+        assert_eq!(
+            error_text(&e),
+            "cannot read pipeline file `p.toml`: No such file"
+        );
+        let wrapped = anyhow::anyhow!("inner cause").context("while loading");
+        assert_eq!(error_text(&wrapped), "while loading: inner cause");
     }
 }
