@@ -29,6 +29,23 @@ fn json(text: &str) -> serde_json::Value {
 
 /// A host directory: host file with tokens, one Kafka pipeline of tenant
 /// `team-a` whose outputs carry the `sluice.module` header.
+/// The tokens the tests' hosts know: an admin and two tenants'.
+const OPS: Token = Token {
+    name: "ops",
+    token: ADMIN,
+    tenant: None,
+};
+const TEAM_A_CI: Token = Token {
+    name: "team-a-ci",
+    token: TENANT_A,
+    tenant: Some("team-a"),
+};
+const TEAM_B_CI: Token = Token {
+    name: "team-b-ci",
+    token: TENANT_B,
+    tenant: Some("team-b"),
+};
+
 fn lab(dir: &Path, bootstrap: &str, input: &str, output: &str, dlq: &str, group: &str) -> PathBuf {
     lab_with(dir, bootstrap, input, output, dlq, group, "")
 }
@@ -43,23 +60,7 @@ fn lab_with(
     extra: &str,
 ) -> PathBuf {
     let lab = Lab::at(dir);
-    lab.tokens(&[
-        Token {
-            name: "ops",
-            token: ADMIN,
-            tenant: None,
-        },
-        Token {
-            name: "team-a-ci",
-            token: TENANT_A,
-            tenant: Some("team-a"),
-        },
-        Token {
-            name: "team-b-ci",
-            token: TENANT_B,
-            tenant: Some("team-b"),
-        },
-    ]);
+    lab.tokens(&[OPS, TEAM_A_CI, TEAM_B_CI]);
     lab.write_pipeline(
         "stream",
         &format!(
@@ -753,18 +754,7 @@ fn a_new_version_that_trips_its_breaker_on_probation_is_rolled_back_automaticall
 #[test]
 fn pipelines_are_created_replaced_and_deleted_through_the_api_by_admins_only() {
     let dir = Lab::new();
-    dir.tokens(&[
-        Token {
-            name: "ops",
-            token: ADMIN,
-            tenant: None,
-        },
-        Token {
-            name: "team-a-ci",
-            token: TENANT_A,
-            tenant: Some("team-a"),
-        },
-    ]);
+    dir.tokens(&[OPS, TEAM_A_CI]);
     let host = dir.host_file("tokens_file = \"tokens.toml\"\ninstance_slots = 20");
     // lake1's pipeline reads events1, its replacement (lake2) events2: a
     // replaced pipeline resumes its files where the first one stopped, so
@@ -1124,11 +1114,7 @@ fn a_watched_directory_deploys_changed_files_and_refuses_bad_ones() {
 #[test]
 fn oversized_uploads_cost_the_host_a_bounded_amount_and_are_audited() {
     let dir = Lab::new();
-    dir.tokens(&[Token {
-        name: "team-a-ci",
-        token: TENANT_A,
-        tenant: Some("team-a"),
-    }]);
+    dir.tokens(&[TEAM_A_CI]);
     let host = dir.host_file("tokens_file = \"tokens.toml\"\ninstance_slots = 10");
     let log = dir.dir().join("host.log");
     let mut s = Sluice::serve(&sluice_e2e::sluice_bin!(), &host, &log, &[]);
